@@ -1,0 +1,66 @@
+"""The base class every attack plugin subclasses.
+
+An attack is a keyword-only dataclass of hyperparameters (stored unchanged, repr for free)
+with one method, ``run(problem) -> Tensor``, that returns adversarial inputs. It does not
+check its own work: the runner projects the result onto the threat model, counts passes
+at the model and re-checks success with a fresh forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from advkit.engine import Problem
+
+
+@dataclasses.dataclass(kw_only=True)
+class Attack:
+    """Base class for attacks; subclasses are keyword-only dataclasses."""
+
+    name: ClassVar[str] = ""
+    #: Does the attack need target classes?
+    targeted: ClassVar[bool] = False
+
+    @property
+    def success_confidence(self) -> float:
+        """Probability the predicted (wrong or target) class needs for success; an attack's
+        ``confidence`` field sets it, otherwise any misclassification counts."""
+        return float(getattr(self, "confidence", 0.0))
+
+    def run(self, problem: Problem) -> Tensor:
+        """Return adversarial inputs for ``problem`` (same shape and dtype as ``problem.x``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def param_fields(cls) -> list[dataclasses.Field]:
+        """The attack's hyperparameters."""
+        return [f for f in dataclasses.fields(cls) if f.init]
+
+    def params(self) -> dict[str, Any]:
+        """Hyperparameters as a JSON-able dict."""
+        return {f.name: getattr(self, f.name) for f in self.param_fields()}
+
+    @classmethod
+    def summary(cls) -> str:
+        """One line describing the attack (the docstring's first line)."""
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else cls.name
+
+
+def resolve_step_size(problem: Problem, step_size: float | None, fraction: float) -> Tensor | float:
+    """An explicit step size, else ``fraction`` of the L-inf radius (or of the L2 radius / sqrt(dim),
+    or of the model's range if the set has no radius)."""
+    if step_size is not None:
+        if step_size <= 0:
+            raise ValueError(f"step_size must be > 0, got {step_size}")
+        return step_size
+    constraint = problem.constraint
+    if constraint.linf_radius is not None:
+        return fraction * constraint.linf_radius
+    if constraint.l2_radius is not None:
+        dim = problem.x[0].numel()
+        return fraction * constraint.l2_radius / dim**0.5
+    return fraction * problem.model.range_width

@@ -1,0 +1,157 @@
+"""``advkit attack``: pick correctly classified test samples, attack them, summarize, write outputs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import torch
+
+from advkit.models import ModelAdapter, ModelSpec
+
+
+@dataclass
+class AttackJob:
+    """Everything ``advkit attack`` was asked to do, already validated for cheap mistakes."""
+
+    model_spec: ModelSpec
+    attack_cls: type
+    attack_params: dict[str, Any]
+    eps: float
+    constraint_names: list[str]
+    target: str | None
+    label: int | None
+    n: int
+    seed: int
+    budget: int | None
+    confidence: float | None
+    data_source: str
+    device: str
+
+
+def load_test_set(dataset: str | None, source: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Test inputs, labels and a description of where they came from, for a model's dataset."""
+    if dataset == "mnist":
+        from advkit.data import load_mnist
+
+        data = load_mnist("test", source=source)
+        return data.x, data.y, data.source
+    raise click.ClickException(f"no built-in test set for dataset {dataset!r}")
+
+
+def select_correct(model: ModelAdapter, x: torch.Tensor, y: torch.Tensor, n: int, label: int | None) -> torch.Tensor:
+    """Indices of the first n test samples (of class ``label`` if given) that the model classifies correctly."""
+    keep = torch.ones_like(y, dtype=torch.bool) if label is None else y == label
+    pred = model.predict(x).argmax(1).cpu()
+    candidates = (keep & (pred == y)).nonzero().squeeze(1)
+    if candidates.numel() == 0:
+        raise click.ClickException("the model classifies no test sample of the requested class correctly")
+    return candidates[:n]
+
+
+def run_attack_job(job: AttackJob, resolve_target: Callable[[str | None, list[str]], int | None]):
+    """Run the job; returns (summary dict, AttackResult, model)."""
+    from advkit import registry
+    from advkit.constraints import build_constraints
+    from advkit.runner import run_attack
+
+    try:
+        model = job.model_spec.load().to(job.device)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise click.ClickException(f"cannot load model {job.model_spec.name!r}: {error}") from None
+    low, high = model.bounds
+    if job.eps > model.range_width:
+        raise click.UsageError(
+            f"--eps {job.eps:g} exceeds the range of model {model.name!r} ([{low:g}, {high:g}], width {model.range_width:g}); "
+            "eps is in the model's units"
+        )
+    if job.label is not None and not 0 <= job.label < model.num_classes:
+        raise click.UsageError(f"--label {job.label} is out of range: classes are 0..{model.num_classes - 1}")
+    target = resolve_target(job.target, model.class_names)
+    if target is not None and job.label is not None and target == job.label:
+        raise click.UsageError(f"--target {target} equals the true label --label {job.label}")
+    if job.attack_cls.targeted and target is None:
+        raise click.UsageError(f"attack {job.attack_cls.name!r} is targeted: give --target")
+    try:
+        types = {name: item.obj for name, item in registry.constraints().items()}
+        constraint = build_constraints(job.constraint_names, eps=job.eps, bounds=model.bounds, registry=types)
+    except ValueError as error:
+        raise click.UsageError(f"--constraints: {error}") from None
+
+    x_all, y_all, source = load_test_set(model.dataset, job.data_source)
+    if target is not None and job.label is None:
+        keep = y_all != target  # a sample already of the target class cannot be turned into it
+        x_all, y_all = x_all[keep], y_all[keep]
+    idx = select_correct(model, x_all.to(job.device), y_all, job.n, job.label)
+    x, y = x_all[idx].to(job.device), y_all[idx].to(job.device)
+    try:
+        result = run_attack(
+            model,
+            job.attack_cls(**job.attack_params),
+            x,
+            y,
+            constraint=constraint,
+            eps=job.eps,
+            target=target,
+            confidence=job.confidence,
+            budget=job.budget,
+            seed=job.seed,
+        )
+    except (ValueError, RuntimeError) as error:
+        raise click.ClickException(str(error)) from None
+    summary = result.summary()
+    summary["data"] = source
+    summary["target"] = target
+    summary["n_requested"] = job.n
+    summary["device"] = str(job.device)
+    return summary, result, model
+
+
+def format_summary(s: dict) -> str:
+    """A short human summary of an attack run."""
+    low, high = s["bounds"]
+    eps01 = s["eps_01"]
+    fewer = f" (only {s['n']} available)" if s["n"] < s["n_requested"] else ""
+    target = f" -> target {s['target']}" if s["target"] is not None else ""
+    succ_conf = s["mean_confidence_success"]
+    lines = [
+        f"advkit {s['attack']} on {s['model']}{target}: {s['n']} correctly classified test samples{fewer} [{s['data']}]",
+        f"  threat model   {s['constraints']}",
+        f"  eps            {s['eps']:g} in model units [{low:g}, {high:g}] = {eps01:.4f} on the 0-1 scale",
+        f"  success        {s['n_success']}/{s['n']} = {100 * s['success_rate']:.1f}%  ({s['criterion']}, re-checked by a fresh forward pass)",
+        f"  misclassified  {100 * s['misclassified_rate']:.1f}%   mean confidence {s['mean_confidence']:.3f}"
+        + (f" (fooled: {succ_conf:.3f})" if succ_conf is not None else ""),
+        f"  perturbation   mean L-inf {s['mean_linf']:.4f}, max L-inf {s['max_linf']:.4f}, mean L2 {s['mean_l2']:.4f}",
+        f"  passes         {s['forward_passes']} forward, {s['backward_passes']} backward"
+        + (f" (budget {s['budget']} per sample)" if s["budget"] else "")
+        + f"; {s['seconds']:.2f} s; seed {s['seed']}",
+        f"  plugin         {s['plugin']['name']} {s['plugin']['version'] or ''}".rstrip(),
+    ]
+    if s.get("out"):
+        lines.append(f"  wrote          {', '.join(s['out'])}")
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, result, model: ModelAdapter, summary: dict) -> list[Path]:
+    """Adversarial examples (safetensors), the summary (JSON) and a PNG grid."""
+    from safetensors.torch import save_file
+
+    from advkit.figures import example_grid, save_figure
+
+    tensors = {
+        "x": result.x,
+        "x_adv": result.x_adv,
+        "y": result.y,
+        "pred": result.pred,
+        "confidence": result.confidence,
+        "success": result.success,
+    }
+    examples = out / "examples.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(examples))
+    figure = save_figure(example_grid(result, model.class_names), out / "examples.png")
+    summary_path = out / "summary.json"
+    summary_path.write_text(json.dumps({**summary, "out": [str(examples), str(figure), str(summary_path)]}, indent=2, default=str))
+    return [examples, figure, summary_path]

@@ -1,0 +1,135 @@
+"""Model adapters: a classifier plus what attacks must know about it (bounds, shape, classes).
+
+Every forward pass through an adapter and every backward pass to its input is counted,
+so reported pass counts are exact whatever the attack code does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class PassCounter:
+    """Samples sent forward through the model and samples whose input gradient was computed."""
+
+    forward: int = 0
+    backward: int = 0
+
+    def snapshot(self) -> tuple[int, int]:
+        return self.forward, self.backward
+
+
+class _CountBackward(torch.autograd.Function):
+    """Identity whose backward adds the batch size to ``counter.backward``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, counter: PassCounter) -> Tensor:  # type: ignore[override]
+        ctx.counter = counter
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        ctx.counter.backward += grad.shape[0]
+        return grad, None
+
+
+class ModelAdapter:
+    """A classifier that maps inputs in ``bounds`` with shape ``input_shape`` to logits over ``class_names``.
+
+    Preprocessing (normalization, resizing) belongs inside ``module``: attacks only ever see
+    inputs in the declared bounds.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        name: str,
+        bounds: tuple[float, float],
+        input_shape: Sequence[int],
+        class_names: Sequence[str],
+        dataset: str | None = None,
+        description: str = "",
+        metadata: dict | None = None,
+    ) -> None:
+        low, high = float(bounds[0]), float(bounds[1])
+        if not low < high:
+            raise ValueError(f"bounds must satisfy low < high, got {bounds}")
+        self.module = module
+        self.name = name
+        self.bounds = (low, high)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.class_names = list(class_names)
+        self.dataset = dataset
+        self.description = description
+        self.metadata = dict(metadata or {})
+        self.counter = PassCounter()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def range_width(self) -> float:
+        return self.bounds[1] - self.bounds[0]
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.module.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "ModelAdapter":
+        self.module.to(device)
+        return self
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Logits for ``x``; counts one forward pass per sample (and one backward per sample if differentiated)."""
+        self.counter.forward += x.shape[0]
+        if x.requires_grad:
+            x = _CountBackward.apply(x, self.counter)
+        return self.module(x)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, batch_size: int = 1000) -> Tensor:
+        """Logits in eval mode, without gradients and outside the pass counter (for checks and data selection)."""
+        with self.eval_mode():
+            return torch.cat([self.module(chunk) for chunk in x.split(batch_size)]) if len(x) else x.new_zeros(0, self.num_classes)
+
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator["ModelAdapter"]:
+        """Put every submodule in eval mode; restore each one's own mode afterwards, also on exceptions."""
+        modes = [(module, module.training) for module in self.module.modules()]
+        self.module.eval()
+        try:
+            yield self
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    def __repr__(self) -> str:
+        return f"ModelAdapter(name={self.name!r}, bounds={self.bounds}, input_shape={self.input_shape}, classes={self.num_classes})"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a plugin registers for a model: a name, one line of description and a loader."""
+
+    name: str
+    description: str
+    load: Callable[..., ModelAdapter] = field(repr=False)
+    dataset: str | None = None
+
+
+def load_model(name: str, device: str | torch.device = "cpu", **options) -> ModelAdapter:
+    """Load a registered model by name, in eval mode, on ``device``."""
+    from advkit.registry import get_model_spec
+
+    adapter = get_model_spec(name).obj.load(**options)
+    return adapter.to(device)

@@ -1,0 +1,90 @@
+"""The result of an attack: adversarial inputs, the independent re-check, norms and pass counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+
+@dataclass
+class AttackResult:
+    """Per-sample tensors plus the run's metadata. ``success`` comes from a fresh forward pass."""
+
+    model: str
+    attack: str
+    attack_params: dict
+    bounds: tuple[float, float]
+    constraints: str
+    constraints_dict: dict
+    criterion: str
+    eps: float | None
+    seed: int
+    x: Tensor
+    x_adv: Tensor
+    y: Tensor
+    target: Tensor | None
+    pred: Tensor
+    confidence: Tensor  # probability of the predicted class on x_adv
+    success: Tensor
+    forward_passes: int
+    backward_passes: int
+    budget: int | None
+    seconds: float
+    plugin: dict
+    backward_counts: Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def delta(self) -> Tensor:
+        return self.x_adv - self.x
+
+    def linf(self) -> Tensor:
+        return self.delta.flatten(1).abs().amax(dim=1)
+
+    def l2(self) -> Tensor:
+        return self.delta.flatten(1).norm(dim=1)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean())
+
+    def summary(self) -> dict:
+        """The JSON-able summary that ``advkit attack --json`` prints."""
+        width = self.bounds[1] - self.bounds[0]
+        linf, l2 = self.linf(), self.l2()
+        misclassified = self.pred != self.y
+        return {
+            "model": self.model,
+            "attack": self.attack,
+            "attack_params": self.attack_params,
+            "eps": self.eps,
+            "eps_01": None if self.eps is None else self.eps / width,
+            "bounds": list(self.bounds),
+            "n": self.n,
+            "criterion": self.criterion,
+            "success_rate": self.success_rate,
+            "n_success": int(self.success.sum()),
+            "misclassified_rate": float(misclassified.float().mean()),
+            "mean_confidence": float(self.confidence.mean()),
+            "mean_confidence_success": float(self.confidence[self.success].mean()) if bool(self.success.any()) else None,
+            "mean_linf": float(linf.mean()),
+            "max_linf": float(linf.max()),
+            "mean_l2": float(l2.mean()),
+            "forward_passes": self.forward_passes,
+            "backward_passes": self.backward_passes,
+            "budget": self.budget,
+            "seconds": round(self.seconds, 4),
+            "seed": self.seed,
+            "constraints": self.constraints,
+            "constraints_detail": self.constraints_dict,
+            "plugin": self.plugin,
+            **self.extra,
+        }
+
+
+__all__ = ["AttackResult"]

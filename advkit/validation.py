@@ -1,0 +1,74 @@
+"""Checks on user input, each failing with a precise message (never a silent wrong number)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from advkit.models import ModelAdapter
+
+
+class InputValidationError(ValueError):
+    """Inputs, labels or targets that do not fit the model."""
+
+
+def check_inputs(model: ModelAdapter, x: Tensor, atol: float = 1e-6) -> None:
+    """x must be a finite float tensor (N, *model.input_shape) inside the model's bounds."""
+    if not isinstance(x, Tensor):
+        raise InputValidationError(f"inputs must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputValidationError(
+            f"inputs must be a floating-point tensor in the model's bounds {model.bounds}, got dtype {x.dtype}"
+        )
+    expected = tuple(model.input_shape)
+    if x.dim() != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+        hint = ""
+        if x.dim() == len(expected) + 1 and tuple(x.shape[1:]) == expected[1:] + expected[:1]:
+            hint = " (channels-last? permute to channels-first with x.permute(0, 3, 1, 2))"
+        raise InputValidationError(f"inputs must have shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}{hint}")
+    if x.shape[0] == 0:
+        raise InputValidationError("inputs are empty (N = 0)")
+    if not torch.isfinite(x).all():
+        raise InputValidationError("inputs contain NaN or inf")
+    low, high = model.bounds
+    x_min, x_max = float(x.min()), float(x.max())
+    if x_min < low - atol or x_max > high + atol:
+        hint = " (0-255 data? scale it to the model's bounds)" if x_max > 2 * max(abs(high), 1.0) else ""
+        raise InputValidationError(
+            f"inputs lie in [{x_min:g}, {x_max:g}] but model {model.name!r} expects [{low:g}, {high:g}]{hint}"
+        )
+
+
+def check_labels(model: ModelAdapter, y: Tensor, n: int, what: str = "labels") -> None:
+    """y must be an int64 tensor of shape (N,) with classes in [0, num_classes)."""
+    if not isinstance(y, Tensor):
+        raise InputValidationError(f"{what} must be a torch.Tensor, got {type(y).__name__}")
+    if y.dim() == 2 and y.shape == (n, model.num_classes):
+        raise InputValidationError(f"{what} look one-hot (shape {tuple(y.shape)}); pass class indices, e.g. y.argmax(1)")
+    if y.dtype != torch.long:
+        raise InputValidationError(f"{what} must be class indices of dtype torch.int64, got {y.dtype}")
+    if y.shape != (n,):
+        raise InputValidationError(f"{what} must have shape ({n},) to match the inputs, got {tuple(y.shape)}")
+    if n and (int(y.min()) < 0 or int(y.max()) >= model.num_classes):
+        raise InputValidationError(
+            f"{what} must lie in [0, {model.num_classes - 1}], got values in [{int(y.min())}, {int(y.max())}]"
+        )
+
+
+def as_targets(model: ModelAdapter, target: int | Tensor, y: Tensor) -> Tensor:
+    """Targets as an int64 tensor (N,); an int is broadcast. Each must differ from the true label."""
+    n = y.shape[0]
+    if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
+        raise InputValidationError(f"target must be a class index or an int64 tensor, got {type(target).__name__}")
+    if isinstance(target, int):
+        if not 0 <= target < model.num_classes:
+            raise InputValidationError(f"target class {target} is out of range [0, {model.num_classes - 1}]")
+        target = torch.full((n,), target, dtype=torch.long, device=y.device)
+    check_labels(model, target, n, what="targets")
+    same = target == y
+    if bool(same.any()):
+        first = int(same.nonzero()[0, 0])
+        raise InputValidationError(
+            f"target equals the true label for {int(same.sum())} sample(s) (first: index {first}, class {int(y[first])})"
+        )
+    return target.to(y.device)

@@ -1,0 +1,110 @@
+"""The engine: active set, budgets, exact pass counts, best-so-far, restarts, step rules."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from advkit import engine
+from advkit.constraints import Binary, Box, LinfBall, NonNegative
+from advkit.criteria import Misclassified
+from advkit.engine import GradientStep, Problem, optimize
+from advkit.objectives import cross_entropy
+from advkit.steps import l2_step, sign_step, std_step
+
+
+def make_problem(model, x, y, eps=0.5, confidence=0.0, budget=None, constraint=None, seed=0):
+    constraint = constraint if constraint is not None else LinfBall(eps) & Box(*model.bounds)
+    return Problem(
+        model=model,
+        x=x,
+        y=y,
+        constraint=constraint,
+        criterion=Misclassified(confidence),
+        budget=budget,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def test_samples_leave_once_successful_and_counts_are_exact(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    problem = make_problem(tiny_model, x, y, eps=0.5)
+    f0, b0 = tiny_model.counter.snapshot()
+    out = optimize(problem, update=GradientStep(sign_step, 0.05), objective=cross_entropy, steps=30, early_stop=True)
+    # Per-sample counts add up to exactly what the model saw.
+    assert int(out.forward_counts.sum()) == tiny_model.counter.forward - f0
+    assert int(out.backward_counts.sum()) == tiny_model.counter.backward - b0
+    # Some samples finished early (fewer backward passes than steps), and those are successful.
+    early = out.backward_counts < 30
+    assert early.any()
+    assert out.success[early].all()
+    # A successful sample stopped at its first successful point: it did exactly one forward per backward.
+    assert torch.equal(out.forward_counts[early], out.backward_counts[early])
+
+
+def test_without_early_stop_everyone_runs_every_step(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    out = optimize(make_problem(tiny_model, x, y), update=GradientStep(sign_step, 0.05), objective=cross_entropy, steps=7,
+                   early_stop=False)
+    assert torch.all(out.backward_counts == 7)
+    assert torch.all(out.forward_counts == 8)  # 7 steps + evaluation of the last update
+
+
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_budget_is_never_exceeded(tiny_model, tiny_batch, restarts):
+    x, y = tiny_batch
+    problem = make_problem(tiny_model, x, y, eps=0.05, confidence=0.99, budget=5)
+    _, b0 = tiny_model.counter.snapshot()
+    out = optimize(problem, update=GradientStep(sign_step, 0.01), objective=cross_entropy, steps=20, restarts=restarts,
+                   init="random")
+    assert int(out.backward_counts.max()) <= 5
+    assert tiny_model.counter.backward - b0 <= 5 * len(x)
+
+
+def test_restarts_run_only_on_samples_not_yet_fooled(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    problem = make_problem(tiny_model, x, y, eps=0.06)
+    out = optimize(problem, update=GradientStep(sign_step, 0.02), objective=cross_entropy, steps=4, restarts=3,
+                   early_stop=False, init="random")
+    first_only = out.backward_counts == 4
+    # Whoever got a second restart had not been fooled by the first; every restart runs whole.
+    assert torch.all(out.backward_counts % 4 == 0)
+    assert first_only.any() and (~first_only).any()
+    assert out.success[first_only].all()
+
+
+def test_best_point_is_feasible_and_returned_for_binary_sets(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    feasible = NonNegative() & Binary(0.25) & Box(*tiny_model.bounds)
+    problem = make_problem(tiny_model, x, y, constraint=feasible)
+    out = optimize(problem, update=GradientStep(sign_step, 0.0625), objective=cross_entropy, steps=15)
+    delta = out.x_adv - x
+    assert bool(feasible.contains(delta, x).all())
+    values = delta.unique()
+    assert all(torch.isclose(v, torch.tensor(0.0)) or torch.isclose(v, torch.tensor(0.25)) for v in values)
+
+
+def test_step_rules():
+    g = torch.randn(3, 1, 5, 5) * torch.tensor([1.0, 10.0, 0.01]).view(3, 1, 1, 1)
+    assert torch.equal(sign_step(g), g.sign())
+    assert torch.allclose(l2_step(g).flatten(1).norm(dim=1), torch.ones(3))
+    # S8's rule: alpha = 1 / (d.std() + 1e-8) per sample
+    expected = torch.stack([gi / (gi.std() + 1e-8) for gi in g])
+    assert torch.allclose(std_step(g), expected)
+
+
+def test_no_numpy_or_item_in_the_step_loop():
+    source = inspect.getsource(engine.optimize)
+    assert ".item(" not in source and "numpy" not in source and ".tolist(" not in source
+
+
+def test_per_sample_step_size_is_indexed_by_active_sample():
+    step_sizes = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    step = GradientStep(sign_step, step_sizes)
+    x = torch.zeros(2, 1, 2, 2)
+    grad = torch.ones(2, 1, 2, 2)
+    idx = torch.tensor([3, 1])  # the active samples are global samples 3 and 1
+    out = step(torch.zeros_like(x), grad, x, idx, LinfBall(1.0))
+    assert torch.allclose(out.flatten(1).amax(1), torch.tensor([0.4, 0.2]))

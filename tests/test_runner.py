@@ -1,0 +1,168 @@
+"""The runner's guarantees hold whatever the attack plugin does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from advkit.attack import Attack
+from advkit.constraints import Box, LinfBall, NonNegative
+from advkit.runner import BudgetExceeded, ThreatModelViolation, run_attack
+
+
+@dataclass(kw_only=True)
+class AddTen(Attack):
+    """Misbehaving: returns x + 10, far outside any threat model."""
+
+    name = "add_ten"
+
+    def run(self, problem):
+        return problem.x + 10
+
+
+@dataclass(kw_only=True)
+class Boom(Attack):
+    """Raises half-way, after switching the model to train mode."""
+
+    name = "boom"
+
+    def run(self, problem):
+        problem.model.module.train()
+        raise RuntimeError("boom")
+
+
+@dataclass(kw_only=True)
+class InPlace(Attack):
+    """Overwrites its input in place and returns it."""
+
+    name = "in_place"
+
+    def run(self, problem):
+        problem.x.add_(0.01)
+        return problem.x
+
+
+@dataclass(kw_only=True)
+class ReturnsNaN(Attack):
+    """Returns NaN."""
+
+    name = "returns_nan"
+
+    def run(self, problem):
+        return torch.full_like(problem.x, float("nan"))
+
+
+@dataclass(kw_only=True)
+class GreedyForBackward(Attack):
+    """Uses 3 backward passes per sample whatever the budget."""
+
+    name = "greedy"
+
+    def run(self, problem):
+        x = problem.x.clone().requires_grad_(True)
+        for _ in range(3):
+            problem.model(x).sum().backward()
+        return problem.x
+
+
+def test_output_outside_threat_model_is_projected_not_reported(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    result = run_attack(tiny_model, AddTen(), x, y, constraint=LinfBall(0.1) & NonNegative())
+    delta = result.x_adv - x
+    assert float(delta.abs().max()) <= 0.1 + 1e-6
+    assert float(delta.min()) >= -1e-6
+    assert float(result.x_adv.max()) <= 1 + 1e-6  # the model's box always applies
+    # success is the fresh forward pass on the projected point
+    with torch.no_grad():
+        expected = tiny_model.module(result.x_adv).argmax(1) != y
+    assert torch.equal(result.success, expected)
+
+
+def test_model_mode_restored_even_on_exceptions(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    tiny_model.module.train()
+    with pytest.raises(RuntimeError, match="boom"):
+        run_attack(tiny_model, Boom(), x, y, eps=0.1)
+    assert tiny_model.module.training
+    assert all(m.training for m in tiny_model.module.modules())
+    tiny_model.module.eval()
+    with pytest.raises(RuntimeError, match="boom"):
+        run_attack(tiny_model, Boom(), x, y, eps=0.1)
+    assert not any(m.training for m in tiny_model.module.modules())
+
+
+def test_attack_runs_in_eval_mode(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    seen = []
+
+    @dataclass(kw_only=True)
+    class Spy(Attack):
+        name = "spy"
+
+        def run(self, problem):
+            seen.append(any(m.training for m in problem.model.module.modules()))
+            return problem.x
+
+    tiny_model.module.train()
+    run_attack(tiny_model, Spy(), x, y, eps=0.1)
+    assert seen == [False]
+    assert tiny_model.module.training
+
+
+def test_input_tensor_is_never_modified(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    before = x.clone()
+    run_attack(tiny_model, InPlace(), x, y, eps=0.1)
+    assert torch.equal(x, before)
+
+
+def test_non_finite_output_is_rejected(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    with pytest.raises(ThreatModelViolation, match="NaN"):
+        run_attack(tiny_model, ReturnsNaN(), x, y, eps=0.1)
+
+
+def test_budget_overrun_is_refused(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    with pytest.raises(BudgetExceeded):
+        run_attack(tiny_model, GreedyForBackward(), x, y, eps=0.1, budget=2)
+    result = run_attack(tiny_model, GreedyForBackward(), x, y, eps=0.1, budget=3)
+    assert result.backward_passes == 3 * len(x)
+
+
+def test_pass_counts_come_from_the_model(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    result = run_attack(tiny_model, "pgd", x, y, eps=0.1, steps=5)
+    assert result.backward_passes == 5 * len(x)
+    assert result.forward_passes == 6 * len(x)
+
+
+def test_global_rng_untouched_and_seed_reproducible(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    state = torch.get_rng_state()
+    a = run_attack(tiny_model, "pgd", x, y, eps=0.2, steps=3, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = run_attack(tiny_model, "pgd", x, y, eps=0.2, steps=3, seed=7)
+    c = run_attack(tiny_model, "pgd", x, y, eps=0.2, steps=3, seed=8)
+    assert torch.equal(a.x_adv, b.x_adv)
+    assert not torch.equal(a.x_adv, c.x_adv)
+
+
+def test_result_summary_fields(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    summary = run_attack(tiny_model, "fgsm", x, y, eps=0.1).summary()
+    for key in ["model", "attack", "eps", "bounds", "n", "success_rate", "mean_confidence", "mean_linf", "max_linf",
+                "mean_l2", "forward_passes", "backward_passes", "seconds", "seed", "constraints", "plugin"]:
+        assert key in summary
+    assert summary["eps_01"] == pytest.approx(0.05)
+    assert summary["plugin"]["name"] == "fgsm"
+    assert summary["backward_passes"] == len(x)
+
+
+def test_box_defaults_to_model_bounds(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    result = run_attack(tiny_model, "pgd", x, y, eps=1.5, steps=3)
+    assert float(result.x_adv.min()) >= -1 - 1e-6 and float(result.x_adv.max()) <= 1 + 1e-6
+    assert "box" in result.constraints
