@@ -26,6 +26,10 @@ DISABLE_AUTOLOAD_ENV = "ADVKIT_DISABLE_PLUGIN_AUTOLOAD"
 ALLOWED_PLUGINS_ENV = "ADVKIT_PLUGINS"
 
 
+class PluginLoadError(RuntimeError):
+    """An entry point in the ``advkit`` group could not be imported."""
+
+
 @dataclass(frozen=True)
 class PluginInfo:
     """Where a registered plugin came from."""
@@ -65,7 +69,14 @@ def _new_plugin_manager() -> pluggy.PluginManager:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if not _allowed(ep) or pm.has_plugin(ep.name):
             continue
-        pm.register(ep.load(), name=ep.name)
+        try:
+            module = ep.load()
+        except Exception as error:  # a broken third-party plugin must name itself
+            raise PluginLoadError(
+                f"advkit plugin {ep.name!r} ({ep.value}) failed to load: {error!r}. "
+                f"Uninstall it, or set {DISABLE_AUTOLOAD_ENV}=1 or {ALLOWED_PLUGINS_ENV}=... to skip it."
+            ) from error
+        pm.register(module, name=ep.name)
         dist = ep.dist
         _plugin_info[ep.name] = PluginInfo(
             name=ep.name,

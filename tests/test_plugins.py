@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,9 @@ def installed_example(tmp_path, monkeypatch):
     dist = tmp_path / "advkit_random_sign-0.1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: advkit-random-sign\nVersion: 0.1.0\n")
-    entry = [line for line in (EXAMPLE / "pyproject.toml").read_text().splitlines() if line.startswith("random_sign")]
-    (dist / "entry_points.txt").write_text("[advkit]\n" + "\n".join(entry) + "\n")
+    project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]
+    entries = "".join(f"{name} = {target}\n" for name, target in project["entry-points"]["advkit"].items())
+    (dist / "entry_points.txt").write_text("[advkit]\n" + entries)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.syspath_prepend(str(EXAMPLE))
     sys.modules.pop("advkit_random_sign", None)
@@ -94,3 +96,19 @@ def test_builtins_come_from_entry_points():
     assert {"untargeted", "targeted", "binary", "fgsm", "pgd", "mnist_models", "constraints"} <= names
     for name in ["untargeted", "targeted", "binary", "fgsm", "pgd"]:
         assert registry.get_attack(name).plugin.builtin
+
+
+def test_broken_plugin_names_itself(tmp_path, monkeypatch):
+    dist = tmp_path / "broken-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[advkit]\nbroken = advkit_no_such_module\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(plugins.PluginLoadError, match="'broken'.*ADVKIT_DISABLE_PLUGIN_AUTOLOAD"):
+            plugins.reload_plugins()
+        monkeypatch.setenv(plugins.DISABLE_AUTOLOAD_ENV, "1")
+        plugins.reload_plugins()  # switching autoload off gets the user going again
+    finally:
+        monkeypatch.undo()
+        plugins.reload_plugins()
