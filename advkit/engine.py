@@ -94,7 +94,14 @@ class _Best:
         self.objective = torch.full((n,), float("-inf"), device=x.device)
         self.success = torch.zeros(n, dtype=torch.bool, device=x.device)
 
-    def offer(self, idx: Tensor, x_adv: Tensor, objective: Tensor, success: Tensor) -> None:
+    def offer(self, idx: Tensor | None, x_adv: Tensor, objective: Tensor, success: Tensor) -> None:
+        """Offer points for samples ``idx`` (None: the whole batch, without gathers)."""
+        if idx is None:
+            better = (success & ~self.success) | ((success == self.success) & (objective > self.objective))
+            self.x = torch.where(better.view(-1, *([1] * (x_adv.dim() - 1))), x_adv, self.x)
+            self.objective = torch.where(better, objective, self.objective)
+            self.success |= success
+            return
         old_success, old_objective = self.success[idx], self.objective[idx]
         better = (success & ~old_success) | ((success == old_success) & (objective > old_objective))
         self.x[idx] = torch.where(better.view(-1, *([1] * (x_adv.dim() - 1))), x_adv, self.x[idx])
@@ -128,11 +135,12 @@ def optimize(
     best = _Best(x)
     budget = problem.budget
 
-    def evaluate(idx: Tensor, x_adv: Tensor, logits: Tensor) -> Tensor:
-        y_i = y[idx]
-        t_i = None if target is None else target[idx]
+    def evaluate(idx: Tensor, whole: bool, x_adv: Tensor, logits: Tensor, value: Tensor | None = None) -> Tensor:
+        y_i = y if whole else y[idx]
+        t_i = target if (whole or target is None) else target[idx]
         reached = problem.criterion.reached(logits, y_i, t_i)
-        best.offer(idx, x_adv, objective(logits, y_i, t_i), reached)
+        value = objective(logits, y_i, t_i) if value is None else value
+        best.offer(None if whole else idx, x_adv, value, reached)
         return reached
 
     for restart in range(restarts):
@@ -141,7 +149,10 @@ def optimize(
             idx = idx[backward[idx] < budget]
         if idx.numel() == 0:
             break
-        x_i = x[idx]
+        whole = idx.numel() == n  # the whole batch is active: skip gathers and scatters
+        x_i = x if whole else x[idx]
+        y_i = y if whole else y[idx]
+        t_i = target if (whole or target is None) else target[idx]
         feasible_i, search_i = select(feasible, idx), select(search, idx)
         start = init if restart == 0 else "random"
         delta = torch.zeros_like(x_i) if start == "zeros" else search_i.random_start(x_i, problem.generator)
@@ -150,12 +161,15 @@ def optimize(
             point = delta if feasible.convex else feasible_i.project(delta, x_i)
             x_adv = (x_i + point).requires_grad_(True)
             logits = model(x_adv)
-            t_i = None if target is None else target[idx]
-            loss = objective(logits, y[idx], t_i)
+            loss = objective(logits, y_i, t_i)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-            forward[idx] += 1
-            backward[idx] += 1
-            reached = evaluate(idx, x_adv.detach(), logits.detach())
+            if whole:
+                forward += 1
+                backward += 1
+            else:
+                forward[idx] += 1
+                backward[idx] += 1
+            reached = evaluate(idx, whole, x_adv.detach(), logits.detach(), loss.detach())
             delta = update(delta.detach(), grad, x_i, idx, search_i)
             keep = ~reached if early_stop else None
             if budget is not None:
@@ -164,8 +178,10 @@ def optimize(
                 pending.append((idx[leaving], delta[leaving], select(feasible, idx[leaving]), x_i[leaving]))
                 keep = ~out_of_budget if keep is None else keep & ~out_of_budget
             if keep is not None:
-                idx, x_i, delta = idx[keep], x_i[keep], delta[keep]
+                idx, x_i, y_i, delta = idx[keep], x_i[keep], y_i[keep], delta[keep]
+                t_i = None if t_i is None else t_i[keep]
                 feasible_i, search_i = select(feasible, idx), select(search, idx)
+                whole = False
                 if idx.numel() == 0:
                     break
         pending.append((idx, delta, feasible_i, x_i))
@@ -175,8 +191,12 @@ def optimize(
             x_adv = torch.cat([xs + (d if feasible.convex else c.project(d, xs)) for _, d, c, xs in pending])
             with torch.no_grad():
                 logits = model(x_adv)
-            forward[idx] += 1
-            evaluate(idx, x_adv, logits)
+            whole = len(pending) == 1 and whole
+            if whole:
+                forward += 1
+            else:
+                forward[idx] += 1
+            evaluate(idx, whole, x_adv, logits)
     return EngineResult(
         x_adv=best.x,
         success=best.success,
