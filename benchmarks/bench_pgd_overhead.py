@@ -17,6 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from advkit.commands.attack import select_correct
 from advkit.data import load_mnist
 from advkit.models import load_model
 from advkit.runner import run_attack
@@ -84,8 +85,7 @@ def main() -> None:
     print(f"  ratio advkit / plain = {t_advkit / t_plain:.3f}  (target <= 1.05)")
 
     bnn = load_model("bnn", device=args.device)
-    pred = bnn.predict(data.x.to(args.device)).argmax(1).cpu()
-    idx = (pred == data.y).nonzero().squeeze(1)[:100]
+    idx = select_correct(bnn, data.x.to(args.device), data.y, 100, None)  # 10 per class, as `advkit attack`
     xb, yb = data.x[idx].to(args.device), data.y[idx].to(args.device)
     budget_steps = 100
     res = run_attack(bnn, "untargeted", xb, yb, eps=0.1, steps=budget_steps)

@@ -126,3 +126,10 @@ def test_listings():
     assert by_name["mnist_models"]["hooks"] == ["register_models"]
     assert all(p["version"] for p in plugins)
     assert "linf" in invoke("constraints").output
+
+
+def test_default_digits_are_class_balanced(tmp_path):
+    result = invoke("attack", "--model", "cnn", "--eps", "0.05", "-n", "30", "--out", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    y = load_file(str(tmp_path / "examples.safetensors"))["y"]
+    assert sorted(y.tolist()) == sorted(list(range(10)) * 3)

@@ -42,11 +42,23 @@ def load_test_set(dataset: str | None, source: str) -> tuple[torch.Tensor, torch
     raise click.ClickException(f"no built-in test set for dataset {dataset!r}")
 
 
+def class_interleaved_order(y: torch.Tensor) -> torch.Tensor:
+    """Indices ordered round-robin over classes (first of each class, then second of each...), so any
+    prefix is class-balanced even when the data set is sorted by class."""
+    rank = torch.zeros_like(y)
+    for c in y.unique():
+        members = (y == c).nonzero().squeeze(1)
+        rank[members] = torch.arange(members.numel())
+    return torch.argsort(rank * (int(y.max()) + 1) + y, stable=True)
+
+
 def select_correct(model: ModelAdapter, x: torch.Tensor, y: torch.Tensor, n: int, label: int | None) -> torch.Tensor:
-    """Indices of the first n test samples (of class ``label`` if given) that the model classifies correctly."""
+    """Indices of the first n correctly classified test samples (of class ``label`` if given), in
+    class-interleaved order."""
     keep = torch.ones_like(y, dtype=torch.bool) if label is None else y == label
     pred = model.predict(x).argmax(1).cpu()
-    candidates = (keep & (pred == y)).nonzero().squeeze(1)
+    order = class_interleaved_order(y)
+    candidates = order[(keep & (pred == y))[order]]
     if candidates.numel() == 0:
         raise click.ClickException("the model classifies no test sample of the requested class correctly")
     return candidates[:n]
@@ -105,6 +117,7 @@ def run_attack_job(job: AttackJob, resolve_target: Callable[[str | None, list[st
     summary = result.summary()
     summary["data"] = source
     summary["target"] = target
+    summary["label"] = job.label
     summary["n_requested"] = job.n
     summary["device"] = str(job.device)
     return summary, result, model
@@ -115,7 +128,8 @@ def format_summary(s: dict) -> str:
     low, high = s["bounds"]
     eps01 = s["eps_01"]
     fewer = f" (only {s['n']} available)" if s["n"] < s["n_requested"] else ""
-    target = f" -> target {s['target']}" if s["target"] is not None else ""
+    source = f" class {s['label']}" if s.get("label") is not None else ""
+    target = f"{source} -> target {s['target']}" if s["target"] is not None else (f" ({source.strip()} only)" if source else "")
     succ_conf = s["mean_confidence_success"]
     lines = [
         f"advkit {s['attack']} on {s['model']}{target}: {s['n']} correctly classified test samples{fewer} [{s['data']}]",
