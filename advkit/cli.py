@@ -256,6 +256,91 @@ def attack(
         click.echo(format_summary(summary))
 
 
+@cli.command()
+@click.option("--model", "model_name", required=True, help="Registered model name (see `advkit models`).")
+@click.option("--classes", default=None, help="Comma-separated class indices (default: every class).")
+@click.option("--start", type=click.Choice(["noise", "zeros"]), default="noise", show_default=True,
+              help="Mid-range Gaussian noise (S6) or the zero image (S9).")
+@click.option("--steps", type=int, default=200, show_default=True)
+@click.option("--step-size", type=float, default=0.05, show_default=True)
+@click.option("--step-rule", type=click.Choice(["std", "raw", "l2", "sign"]), default="std", show_default=True)
+@click.option("--l2-penalty", type=float, default=0.0, show_default=True, help="lambda in J = C - lambda * ||x||^2 (S9).")
+@click.option("--layer", default=None, help="Maximize this named layer's channel instead of a class logit.")
+@click.option("--channel", type=int, default=None, help="Channel of --layer (default: the class index).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write images, figure and summary here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalty, layer, channel, seed, device, out, as_json):
+    """One image per class by gradient ascent on its logit (or a layer's channel), with J over iterations."""
+    from advkit import registry
+    from advkit.registry import UnknownNameError
+
+    if steps < 1:
+        raise click.UsageError(f"--steps must be >= 1, got {steps}")
+    try:
+        spec = registry.get_model_spec(model_name).obj
+    except UnknownNameError as error:
+        raise click.UsageError(str(error)) from None
+    if out is not None:
+        _check_out_dir(out)
+    from advkit.commands.visualize import start_images, write_visualization
+    from advkit.constraints import Box
+    from advkit.runner import run_attack
+
+    model = spec.load().to(device)
+    try:
+        wanted = list(range(model.num_classes)) if classes is None else [int(c) for c in classes.split(",")]
+    except ValueError:
+        raise click.UsageError(f"--classes expects comma-separated class indices, got {classes!r}") from None
+    bad = [c for c in wanted if not 0 <= c < model.num_classes]
+    if bad:
+        raise click.UsageError(f"--classes {bad} out of range: classes are 0..{model.num_classes - 1}")
+    import torch
+
+    x = start_images(model, start, len(wanted), seed).to(device)
+    target = torch.tensor(wanted, device=device)
+    # The start images carry no label; give each a label different from its target so the run is valid.
+    y = (target + 1) % model.num_classes
+    attack_obj = registry.get_attack("visualize").obj(
+        steps=steps, step_size=step_size, step_rule=step_rule, l2_penalty=l2_penalty, layer=layer, channel=channel
+    )
+    try:
+        result = run_attack(model, attack_obj, x, y, constraint=Box(*model.bounds), target=target, seed=seed)
+    except (ValueError, RuntimeError) as error:
+        raise click.ClickException(str(error)) from None
+    history = attack_obj.history_
+    what = f"layer {layer} channel {channel if channel is not None else '= class'}" if layer else "class logit"
+    summary = {
+        "model": model.name,
+        "objective": what,
+        "start": start,
+        "l2_penalty": l2_penalty,
+        "steps": steps,
+        "classes": wanted,
+        "predicted": result.pred.tolist(),
+        "confidence": [round(float(c), 4) for c in result.confidence],
+        "objective_first": [round(float(v), 4) for v in history[0]],
+        "objective_last": [round(float(v), 4) for v in history[-1]],
+        "forward_passes": result.forward_passes,
+        "backward_passes": result.backward_passes,
+        "seconds": round(result.seconds, 3),
+        "seed": seed,
+    }
+    if out is not None:
+        title = f"{model.name}: ascent on {what} from {start}, {steps} steps, lambda={l2_penalty:g}"
+        summary["out"] = [str(p) for p in write_visualization(out, result, history, model, summary, title)]
+    if as_json:
+        _emit_json(summary)
+        return
+    click.echo(f"advkit visualize on {model.name}: {what}, start {start}, {steps} steps, lambda {l2_penalty:g}")
+    for c, p, conf, first, last in zip(wanted, summary["predicted"], summary["confidence"], summary["objective_first"],
+                                       summary["objective_last"]):
+        click.echo(f"  class {c}: predicted {p} (p={conf:.2f}), J {first:.2f} -> {last:.2f}")
+    if out is not None:
+        click.echo(f"  wrote {', '.join(summary['out'])}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     cli(prog_name="advkit")
 

@@ -54,6 +54,9 @@ class EngineResult:
     best_objective: Tensor
     forward_counts: Tensor
     backward_counts: Tensor
+    #: objective per step (rows) and sample (columns) of the first restart, NaN where a sample
+    #: was not active; only when ``optimize(record=True)``.
+    history: Tensor | None = None
 
 
 class Update(Protocol):
@@ -118,6 +121,7 @@ def optimize(
     init: Init = "zeros",
     restarts: int = 1,
     early_stop: bool = True,
+    record: bool = False,
 ) -> EngineResult:
     """Run up to ``restarts`` x ``steps`` projected steps of ``update`` on ``objective`` (maximized).
 
@@ -134,12 +138,13 @@ def optimize(
     backward = torch.zeros(n, dtype=torch.long, device=device)
     best = _Best(x)
     budget = problem.budget
+    history = torch.full((steps, n), float("nan"), device=device) if record else None
 
     def evaluate(idx: Tensor, whole: bool, x_adv: Tensor, logits: Tensor, value: Tensor | None = None) -> Tensor:
         y_i = y if whole else y[idx]
         t_i = target if (whole or target is None) else target[idx]
         reached = problem.criterion.reached(logits, y_i, t_i)
-        value = objective(logits, y_i, t_i) if value is None else value
+        value = objective(logits, y_i, t_i, x_adv) if value is None else value
         best.offer(None if whole else idx, x_adv, value, reached)
         return reached
 
@@ -157,11 +162,11 @@ def optimize(
         start = init if restart == 0 else "random"
         delta = torch.zeros_like(x_i) if start == "zeros" else search_i.random_start(x_i, problem.generator)
         pending: list[tuple[Tensor, Tensor, Constraint, Tensor]] = []  # points updated but not yet evaluated
-        for _ in range(steps):
+        for step_index in range(steps):
             point = delta if feasible.convex else feasible_i.project(delta, x_i)
             x_adv = (x_i + point).requires_grad_(True)
             logits = model(x_adv)
-            loss = objective(logits, y_i, t_i)
+            loss = objective(logits, y_i, t_i, x_adv)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
             if whole:
                 forward += 1
@@ -170,6 +175,8 @@ def optimize(
                 forward[idx] += 1
                 backward[idx] += 1
             reached = evaluate(idx, whole, x_adv.detach(), logits.detach(), loss.detach())
+            if history is not None and restart == 0:
+                history[step_index, idx] = loss.detach()
             delta = update(delta.detach(), grad, x_i, idx, search_i)
             keep = ~reached if early_stop else None
             if budget is not None:
@@ -203,4 +210,5 @@ def optimize(
         best_objective=best.objective,
         forward_counts=forward,
         backward_counts=backward,
+        history=history,
     )

@@ -1,4 +1,8 @@
-"""Per-sample objectives that an attack *maximizes*."""
+"""Per-sample objectives that an attack *maximizes*.
+
+An objective is called as ``objective(logits, y, target, x_adv)`` and returns one value per
+sample. Regularized objectives (e.g. a class logit minus lambda * ||x||^2) use ``x_adv``.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,28 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-Objective = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+Objective = Callable[[Tensor, Tensor, "Tensor | None", "Tensor | None"], Tensor]
 
 
-def cross_entropy(logits: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
+def cross_entropy(logits: Tensor, y: Tensor, target: Tensor | None = None, x_adv: Tensor | None = None) -> Tensor:
     """Cross-entropy with the true label (untargeted: push away from y)."""
     return F.cross_entropy(logits, y, reduction="none")
 
 
-def negative_target_cross_entropy(logits: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
+def negative_target_cross_entropy(
+    logits: Tensor, y: Tensor, target: Tensor | None = None, x_adv: Tensor | None = None
+) -> Tensor:
     """Minus the cross-entropy with the target (targeted: pull towards the target)."""
     if target is None:
         raise ValueError("a targeted objective needs target classes")
     return -F.cross_entropy(logits, target, reduction="none")
+
+
+def target_logit(logits: Tensor, y: Tensor, target: Tensor | None = None, x_adv: Tensor | None = None) -> Tensor:
+    """C = logits[target], before the softmax (S6, S8)."""
+    if target is None:
+        raise ValueError("the target-logit objective needs target classes")
+    return logits.gather(1, target.view(-1, 1)).squeeze(1)
 
 
 def objective_for(targeted: bool) -> Objective:

@@ -30,11 +30,16 @@ def std_step(grad: Tensor) -> Tensor:
     return grad / (std + 1e-8).view(-1, *([1] * (grad.dim() - 1)))
 
 
-STEP_RULES: dict[str, StepRule] = {"sign": sign_step, "l2": l2_step, "std": std_step}
+def raw_step(grad: Tensor) -> Tensor:
+    """g itself: plain gradient ascent, x <- x + step * dC/dx (S6)."""
+    return grad
+
+
+STEP_RULES: dict[str, StepRule] = {"sign": sign_step, "l2": l2_step, "std": std_step, "raw": raw_step}
 
 
 def get_step_rule(name: str) -> StepRule:
-    """Look up a step rule by name ('sign', 'l2', 'std')."""
+    """Look up a step rule by name ('sign', 'l2', 'std', 'raw')."""
     if name not in STEP_RULES:
         raise ValueError(f"unknown step rule {name!r}; valid: {', '.join(STEP_RULES)}")
     return STEP_RULES[name]

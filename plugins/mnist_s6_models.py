@@ -1,0 +1,1 @@
+"""Built-in plugin: the S6 MNIST models (being written)."""
