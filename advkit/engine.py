@@ -144,7 +144,7 @@ def optimize(
         y_i = y if whole else y[idx]
         t_i = target if (whole or target is None) else target[idx]
         reached = problem.criterion.reached(logits, y_i, t_i)
-        value = objective(logits, y_i, t_i, x_adv) if value is None else value
+        value = objective(logits, y_i, t_i, x_adv, x if whole else x[idx]) if value is None else value
         best.offer(None if whole else idx, x_adv, value, reached)
         return reached
 
@@ -166,7 +166,7 @@ def optimize(
             point = delta if feasible.convex else feasible_i.project(delta, x_i)
             x_adv = (x_i + point).requires_grad_(True)
             logits = model(x_adv)
-            loss = objective(logits, y_i, t_i, x_adv)
+            loss = objective(logits, y_i, t_i, x_adv, x_i)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
             if whole:
                 forward += 1

@@ -1,7 +1,8 @@
 """Per-sample objectives that an attack *maximizes*.
 
-An objective is called as ``objective(logits, y, target, x_adv)`` and returns one value per
-sample. Regularized objectives (e.g. a class logit minus lambda * ||x||^2) use ``x_adv``.
+An objective is called as ``objective(logits, y, target, x_adv, x)`` (x: the clean inputs of
+the same rows) and returns one value per sample. Regularized objectives use ``x_adv`` and
+``x``: a class logit minus lambda * ||x_adv||^2, or minus beta * mse(x_adv, x).
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-Objective = Callable[[Tensor, Tensor, "Tensor | None", "Tensor | None"], Tensor]
+Objective = Callable[..., Tensor]
 
 
-def cross_entropy(logits: Tensor, y: Tensor, target: Tensor | None = None, x_adv: Tensor | None = None) -> Tensor:
+def cross_entropy(logits: Tensor, y: Tensor, target: Tensor | None = None, x_adv: Tensor | None = None, x: Tensor | None = None) -> Tensor:
     """Cross-entropy with the true label (untargeted: push away from y)."""
     return F.cross_entropy(logits, y, reduction="none")
 
 
 def negative_target_cross_entropy(
-    logits: Tensor, y: Tensor, target: Tensor | None = None, x_adv: Tensor | None = None
+    logits: Tensor, y: Tensor, target: Tensor | None = None, x_adv: Tensor | None = None, x: Tensor | None = None
 ) -> Tensor:
     """Minus the cross-entropy with the target (targeted: pull towards the target)."""
     if target is None:
@@ -28,7 +29,7 @@ def negative_target_cross_entropy(
     return -F.cross_entropy(logits, target, reduction="none")
 
 
-def target_logit(logits: Tensor, y: Tensor, target: Tensor | None = None, x_adv: Tensor | None = None) -> Tensor:
+def target_logit(logits: Tensor, y: Tensor, target: Tensor | None = None, x_adv: Tensor | None = None, x: Tensor | None = None) -> Tensor:
     """C = logits[target], before the softmax (S6, S8)."""
     if target is None:
         raise ValueError("the target-logit objective needs target classes")

@@ -55,7 +55,7 @@ class Visualize(Attack):
         captured: dict[str, Tensor] = {}
         handle = modules[self.layer].register_forward_hook(lambda _m, _i, out: captured.__setitem__("out", out))
 
-        def objective(logits: Tensor, y: Tensor, target: Tensor | None, x_adv: Tensor | None = None) -> Tensor:
+        def objective(logits: Tensor, y: Tensor, target: Tensor | None, x_adv=None, x=None) -> Tensor:
             act = captured["out"]
             index = target if self.channel is None else torch.full_like(target, self.channel)
             rows = torch.arange(act.shape[0], device=act.device)
@@ -76,7 +76,7 @@ class Visualize(Attack):
             base, handle = self._layer_objective(problem)
         penalty = self.l2_penalty
 
-        def objective(logits, y, target, x_adv=None):
+        def objective(logits, y, target, x_adv=None, x=None):
             value = base(logits, y, target, x_adv)
             if penalty and x_adv is not None:
                 value = value - penalty * x_adv.flatten(1).pow(2).sum(1)
