@@ -60,7 +60,12 @@ class EngineResult:
 
 
 class Update(Protocol):
-    """Turns the current (latent) perturbation and its gradient into the next one."""
+    """Turns the current (latent) perturbation and its gradient into the next one.
+
+    ``idx`` holds the global indices of the active samples, so a stateful update (momentum,
+    step-size schedules) can keep per-sample state. If it has a ``start(idx, n)`` method,
+    the engine calls it at the beginning of every restart.
+    """
 
     def __call__(self, delta: Tensor, grad: Tensor, x: Tensor, idx: Tensor, constraint: Constraint) -> Tensor: ...
 
@@ -161,6 +166,8 @@ def optimize(
         feasible_i, search_i = select(feasible, idx), select(search, idx)
         start = init if restart == 0 else "random"
         delta = torch.zeros_like(x_i) if start == "zeros" else search_i.random_start(x_i, problem.generator)
+        if hasattr(update, "start"):
+            update.start(idx, n)
         pending: list[tuple[Tensor, Tensor, Constraint, Tensor]] = []  # points updated but not yet evaluated
         for step_index in range(steps):
             point = delta if feasible.convex else feasible_i.project(delta, x_i)
