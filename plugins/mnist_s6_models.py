@@ -1,1 +1,0 @@
-"""Built-in plugin: the S6 MNIST models (being written)."""
