@@ -1,4 +1,4 @@
-"""Model-zoo architectures: the S1 "Table 2" CNN and its binarized-activation twin.
+"""Model-zoo architectures: the S1 "Table 2" CNN, its binarized-activation twin and the S6 CNN.
 
 Both nets take ``(N, 1, 28, 28)`` float32 inputs in ``[-1, 1]`` (``pixel / 127.5 - 1``, see
 :mod:`advkit.data`) and return ``(N, num_classes)`` logits (no softmax: the loss or the
@@ -19,6 +19,13 @@ parameters or buffers, so both nets have identical ``state_dict`` keys
 only; its weights stay real-valued. No BatchNorm is used: default PyTorch init keeps
 pre-activations mostly within ``|x| <= 1`` where the straight-through estimator passes
 gradient, and the plain BNN trains to the zoo's targets without it.
+
+:class:`S6CNN` (names "s6" and, with BatchNorm, "s6bn") is the small S6 net::
+
+    conv1  3x3, 32, stride 1, pad 1 [-> bn1] -> act1 -> pool1 (2x2 max)   (28x28 -> 14x14)
+    conv2  3x3, 32, stride 1, pad 1 [-> bn2] -> act2 -> pool2 (2x2 max)   (14x14 -> 7x7)
+    flatten (1568) -> fc1 500 -> act3
+    fc2 10                                                              (logits)
 """
 
 from __future__ import annotations
@@ -29,8 +36,11 @@ import torch
 from torch import nn
 
 __all__ = [
+    "ARCHITECTURE_NAMES",
     "MODEL_NAMES",
+    "S6_MODEL_NAMES",
     "BinarizedTable2CNN",
+    "S6CNN",
     "Sign",
     "SignSTE",
     "SignZeroGrad",
@@ -170,6 +180,46 @@ class BinarizedTable2CNN(Table2CNN):
         set_straight_through(self, value)
 
 
+class S6CNN(nn.Module):
+    """The S6 CNN for 1x28x28 inputs in [-1, 1]; outputs logits.
+
+    conv1 (3x3, 32) -> ReLU -> 2x2 max-pool -> conv2 (3x3, 32) -> ReLU -> 2x2 max-pool ->
+    fc1 (1568 -> 500) -> ReLU -> fc2 (500 -> num_classes). Layers have readable names
+    (``conv1``, ``bn1``, ``act1``, ``pool1``, ``conv2``, ..., ``fc1``, ``act3``, ``fc2``) so
+    they can be picked by name (e.g. with :meth:`torch.nn.Module.get_submodule`).
+
+    Args:
+        num_classes: number of output logits (10 for MNIST).
+        batchnorm: insert ``BatchNorm2d`` after each conv, before its ReLU (``bn1``, ``bn2``);
+            without it those slots are ``nn.Identity`` (no parameters, no state_dict keys).
+    """
+
+    def __init__(self, num_classes: int = 10, batchnorm: bool = False) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.batchnorm = bool(batchnorm)
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=3, stride=1, padding=1)
+        self.bn1 = nn.BatchNorm2d(32) if batchnorm else nn.Identity()
+        self.act1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(32, 32, kernel_size=3, stride=1, padding=1)
+        self.bn2 = nn.BatchNorm2d(32) if batchnorm else nn.Identity()
+        self.act2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(32 * 7 * 7, 500)
+        self.act3 = nn.ReLU()
+        self.fc2 = nn.Linear(500, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 500-dim penultimate activations (after ``act3``)."""
+        x = self.pool1(self.act1(self.bn1(self.conv1(x))))
+        x = self.pool2(self.act2(self.bn2(self.conv2(x))))
+        return self.act3(self.fc1(torch.flatten(x, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.features(x))
+
+
 def set_straight_through(model: nn.Module, straight_through: bool) -> nn.Module:
     """Set the backward mode of every :class:`Sign` in ``model`` (in place); returns ``model``."""
     for m in model.modules():
@@ -181,20 +231,27 @@ def set_straight_through(model: nn.Module, straight_through: bool) -> nn.Module:
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "cnn": Table2CNN,
     "bnn": BinarizedTable2CNN,
+    "s6": S6CNN,
+    "s6bn": lambda **kw: S6CNN(batchnorm=True, **kw),
 }
-#: Names accepted by :func:`build_model`.
-MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+#: The S1 zoo models ("cnn", "bnn"), each with committed weights of the same name.
+MODEL_NAMES: tuple[str, ...] = ("cnn", "bnn")
+#: The S6 architectures ("s6", "s6bn"); weights names such as "s6_adv" map to one of them in the manifest.
+S6_MODEL_NAMES: tuple[str, ...] = ("s6", "s6bn")
+#: Every name accepted by :func:`build_model`.
+ARCHITECTURE_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a fresh (randomly initialised) zoo architecture by name.
 
-    ``"cnn"`` -> :class:`Table2CNN`, ``"bnn"`` -> :class:`BinarizedTable2CNN`; ``kwargs``
-    go to the constructor (e.g. ``num_classes``, or ``straight_through`` for "bnn").
+    ``"cnn"`` -> :class:`Table2CNN`, ``"bnn"`` -> :class:`BinarizedTable2CNN`, ``"s6"`` ->
+    :class:`S6CNN`, ``"s6bn"`` -> :class:`S6CNN` with ``batchnorm=True``; ``kwargs`` go to
+    the constructor (e.g. ``num_classes``, or ``straight_through`` for "bnn").
     Initialisation uses torch's global RNG (seed it with :func:`torch.manual_seed`).
     """
     try:
         builder = _BUILDERS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(map(repr, MODEL_NAMES))}") from None
+        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(map(repr, ARCHITECTURE_NAMES))}") from None
     return builder(**kwargs)

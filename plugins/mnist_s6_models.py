@@ -1,0 +1,51 @@
+"""Built-in plugin: the S6 MNIST models with committed weights.
+
+* ``s6`` -- model A: the standard S6 CNN.
+* ``s6_adv`` -- model B: the same S6 CNN adversarially trained (S13, Madry-style PGD-5 at
+  L-inf eps 0.3 in [-1, 1] units, i.e. 0.15 on the 0-1 scale).
+* ``s6bn`` -- the S6 CNN with BatchNorm, standard training (registered only if its
+  weights are in the manifest).
+
+Adapters are built exactly like the ``cnn`` / ``bnn`` ones (:func:`advkit_plugins.mnist_models._adapter`).
+"""
+
+from __future__ import annotations
+
+import advkit
+from advkit.models import ModelAdapter, ModelSpec
+from advkit_plugins.mnist_models import _adapter
+
+S6_DESCRIPTION = "Model A: standard S6 CNN (conv32-pool-conv32-pool-fc500-fc10), inputs in [-1, 1]"
+S6_ADV_DESCRIPTION = (
+    "Model B: S6 CNN adversarially trained with PGD-5 at eps 0.3 in [-1, 1] units (0.15 on 0-1), inputs in [-1, 1]"
+)
+S6BN_DESCRIPTION = "S6 CNN with BatchNorm after each conv, standard training, inputs in [-1, 1]"
+
+
+def load_s6() -> ModelAdapter:
+    return _adapter("s6", S6_DESCRIPTION)
+
+
+def load_s6_adv() -> ModelAdapter:
+    return _adapter("s6_adv", S6_ADV_DESCRIPTION)
+
+
+def load_s6bn() -> ModelAdapter:
+    return _adapter("s6bn", S6BN_DESCRIPTION)
+
+
+def _has_weights(name: str) -> bool:
+    from advkit_zoo.weights import load_manifest
+
+    try:
+        return name in load_manifest()
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+@advkit.hookimpl
+def register_models(register):
+    register(ModelSpec(name="s6", description=S6_DESCRIPTION, load=load_s6, dataset="mnist"))
+    register(ModelSpec(name="s6_adv", description=S6_ADV_DESCRIPTION, load=load_s6_adv, dataset="mnist"))
+    if _has_weights("s6bn"):
+        register(ModelSpec(name="s6bn", description=S6BN_DESCRIPTION, load=load_s6bn, dataset="mnist"))
