@@ -10,7 +10,7 @@ from torch import Tensor
 from advkit.result import AttackResult
 
 
-def _to_image(x: Tensor, bounds: tuple[float, float]):
+def to_image(x: Tensor, bounds: tuple[float, float]):
     """(C, H, W) in bounds -> (H, W[, 3]) in [0, 1] as a NumPy array for imshow."""
     low, high = bounds
     img = ((x.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
@@ -36,14 +36,14 @@ def example_grid(result: AttackResult, class_names: list[str], max_rows: int = 6
         peak = float(delta.abs().max()) or 1.0
         label = class_names[int(result.y[i])]
         pred = class_names[int(result.pred[i])]
-        row[0].imshow(_to_image(result.x[i], bounds), cmap="gray", vmin=0, vmax=1)
+        row[0].imshow(to_image(result.x[i], bounds), cmap="gray", vmin=0, vmax=1)
         row[0].set_title(f"original: true {label}", fontsize=10)
         shown = delta.mean(0).numpy() if delta.shape[0] > 1 else delta[0].numpy()
         im = row[1].imshow(shown, cmap="RdBu_r", vmin=-peak, vmax=peak)
         row[1].set_title(f"perturbation, L-inf {float(delta.abs().max()):.3f}", fontsize=10)
         fig.colorbar(im, ax=row[1], fraction=0.046, pad=0.04)
         verdict = "fooled" if bool(result.success[i]) else "not fooled"
-        row[2].imshow(_to_image(result.x_adv[i], bounds), cmap="gray", vmin=0, vmax=1)
+        row[2].imshow(to_image(result.x_adv[i], bounds), cmap="gray", vmin=0, vmax=1)
         row[2].set_title(f"adversarial: {pred} (p={float(result.confidence[i]):.2f}), {verdict}", fontsize=10)
         for ax in row:
             ax.set_xticks([])

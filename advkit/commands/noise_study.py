@@ -41,7 +41,7 @@ def noise_figure(model: ModelAdapter, base, label, noises, result, table, fixed_
     """Row 1: the noises; row 2: base + noise with prediction; right: the true-vs-predicted table."""
     from matplotlib.figure import Figure
 
-    from advkit.figures import _to_image
+    from advkit.figures import to_image
 
     classes = model.num_classes
     fig = Figure(figsize=(1.45 * classes + 5.5, 4.6), layout="constrained")
@@ -53,10 +53,10 @@ def noise_figure(model: ModelAdapter, base, label, noises, result, table, fixed_
         ax_noise.set_title(f"noise -> {model.class_names[t]}", fontsize=8)
         if t in targets:
             i = targets.index(t)
-            ax_adv.imshow(_to_image(result.x_adv[i], model.bounds), cmap="gray", vmin=0, vmax=1)
+            ax_adv.imshow(to_image(result.x_adv[i], model.bounds), cmap="gray", vmin=0, vmax=1)
             ax_adv.set_title(f"pred {model.class_names[int(result.pred[i])]} p={float(result.confidence[i]):.2f}", fontsize=8)
         else:
-            ax_adv.imshow(_to_image(base[0], model.bounds), cmap="gray", vmin=0, vmax=1)
+            ax_adv.imshow(to_image(base[0], model.bounds), cmap="gray", vmin=0, vmax=1)
             ax_adv.set_title(f"original {model.class_names[int(label)]}", fontsize=8)
         for ax in (ax_noise, ax_adv):
             ax.set_xticks([])

@@ -30,14 +30,14 @@ def visualization_figure(result, history: torch.Tensor, class_names: list[str], 
     """Top: the image for each class titled with prediction and probability; bottom: J over iterations."""
     from matplotlib.figure import Figure
 
-    from advkit.figures import _to_image
+    from advkit.figures import to_image
 
     n = result.x_adv.shape[0]
     fig = Figure(figsize=(1.6 * max(n, 5), 5.6), layout="constrained")
     grid = fig.add_gridspec(2, n, height_ratios=[1, 1.3])
     for i in range(n):
         ax = fig.add_subplot(grid[0, i])
-        ax.imshow(_to_image(result.x_adv[i], result.bounds), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(to_image(result.x_adv[i], result.bounds), cmap="gray", vmin=0, vmax=1)
         target = class_names[int(result.target[i])]
         pred = class_names[int(result.pred[i])]
         ax.set_title(f"class {target}\npred {pred} p={float(result.confidence[i]):.2f}", fontsize=9)
