@@ -23,6 +23,9 @@ class Attack:
     name: ClassVar[str] = ""
     #: Does the attack need target classes?
     targeted: ClassVar[bool] = False
+    #: May a sweep start it from the result of a smaller eps? (False where the start defines
+    #: the attack, e.g. FGSM's single step from the clean input.)
+    warm_startable: ClassVar[bool] = True
 
     @property
     def success_confidence(self) -> float:

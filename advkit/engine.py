@@ -12,8 +12,8 @@ onto the real set, so every point ever evaluated or returned is feasible.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -24,7 +24,17 @@ from advkit.models import ModelAdapter
 from advkit.objectives import Objective
 from advkit.steps import StepRule
 
-Init = Literal["zeros", "random"]
+#: Where optimization starts. "zeros": the input itself (zero perturbation); "random": a random
+#: feasible perturbation; "blank": the zero image of the model's units (clipped to the box);
+#: "noise": Gaussian noise around the middle of the model's range (std 0.1 x range, clipped).
+Init = Literal["zeros", "random", "blank", "noise"]
+#: What is optimized: one perturbation per sample, a whole image per sample (the input is then
+#: only the reference for regularizers such as beta * mse(x_adv, x)), or one perturbation
+#: shared by every sample of the batch (see :mod:`advkit.universal`).
+Variable = Literal["perturbation", "image", "universal"]
+NOISE_STD = 0.1
+#: Starting points as image-optimizing attacks name them ("input": the images passed in).
+START_TO_INIT = {"input": "zeros", "noise": "noise", "blank": "blank"}
 
 
 @dataclass
@@ -39,6 +49,14 @@ class Problem:
     target: Tensor | None = None
     budget: int | None = None  # backward passes per sample, over all steps and restarts
     generator: torch.Generator | None = None
+    #: Per-sample backward passes spent by the engine, accumulated over every optimize() call
+    #: on this problem (the runner reports the maximum and enforces the budget per sample).
+    backward_counts: Tensor | None = None
+    #: Tensors an attack wants to hand back besides x_adv (e.g. the universal perturbation).
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    #: A warm start (e.g. the result of a smaller eps in a sweep): the first restart of every
+    #: optimize() call starts at this point, projected onto the set, instead of its ``init``.
+    start: Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -57,6 +75,8 @@ class EngineResult:
     #: objective per step (rows) and sample (columns) of the first restart, NaN where a sample
     #: was not active; only when ``optimize(record=True)``.
     history: Tensor | None = None
+    #: The shared perturbation, shape (1, *x.shape[1:]), when ``variable="universal"``.
+    shared: Tensor | None = None
 
 
 class Update(Protocol):
@@ -64,7 +84,9 @@ class Update(Protocol):
 
     ``idx`` holds the global indices of the active samples, so a stateful update (momentum,
     step-size schedules) can keep per-sample state. If it has a ``start(idx, n)`` method,
-    the engine calls it at the beginning of every restart.
+    the engine calls it at the beginning of every restart; if it has ``observe(idx, delta, loss)``,
+    the engine reports each evaluated (latent) perturbation and its objective before asking for
+    the next one (adaptive step-size schedules use this).
     """
 
     def __call__(self, delta: Tensor, grad: Tensor, x: Tensor, idx: Tensor, constraint: Constraint) -> Tensor: ...
@@ -91,6 +113,23 @@ class GradientStep:
     def __call__(self, delta: Tensor, grad: Tensor, x: Tensor, idx: Tensor, constraint: Constraint) -> Tensor:
         step = _per_sample(self.step_size, idx, delta)
         return constraint.project(delta + step * self.rule(grad), x)
+
+
+def starting_delta(problem: Problem, x: Tensor, search: Constraint, init: str) -> Tensor:
+    """The first (latent) perturbation for inputs ``x``, projected onto the search set ``search``."""
+    if init == "zeros":
+        return torch.zeros_like(x)
+    if init == "random":
+        return search.random_start(x, problem.generator)
+    low, high = problem.model.bounds
+    if init == "blank":
+        start = torch.zeros_like(x).clamp(low, high)
+    elif init == "noise":
+        noise = torch.randn(x.shape, generator=problem.generator, device=x.device, dtype=x.dtype)
+        start = ((low + high) / 2 + NOISE_STD * (high - low) * noise).clamp(low, high)
+    else:
+        raise ValueError(f"unknown init {init!r}; valid: zeros, random, blank, noise")
+    return search.project(start - x, x)
 
 
 class _Best:
@@ -127,14 +166,28 @@ def optimize(
     restarts: int = 1,
     early_stop: bool = True,
     record: bool = False,
+    variable: Variable = "perturbation",
+    **universal_options: Any,
 ) -> EngineResult:
     """Run up to ``restarts`` x ``steps`` projected steps of ``update`` on ``objective`` (maximized).
 
     Restarts after the first start at random feasible points and run only on samples that are
-    not yet successful and still have budget.
+    not yet successful and still have budget. ``variable="image"`` optimizes whole images from
+    ``init`` ("blank" or "noise"; the inputs are the regularizers' reference);
+    ``variable="universal"`` optimizes one perturbation shared by the batch
+    (:func:`advkit.universal.optimize_universal`, which takes ``universal_options``).
     """
     if steps < 0 or restarts < 1:
         raise ValueError(f"steps must be >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+    if variable == "universal":
+        from advkit.universal import optimize_universal
+
+        return optimize_universal(problem, update=update, objective=objective, steps=steps, init=init,
+                                  early_stop=early_stop, record=record, **universal_options)
+    if universal_options:
+        raise TypeError(f"options {sorted(universal_options)} only apply to variable='universal'")
+    if variable not in ("perturbation", "image"):
+        raise ValueError(f"unknown variable {variable!r}; valid: perturbation, image, universal")
     model, x, y, target = problem.model, problem.x, problem.y, problem.target
     feasible = problem.constraint
     search = feasible if feasible.convex else feasible.relaxed()
@@ -144,6 +197,10 @@ def optimize(
     best = _Best(x)
     budget = problem.budget
     history = torch.full((steps, n), float("nan"), device=device) if record else None
+    if problem.backward_counts is None:
+        problem.backward_counts = torch.zeros(n, dtype=torch.long, device=device)
+    spent_before = problem.backward_counts.clone()  # passes of earlier optimize() calls count too
+    backward += spent_before
 
     def evaluate(idx: Tensor, whole: bool, x_adv: Tensor, logits: Tensor, value: Tensor | None = None) -> Tensor:
         y_i = y if whole else y[idx]
@@ -164,10 +221,13 @@ def optimize(
         y_i = y if whole else y[idx]
         t_i = target if (whole or target is None) else target[idx]
         feasible_i, search_i = select(feasible, idx), select(search, idx)
-        start = init if restart == 0 else "random"
-        delta = torch.zeros_like(x_i) if start == "zeros" else search_i.random_start(x_i, problem.generator)
+        if restart == 0 and problem.start is not None:
+            delta = search_i.project((problem.start if whole else problem.start[idx]) - x_i, x_i)
+        else:
+            delta = starting_delta(problem, x_i, search_i, init if restart == 0 else "random")
         if hasattr(update, "start"):
             update.start(idx, n)
+        observe = getattr(update, "observe", None)
         pending: list[tuple[Tensor, Tensor, Constraint, Tensor]] = []  # points updated but not yet evaluated
         for step_index in range(steps):
             point = delta if feasible.convex else feasible_i.project(delta, x_i)
@@ -184,6 +244,8 @@ def optimize(
             reached = evaluate(idx, whole, x_adv.detach(), logits.detach(), loss.detach())
             if history is not None and restart == 0:
                 history[step_index, idx] = loss.detach()
+            if observe is not None:
+                observe(idx, delta.detach(), loss.detach())
             delta = update(delta.detach(), grad, x_i, idx, search_i)
             keep = ~reached if early_stop else None
             if budget is not None:
@@ -211,11 +273,12 @@ def optimize(
             else:
                 forward[idx] += 1
             evaluate(idx, whole, x_adv, logits)
+    problem.backward_counts = backward.clone()
     return EngineResult(
         x_adv=best.x,
         success=best.success,
         best_objective=best.objective,
         forward_counts=forward,
-        backward_counts=backward,
+        backward_counts=backward - spent_before,
         history=history,
     )

@@ -32,7 +32,10 @@ class AttackResult:
     budget: int | None
     seconds: float
     plugin: dict
+    #: Backward passes per sample when the engine accounted for all of them (else None).
     backward_counts: Tensor | None = None
+    #: Tensors the attack handed back besides x_adv (e.g. ``"perturbation"`` for universal).
+    artifacts: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -78,6 +81,8 @@ class AttackResult:
             "forward_passes": self.forward_passes,
             "backward_passes": self.backward_passes,
             "budget": self.budget,
+            "max_backward_per_sample": None if self.backward_counts is None else int(self.backward_counts.max()),
+            "mean_backward_per_sample": None if self.backward_counts is None else float(self.backward_counts.float().mean()),
             "seconds": round(self.seconds, 4),
             "seed": self.seed,
             "constraints": self.constraints,

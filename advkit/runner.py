@@ -78,6 +78,7 @@ def run_attack(
     confidence: float | None = None,
     budget: int | None = None,
     seed: int = 0,
+    start: Tensor | None = None,
     **attack_params: Any,
 ) -> AttackResult:
     """Attack ``(x, y)`` on ``model`` and return an independently checked result.
@@ -85,7 +86,8 @@ def run_attack(
     ``eps`` (model units) builds an L-inf ball when no ``constraint`` is given; the model's box
     always applies. ``confidence`` overrides the attack's default success confidence.
     ``budget`` caps backward passes per sample. ``seed`` seeds the attack's own generator; the
-    global RNG is not touched.
+    global RNG is not touched. ``start`` warm-starts the attack (same shape as ``x``, e.g. the
+    result of a smaller eps); attacks with ``warm_startable = False`` ignore it.
     """
     model = load_model(model) if isinstance(model, str) else model
     attack = make_attack(attack, **attack_params)
@@ -115,6 +117,7 @@ def run_attack(
         target=targets,
         budget=budget,
         generator=generator,
+        start=_warm_start(attack, start, x),
     )
     forward0, backward0 = model.counter.snapshot()
     start = time.perf_counter()
@@ -126,8 +129,11 @@ def run_attack(
             logits = model.module(x_adv)
     forward = model.counter.forward - forward0
     backward = model.counter.backward - backward0
+    per_sample = _per_sample_backward(problem, backward)
     if budget is not None and backward > budget * x.shape[0]:
         raise BudgetExceeded(f"attack {attack.name!r} used {backward} backward passes; budget {budget} x {x.shape[0]} samples")
+    if budget is not None and per_sample is not None and int(per_sample.max()) > budget:
+        raise BudgetExceeded(f"attack {attack.name!r} used {int(per_sample.max())} backward passes on one sample; budget {budget}")
     probs = logits.softmax(dim=1)
     confidence_adv, pred = probs.max(dim=1)
     success = criterion.reached(logits, y, targets)
@@ -154,7 +160,25 @@ def run_attack(
         budget=budget,
         seconds=seconds,
         plugin=attack_plugin(attack),
+        backward_counts=per_sample,
+        artifacts=dict(problem.artifacts),
     )
+
+
+def _warm_start(attack: Attack, start: Tensor | None, x: Tensor) -> Tensor | None:
+    if start is None or not attack.warm_startable:
+        return None
+    if start.shape != x.shape:
+        raise ValueError(f"start has shape {tuple(start.shape)}, expected {tuple(x.shape)}")
+    return start.detach().to(device=x.device, dtype=x.dtype).clone()
+
+
+def _per_sample_backward(problem: Problem, total: int) -> Tensor | None:
+    """The engine's per-sample backward passes, if they account for every pass the model saw."""
+    counts = problem.backward_counts
+    if counts is None or int(counts.sum()) != total:
+        return None  # the attack spent passes outside the engine: only the total is known
+    return counts.detach().cpu()
 
 
 def _enforce_threat_model(x: Tensor, x_adv: Tensor, constraint: Constraint) -> Tensor:

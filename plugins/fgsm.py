@@ -26,6 +26,7 @@ class FGSM(Attack):
     """
 
     name = "fgsm"
+    warm_startable = False
     step_size: float | None = None
 
     def run(self, problem: Problem) -> Tensor:

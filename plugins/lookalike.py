@@ -2,48 +2,65 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
 import advkit
 from advkit.attack import Attack
-from advkit.engine import GradientStep, Problem, optimize
+from advkit.engine import START_TO_INIT, GradientStep, Problem, optimize
 from advkit.objectives import target_logit
 from advkit.steps import get_step_rule
 
 
 @dataclass(kw_only=True)
 class Lookalike(Attack):
-    """Gradient ascent on C = logits[target] - beta * mse(x_adv, x) from the image itself (S7).
+    """Gradient ascent on C = logits[target] - beta * mse(x_adv, x) from the image or from noise (S7).
 
-    The input image is both the start and the look-alike reference: the result keeps looking
-    like it (the MSE term, mean over pixels) while the target logit rises, e.g. a "2" that the
-    model reads as "5". Runs a fixed number of steps and keeps, per sample, the best point that
-    reaches the target (else the highest C). Any constraint set applies on top.
+    The input image is the look-alike reference and, by default, the start (``start="noise"``
+    starts from mid-range Gaussian noise instead): the result keeps looking like it (the MSE term,
+    mean over pixels) while the target logit rises, e.g. a "2" that the model reads as "5". Each
+    sample stops once the model reads it as the target with probability >= ``confidence`` (so it
+    changes no more than needed; ``stop_early=False`` runs every step), records C per step in
+    ``history_`` and keeps, per sample, the best point that reaches the target (else the highest
+    C). Any constraint set applies on top.
 
     Parameters:
         beta (float, 1e-4): weight of the MSE to the reference image (about 1e-4 in S7; raise it to stay closer).
         steps (int, 100): gradient-ascent iterations.
         step_size (float, 0.02): step in model units.
         step_rule (str, "std"): "std", "raw", "l2" or "sign".
+        start (str, "input"): "input" (the reference image), "noise" or "blank".
+        stop_early (bool, True): stop each sample once it reaches the target.
+        confidence (float, 0.9): success needs the target at probability >= this.
     """
 
     name = "lookalike"
+    warm_startable = False
     targeted = True
     beta: float = 1e-4
     steps: int = 100
     step_size: float = 0.02
     step_rule: str = "std"
+    start: str = "input"
+    stop_early: bool = True
+    confidence: float = 0.9
+    history_: Tensor | None = field(default=None, init=False, repr=False)
 
     def run(self, problem: Problem) -> Tensor:
         beta = self.beta
+        to_pixels = 255.0 / problem.model.range_width  # mse on the 0-255 pixel scale, as S7 tunes beta
 
         def objective(logits, y, target, x_adv, x):
-            return target_logit(logits, y, target) - beta * (x_adv - x).flatten(1).pow(2).mean(1)
+            return target_logit(logits, y, target) - beta * ((x_adv - x) * to_pixels).flatten(1).pow(2).mean(1)
 
+        if self.start not in START_TO_INIT:
+            raise ValueError(f"unknown start {self.start!r}; valid: {', '.join(START_TO_INIT)}")
         step = GradientStep(get_step_rule(self.step_rule), self.step_size)
-        return optimize(problem, update=step, objective=objective, steps=self.steps, early_stop=False).x_adv
+        result = optimize(problem, update=step, objective=objective, steps=self.steps, early_stop=self.stop_early,
+                          init=START_TO_INIT[self.start], variable="image", record=True)
+        self.history_ = result.history
+        return result.x_adv
 
 
 @advkit.hookimpl

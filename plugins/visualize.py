@@ -9,7 +9,7 @@ from torch import Tensor
 
 import advkit
 from advkit.attack import Attack
-from advkit.engine import GradientStep, Problem, optimize
+from advkit.engine import START_TO_INIT, GradientStep, Problem, optimize
 from advkit.objectives import target_logit
 from advkit.steps import get_step_rule
 
@@ -21,10 +21,11 @@ class Visualize(Attack):
     Maximizes J(x) = C(x) - l2_penalty * ||x||_2^2, where C is logits[target] (before the
     softmax) or, with ``layer``, the mean activation of channel ``channel`` of that named
     module (or one neuron of it with ``neuron=(h, w)``; for a linear layer, unit ``channel``).
-    The weights never change. Starts at the images passed in (mid-range Gaussian noise or a
-    zero image: see ``advkit visualize``), runs a fixed number of steps and records J per step
-    in ``history_`` (steps x samples). Simonyan et al., 2014, "Deep Inside Convolutional
-    Networks", arXiv:1312.6034.
+    The weights never change; the whole image is optimized. Starts from Gaussian noise around the
+    middle of the model's range (``start="noise"``, S6), the zero image (``"blank"``, S9) or the
+    images passed in (``"input"``), runs a fixed number of steps and records J per step in
+    ``history_`` (steps x samples). Simonyan et al., 2014, "Deep Inside Convolutional Networks",
+    arXiv:1312.6034.
 
     Parameters:
         steps (int, 200): gradient-ascent iterations.
@@ -34,9 +35,11 @@ class Visualize(Attack):
         layer (str | None, None): name of a module (see ``model.module.named_modules()``) to maximize instead of a logit.
         channel (int | None, None): channel (or unit) of ``layer``; default the target class index.
         neuron (tuple | None, None): (h, w) position of a single neuron in ``layer``'s channel.
+        start (str, "input"): "noise" (mid-range Gaussian, std 0.1 x range), "blank" (zero image) or "input".
     """
 
     name = "visualize"
+    warm_startable = False
     targeted = True
     steps: int = 200
     step_size: float = 0.05
@@ -45,6 +48,7 @@ class Visualize(Attack):
     layer: str | None = None
     channel: int | None = None
     neuron: tuple | None = None
+    start: str = "input"
     history_: Tensor | None = field(default=None, init=False, repr=False)
 
     def _layer_objective(self, problem: Problem):
@@ -70,6 +74,8 @@ class Visualize(Attack):
         return objective, handle
 
     def run(self, problem: Problem) -> Tensor:
+        if self.start not in START_TO_INIT:
+            raise ValueError(f"unknown start {self.start!r}; valid: {', '.join(START_TO_INIT)}")
         handle = None
         base = target_logit
         if self.layer is not None:
@@ -88,9 +94,10 @@ class Visualize(Attack):
                 update=GradientStep(get_step_rule(self.step_rule), self.step_size),
                 objective=objective,
                 steps=self.steps,
-                init="zeros",
+                init=START_TO_INIT[self.start],
                 early_stop=False,
                 record=True,
+                variable="image",
             )
         finally:
             if handle is not None:

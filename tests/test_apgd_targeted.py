@@ -1,11 +1,13 @@
-"""The improved targeted attack is at least as successful as `targeted` at an equal budget."""
+"""The improved targeted attack: at least as successful as `targeted` at an equal budget; APGD's schedule."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from advkit.constraints import LinfBall
 from advkit.runner import run_attack
+from advkit_plugins.apgd_targeted import AdaptiveMomentumStep, checkpoints, targeted_dlr
 
 
 @pytest.mark.parametrize("eps", [0.2, 0.25])
@@ -13,22 +15,63 @@ def test_at_least_as_strong_as_targeted_at_equal_budget(zoo_cnn, mnist_test, cor
     x, y = correct_digits(zoo_cnn, mnist_test, 40, label=1)
     budget = 60
     plain = run_attack(zoo_cnn, "targeted", x, y, eps=eps, target=8, budget=budget, confidence=0.0)
-    better = run_attack(zoo_cnn, "apgd_targeted", x, y, eps=eps, target=8, budget=budget, steps=15, restarts=4)
-    assert better.backward_passes <= budget * len(x) and plain.backward_passes <= budget * len(x)
+    better = run_attack(zoo_cnn, "apgd_targeted", x, y, eps=eps, target=8, budget=budget, steps=60)
+    assert better.summary()["max_backward_per_sample"] <= budget
+    assert plain.summary()["max_backward_per_sample"] <= budget
     assert better.success_rate >= plain.success_rate
 
 
-def test_momentum_state_is_per_sample_and_reset_per_restart():
-    from advkit.constraints import LinfBall
-    from advkit_plugins.apgd_targeted import MomentumSignStep
+def test_checkpoints_follow_apgd():
+    marks = checkpoints(100)
+    assert marks[:3] == [0, 22, 41]
+    gaps = [b - a for a, b in zip(marks, marks[1:])]
+    assert all(g >= 6 for g in gaps) and gaps == sorted(gaps, reverse=True)
 
-    step = MomentumSignStep(0.5, steps=100)  # no halving within these two steps
+
+def _step(steps=100):
+    step = AdaptiveMomentumStep(0.5, steps=steps)
     step.start(torch.arange(3), 3)
-    x = torch.zeros(3, 2)
-    d1 = step(torch.zeros(3, 2), torch.ones(3, 2), x, torch.arange(3), LinfBall(1.0))
-    assert torch.allclose(d1, torch.full((3, 2), 0.5))  # first step: no momentum yet
-    d2 = step(d1[[2]], torch.ones(1, 2), x[[2]], torch.tensor([2]), LinfBall(1.0))
+    return step
+
+
+def test_first_step_has_no_momentum_and_then_momentum_applies():
+    step, x, c = _step(), torch.zeros(3, 2), LinfBall(1.0)
+    step.observe(torch.arange(3), torch.zeros(3, 2), torch.zeros(3))
+    d1 = step(torch.zeros(3, 2), torch.ones(3, 2), x, torch.arange(3), c)
+    assert torch.allclose(d1, torch.full((3, 2), 0.5))
+    step.observe(torch.tensor([2]), d1[[2]], torch.ones(1))
+    d2 = step(d1[[2]], torch.ones(1, 2), x[[2]], torch.tensor([2]), c)
     # z = 1.0; moved = 0.5 + 0.75 * 0.5 + 0.25 * (0.5 - 0) = 1.0
     assert torch.allclose(d2, torch.ones(1, 2))
     step.start(torch.tensor([2]), 3)
-    assert int(step.count[2]) == 0 and float(step.previous[2].abs().sum()) == 0
+    assert int(step.state["count"][2]) == 0 and float(step.state["previous"][2].abs().sum()) == 0
+
+
+def test_stalled_sample_halves_at_checkpoint_and_restarts_from_its_best_point():
+    steps = 10
+    mark = checkpoints(steps)[1]
+    step, c = _step(steps), LinfBall(10.0)
+    idx, x = torch.arange(3), torch.zeros(3, 2)
+    delta = torch.zeros(3, 2)
+    best = None
+    for k in range(mark):
+        # Sample 0 improves every step; samples 1 and 2 peak at step 0 and then only fall.
+        loss = torch.tensor([float(k), -float(k), -float(k)])
+        step.observe(idx, delta, loss)
+        if k == 0:
+            best = delta.clone()
+        delta = step(delta, torch.ones(3, 2), x, idx, c)
+    step.observe(idx, delta, torch.tensor([float(mark), -10.0, -10.0]))
+    out = step(delta, -torch.ones(3, 2), x, idx, c)
+    eta = step.state["eta"]
+    assert float(eta[0]) == 0.5 and float(eta[1]) == 0.25 and float(eta[2]) == 0.25
+    # Halved samples restart from their best point with the best point's gradient (+1), no momentum.
+    assert torch.allclose(out[1:], best[1:] + 0.25)
+
+
+def test_targeted_dlr_is_scale_invariant_and_positive_only_past_the_true_class():
+    logits = torch.tensor([[5.0, 1.0, 0.0, -1.0, -2.0], [0.0, 4.0, 1.0, -1.0, -2.0]])
+    y, t = torch.tensor([0, 2]), torch.tensor([1, 1])
+    value = targeted_dlr(logits, y, t)
+    assert torch.allclose(targeted_dlr(3 * logits, y, t), value)
+    assert value[0] < 0 < value[1]

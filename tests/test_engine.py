@@ -108,3 +108,53 @@ def test_per_sample_step_size_is_indexed_by_active_sample():
     idx = torch.tensor([3, 1])  # the active samples are global samples 3 and 1
     out = step(torch.zeros_like(x), grad, x, idx, LinfBall(1.0))
     assert torch.allclose(out.flatten(1).amax(1), torch.tensor([0.4, 0.2]))
+
+
+def test_budget_counts_across_optimize_calls(tiny_model, tiny_batch):
+    """An attack that calls the engine twice still gets at most ``budget`` passes per sample."""
+    x, y = tiny_batch
+    problem = make_problem(tiny_model, x, y, eps=0.01, confidence=0.99, budget=6)
+    first = optimize(problem, update=GradientStep(sign_step, 0.001), objective=cross_entropy, steps=4)
+    second = optimize(problem, update=GradientStep(sign_step, 0.001), objective=cross_entropy, steps=4)
+    assert torch.all(first.backward_counts == 4) and torch.all(second.backward_counts == 2)
+    assert torch.all(problem.backward_counts == 6)
+
+
+@pytest.mark.parametrize("init", ["blank", "noise"])
+def test_image_starts_are_feasible_and_as_declared(tiny_model, tiny_batch, init):
+    x, y = tiny_batch
+    problem = make_problem(tiny_model, x, y, constraint=Box(*tiny_model.bounds))
+    out = optimize(problem, update=GradientStep(sign_step, 0.0), objective=cross_entropy, steps=1, init=init,
+                   early_stop=False, variable="image")
+    if init == "blank":
+        assert torch.all(out.x_adv == 0)  # the zero image of the model's units, whatever x was
+    else:
+        assert abs(float(out.x_adv.mean())) < 0.1 and 0.05 < float(out.x_adv.std()) < 0.4
+        assert float(out.x_adv.min()) >= -1 and float(out.x_adv.max()) <= 1
+
+
+def test_engine_reports_each_evaluated_point_to_observe(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    seen = []
+
+    class Recording(GradientStep):
+        def observe(self, idx, delta, loss):
+            seen.append((idx.clone(), loss.clone()))
+
+    problem = make_problem(tiny_model, x, y)
+    out = optimize(problem, update=Recording(sign_step, 0.01), objective=cross_entropy, steps=3, early_stop=False,
+                   record=True)
+    assert len(seen) == 3
+    for step, (idx, loss) in enumerate(seen):
+        assert torch.equal(idx, torch.arange(len(x)))
+        assert torch.allclose(loss, out.history[step])
+
+
+def test_unknown_variable_and_init_are_refused(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    with pytest.raises(ValueError, match="unknown variable"):
+        optimize(make_problem(tiny_model, x, y), update=GradientStep(sign_step, 0.1), objective=cross_entropy, steps=1,
+                 variable="pixels")
+    with pytest.raises(ValueError, match="unknown init"):
+        optimize(make_problem(tiny_model, x, y), update=GradientStep(sign_step, 0.1), objective=cross_entropy, steps=1,
+                 init="gray")

@@ -24,3 +24,27 @@ def test_objective_matches_its_definition(zoo_cnn, mnist_test, correct_digits):
     result = run_attack(zoo_cnn, make_attack("lookalike", steps=5, beta=10.0), x, y, eps=0.5, target=target, budget=3)
     assert result.backward_passes <= 3 * len(x)
     assert float((result.x_adv - x).abs().max()) <= 0.5 + 1e-6
+
+
+def test_lookalike_from_noise_raises_its_objective(zoo_cnn, mnist_test, correct_digits):
+    x, y = correct_digits(zoo_cnn, mnist_test, 3)
+    attack = make_attack("lookalike", steps=20, start="noise", stop_early=False)
+    result = run_attack(zoo_cnn, attack, x, y, eps=2.0, target=(y + 1) % 10)
+    assert attack.history_.shape == (20, 3) and (attack.history_[-1] > attack.history_[0]).all()
+    assert not torch.allclose(result.x_adv, x)
+
+
+def test_lookalike_cli_one_per_class(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from advkit.cli import cli
+
+    result = CliRunner().invoke(cli, ["lookalike", "--model", "cnn", "--steps", "30", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["reference_classes"] == list(range(10))
+    assert summary["targets"] == [(c + 3) % 10 for c in range(10)]
+    assert sum(summary["reached"]) >= 8 and max(summary["mse_to_reference"]) < 0.3
+    assert (tmp_path / "visualization.png").stat().st_size > 10_000

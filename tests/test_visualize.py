@@ -9,7 +9,6 @@ import torch
 from click.testing import CliRunner
 
 from advkit.cli import cli
-from advkit.commands.visualize import start_images
 from advkit.constraints import Box
 from advkit.runner import make_attack, run_attack
 
@@ -17,19 +16,19 @@ from advkit.runner import make_attack, run_attack
 @pytest.mark.parametrize("options", [{}, {"l2_penalty": 0.01, "step_rule": "raw", "step_size": 0.01},
                                      {"layer": "conv2", "channel": 5}])
 def test_visualization_raises_its_objective(zoo_cnn, options):
-    x = start_images(zoo_cnn, "noise", 4, seed=0)
+    x = torch.zeros(4, 1, 28, 28)  # placeholders: the attack starts from its own noise
     target = torch.tensor([0, 3, 5, 8])
-    attack = make_attack("visualize", steps=25, **options)
+    attack = make_attack("visualize", steps=25, start="noise", **options)
     result = run_attack(zoo_cnn, attack, x, (target + 1) % 10, constraint=Box(-1, 1), target=target)
     history = attack.history_
     assert history.shape == (25, 4) and torch.isfinite(history).all()
     assert (history[-1] > history[0]).all()
     assert float(result.x_adv.abs().max()) <= 1 + 1e-6
-    assert torch.equal(result.x, x)  # weights and start untouched; only the returned image changed
+    assert torch.equal(result.x, x)  # the input is untouched; only the returned image changed
 
 
 def test_l2_penalty_enters_the_objective(zoo_cnn):
-    x = start_images(zoo_cnn, "noise", 2, seed=1)
+    x = (torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 0.2).clamp(-1, 1)
     target = torch.tensor([2, 7])
     plain, penalized = make_attack("visualize", steps=1), make_attack("visualize", steps=1, l2_penalty=0.5)
     run_attack(zoo_cnn, plain, x, (target + 1) % 10, constraint=Box(-1, 1), target=target)
@@ -39,7 +38,7 @@ def test_l2_penalty_enters_the_objective(zoo_cnn):
 
 
 def test_unknown_layer_is_named(zoo_cnn):
-    x = start_images(zoo_cnn, "zeros", 1, seed=0)
+    x = torch.zeros(1, 1, 28, 28)
     with pytest.raises(ValueError, match="no layer 'nope'; layers: .*conv1"):
         run_attack(zoo_cnn, make_attack("visualize", steps=2, layer="nope"), x, torch.tensor([1]),
                    constraint=Box(-1, 1), target=torch.tensor([0]))

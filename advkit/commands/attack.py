@@ -34,12 +34,17 @@ class AttackJob:
 
 def load_test_set(dataset: str | None, source: str) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Test inputs, labels and a description of where they came from, for a model's dataset."""
+    return load_split(dataset, "test", source)
+
+
+def load_split(dataset: str | None, split: str, source: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Inputs, labels and their origin for the ``split`` ("train" or "test") of a model's dataset."""
     if dataset == "mnist":
         from advkit.data import load_mnist
 
-        data = load_mnist("test", source=source)
+        data = load_mnist(split, source=source)
         return data.x, data.y, data.source
-    raise click.ClickException(f"no built-in test set for dataset {dataset!r}")
+    raise click.ClickException(f"no built-in {split} set for dataset {dataset!r}")
 
 
 def class_interleaved_order(y: torch.Tensor) -> torch.Tensor:
@@ -140,7 +145,8 @@ def format_summary(s: dict) -> str:
         + (f" (fooled: {succ_conf:.3f})" if succ_conf is not None else ""),
         f"  perturbation   mean L-inf {s['mean_linf']:.4f}, max L-inf {s['max_linf']:.4f}, mean L2 {s['mean_l2']:.4f}",
         f"  passes         {s['forward_passes']} forward, {s['backward_passes']} backward"
-        + (f" (budget {s['budget']} per sample)" if s["budget"] else "")
+        + (f", at most {s['max_backward_per_sample']} per sample" if s.get("max_backward_per_sample") is not None else "")
+        + (f" (budget {s['budget']})" if s["budget"] else "")
         + f"; {s['seconds']:.2f} s; seed {s['seed']}",
         f"  plugin         {s['plugin']['name']} {s['plugin']['version'] or ''}".rstrip(),
     ]

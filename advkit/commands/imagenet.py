@@ -1,0 +1,342 @@
+"""``advkit fool`` (S11, S12): make photos read as a chosen ImageNet class, then test whether that survives
+a flip, a crop, a rotation and grayscale.
+
+S11's update X' <- X' + lambda * dP(y_fool | X')/dX', clipped to [X - eps, X + eps] and to
+valid pixels, is what the ``targeted`` attack does with sign steps: since
+dP/dX' = P * d log P/dX', the probability and the log-probability (minus the cross-entropy
+with the target) have gradients of the same direction, hence the same sign step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import click
+import torch
+from torch import Tensor
+
+from advkit.models import ModelAdapter
+
+
+@dataclass
+class Photo:
+    """A photo ready to attack: its tensor, the label it is attacked from and its clean top-1."""
+
+    name: str
+    source: str  # "sample" or the file path
+    x: Tensor  # (1, 3, H, W) in the model's bounds
+    label: int
+    label_from: str  # "expected" (a sample's declared class) or "top-1" (a user photo)
+    pred: int
+    probability: float
+    expected: tuple[int, ...] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def eps_text(eps: float) -> str:
+    """8/255-style text when eps is a whole number of 8-bit levels, else the number."""
+    levels = eps * 255
+    return f"{round(levels)}/255" if abs(levels - round(levels)) < 1e-4 and levels >= 1 else f"{eps:.4g}"
+
+
+def levels_text(value: float) -> str:
+    """A perturbation size on the 0-1 scale in 8-bit levels: 0.00706 -> '1.8/255'."""
+    return f"{value * 255:.2g}/255"
+
+
+def prepare_photos(model: ModelAdapter, sources: list[str], device: str | torch.device = "cpu") -> list[Photo]:
+    """Load each photo as the model expects and check that the model classifies it correctly.
+
+    A sample photo must get one of its declared classes; a user photo has no declared class,
+    so its top-1 class becomes its label.
+    """
+    from advkit.images import SAMPLES, ImageLoadError, load_image
+
+    photos = []
+    for source in sources:
+        try:
+            x = load_image(source, model).to(device)
+        except (ImageLoadError, ValueError) as error:
+            raise click.UsageError(f"--image {source!r}: {error}") from None
+        probs = model.predict(x).softmax(1)[0]
+        p, pred = (float(v) for v in probs.max(0))
+        pred = int(pred)
+        names = model.class_names
+        if source in SAMPLES:
+            expected = SAMPLES[source].expected
+            if pred not in expected:
+                wanted = ", ".join(f"{c} {names[c]!r}" for c in expected)
+                raise click.ClickException(
+                    f"model {model.name!r} classifies sample photo {source!r} as {pred} {names[pred]!r} (p={p:.2f}), "
+                    f"but it shows {wanted}; an attack needs a correctly classified photo: pick another photo or model"
+                )
+            photos.append(Photo(source, "sample", x, pred, "expected", pred, p, expected))
+        else:
+            photos.append(Photo(Path(source).name, str(source), x, pred, "top-1", pred, p))
+    return photos
+
+
+def fool_photos(
+    model: ModelAdapter,
+    photos: list[Photo],
+    *,
+    target: int,
+    eps: float,
+    attack: str = "targeted",
+    steps: int = 100,
+    step_size: float | None = None,
+    confidence: float | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+):
+    """Attack each photo on its own (so each gets its own time and step count) through ``run_attack``."""
+    from advkit.registry import get_attack
+    from advkit.runner import run_attack
+
+    attack_cls = get_attack(attack).obj
+    fields = {f.name for f in attack_cls.param_fields()}
+    params = {"steps": steps, "step_size": eps / 10 if step_size is None else step_size}
+    params = {k: v for k, v in params.items() if k in fields}
+    results = []
+    for photo in photos:
+        if photo.label == target:
+            raise click.ClickException(
+                f"photo {photo.name!r} already reads as the target {target} {model.class_names[target]!r}; pick another target"
+            )
+        y = torch.tensor([photo.label], device=photo.x.device)
+        try:
+            result = run_attack(model, attack_cls(**params), photo.x, y, eps=eps, target=target, confidence=confidence,
+                                seed=seed)
+        except (ValueError, RuntimeError) as error:
+            raise click.ClickException(f"attack on {photo.name!r} failed: {error}") from None
+        if progress is not None:
+            verdict = "fooled" if bool(result.success[0]) else "not fooled"
+            progress(f"  {photo.name}: {verdict} in {result.backward_passes} steps, {result.seconds:.1f} s")
+        results.append(result)
+    return results
+
+
+def photo_record(model: ModelAdapter, photo: Photo, result) -> dict:
+    """The JSON-able before/after record of one attacked photo."""
+    names = model.class_names
+    after_probs = model.predict(result.x_adv).softmax(1)[0]
+    target = int(result.target[0])
+    return {
+        "image": photo.name,
+        "source": photo.source,
+        "label": photo.label,
+        "label_name": names[photo.label],
+        "label_from": photo.label_from,
+        "expected": list(photo.expected) if photo.expected else None,
+        "before": {"class": photo.pred, "name": names[photo.pred], "probability": round(photo.probability, 4)},
+        "after": {"class": int(result.pred[0]), "name": names[int(result.pred[0])],
+                  "probability": round(float(result.confidence[0]), 4),
+                  "target_probability": round(float(after_probs[target]), 4)},
+        "success": bool(result.success[0]),
+        "linf": float(result.linf()[0]),
+        "linf_255": round(float(result.linf()[0]) * 255, 4),
+        "steps": int(result.backward_passes),
+        "forward_passes": int(result.forward_passes),
+        "seconds": round(result.seconds, 3),
+    }
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _plain(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _short(name: str, width: int = 22) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def fooling_figure(model: ModelAdapter, photos: list[Photo], results, eps: float):
+    """S11: one row per photo: original (class, probability), the noise amplified, the adversarial image."""
+    from matplotlib.figure import Figure
+
+    from advkit.figures import to_image
+
+    names = model.class_names
+    low, high = model.bounds
+    fig = Figure(figsize=(7.6, 2.75 * len(photos) + 0.5), layout="constrained")
+    axes = fig.subplots(len(photos), 3, squeeze=False)
+    for row, photo, result in zip(axes, photos, results):
+        delta = result.delta[0].float().cpu() / (high - low)  # on the 0-1 scale
+        peak = float(delta.abs().max())
+        gain = 0.5 / peak if peak > 0 else 1.0  # +-peak -> [0, 1]: the largest change becomes black or white
+        row[0].imshow(to_image(result.x[0], model.bounds))
+        row[0].set_title(f"{photo.name}: {_short(names[photo.pred])}\np = {photo.probability:.2f}", fontsize=10)
+        row[1].imshow((0.5 + delta * gain).clamp(0, 1).permute(1, 2, 0).numpy())
+        row[1].set_title(f"noise, amplified x{gain:.0f}\nL-inf {levels_text(peak)}", fontsize=10)
+        pred = int(result.pred[0])
+        color = "darkgreen" if bool(result.success[0]) else "firebrick"
+        row[2].imshow(to_image(result.x_adv[0], model.bounds))
+        row[2].set_title(f"adversarial: {_short(names[pred])}\np = {float(result.confidence[0]):.2f}", fontsize=10,
+                         color=color)
+        for ax in row:
+            _plain(ax)
+    target = int(results[0].target[0])
+    fig.suptitle(f"{model.name}: photos made to read as {target} '{names[target]}', L-inf eps = {eps_text(eps)}",
+                 fontsize=11)
+    return fig
+
+
+def survival_figure(model: ModelAdapter, frame, images: dict[str, Tensor], evaluator, eps: float):
+    """S12: one row per photo, one column per transform; titles: new top class, probability, survived or not."""
+    from matplotlib.figure import Figure
+
+    from advkit.figures import to_image
+
+    transforms = list(images)
+    n = images[transforms[0]].shape[0]
+    fig = Figure(figsize=(2.2 * len(transforms) + 0.3, 3.0 * n + 0.8), layout="constrained")
+    axes = fig.subplots(n, len(transforms), squeeze=False)
+    for i in range(n):
+        for j, transform in enumerate(transforms):
+            ax = axes[i, j]
+            row = frame[(frame["sample"] == i) & (frame["transform"] == transform)].iloc[0]
+            ax.imshow(to_image(images[transform][i], model.bounds))
+            mark = "survived" if row["survived"] else "lost"
+            color = "darkgreen" if row["survived"] else "firebrick"
+            head = f"{row['image']}, adversarial" if transform == "none" else transform
+            ax.set_title(f"{head}\n{_short(row['pred_name'], 18)} {row['probability']:.2f}, {mark}", fontsize=9,
+                         color=color)
+            if row["clean_pred_name"] is not None:
+                ax.set_xlabel(f"clean: {_short(row['clean_pred_name'], 16)} {row['clean_probability']:.2f}", fontsize=8)
+            _plain(ax)
+    target = frame["target_name"].iloc[0]
+    fig.suptitle(f"{model.name}: do the '{target}' examples (L-inf {eps_text(eps)}) survive transforms?\n"
+                 "title: top class and probability of the transformed adversarial image; "
+                 "below: the transformed clean image", fontsize=10)
+    return fig
+
+
+# ---------------------------------------------------------------- the whole command
+
+
+def survival_study(model: ModelAdapter, photos: list[Photo], results, evaluator=None):
+    """The S12 table (pandas) and the transformed adversarial images."""
+    from advkit.survival import Survival
+
+    evaluator = evaluator or Survival()
+    x = torch.cat([r.x for r in results])
+    x_adv = torch.cat([r.x_adv for r in results])
+    target = torch.cat([r.target for r in results])
+    labels = torch.tensor([p.label for p in photos], device=x.device)
+    accepted = [set(p.expected) if p.expected else {p.label} for p in photos]
+    frame = evaluator.evaluate(model, x_adv, target=target, labels=labels, x=x, names=[p.name for p in photos],
+                               accepted=accepted)
+    return frame, evaluator.transformed(x_adv, model.bounds), evaluator
+
+
+def save_figure(fig, path: Path) -> Path:
+    """PNG (advkit's usual figure) or, for a .jpg path, a JPEG a fraction of the size (photos compress badly as PNG)."""
+    from advkit.figures import save_figure as save_png
+
+    if path.suffix.lower() in {".jpg", ".jpeg"}:
+        fig.savefig(path, dpi=100, pil_kwargs={"quality": 90})
+        return path
+    return save_png(fig, path)
+
+
+def write_outputs(out: Path, model, photos, results, frame, images, evaluator, eps: float, summary: dict,
+                  figure_format: str = "png") -> list[Path]:
+    fool = save_figure(fooling_figure(model, photos, results, eps), out / f"fool.{figure_format}")
+    survival_png = save_figure(survival_figure(model, frame, images, evaluator, eps), out / f"survival.{figure_format}")
+    survival_csv = out / "survival.csv"
+    frame.to_csv(survival_csv, index=False, float_format="%.4f")
+    paths = [fool, survival_png, survival_csv, out / "summary.json"]
+    summary["out"] = [str(p) for p in paths]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return paths
+
+
+def run_fool(
+    model: ModelAdapter,
+    sources: list[str],
+    *,
+    target: int,
+    eps: float,
+    attack: str = "targeted",
+    steps: int = 100,
+    step_size: float | None = None,
+    confidence: float | None = None,
+    seed: int = 0,
+    survival: bool = True,
+    device: str = "cpu",
+    out: Path | None = None,
+    figure_format: str = "png",
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """S11 (and S12 unless ``survival=False``) end to end; returns the JSON-able summary."""
+    photos = prepare_photos(model, sources, device)
+    results = fool_photos(model, photos, target=target, eps=eps, attack=attack, steps=steps, step_size=step_size,
+                          confidence=confidence, seed=seed, progress=progress)
+    records = [photo_record(model, p, r) for p, r in zip(photos, results)]
+    summary: dict = {
+        "model": model.name,
+        "attack": results[0].attack,
+        "attack_params": results[0].attack_params,
+        "criterion": results[0].criterion,
+        "target": target,
+        "target_name": model.class_names[target],
+        "eps": eps,
+        "eps_text": eps_text(eps),
+        "constraints": results[0].constraints,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "seed": seed,
+        "images": records,
+        "n_success": sum(r["success"] for r in records),
+        "seconds_total": round(sum(r["seconds"] for r in records), 3),
+    }
+    if survival:
+        frame, images, evaluator = survival_study(model, photos, results)
+        summary["survival"] = {
+            "transforms": {name: evaluator.describe(name) for name in images},
+            "table": evaluator.table(frame).round(4).to_dict(orient="records"),
+            "rows": json.loads(frame.to_json(orient="records")),
+        }
+    if out is not None:
+        if not survival:
+            paths = [save_figure(fooling_figure(model, photos, results, eps), out / f"fool.{figure_format}"),
+                     out / "summary.json"]
+            summary["out"] = [str(p) for p in paths]
+            (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        else:
+            write_outputs(out, model, photos, results, frame, images, evaluator, eps, summary, figure_format)
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    """The human summary of ``advkit fool``."""
+    lines = [
+        f"advkit fool on {s['model']}: target {s['target']} '{s['target_name']}', L-inf eps {s['eps_text']} "
+        f"({s['eps']:.5f}), {s['attack']} attack, {s['criterion']}",
+    ]
+    width = max(len(r["image"]) for r in s["images"])
+    for r in s["images"]:
+        b, a = r["before"], r["after"]
+        label = "" if r["label_from"] == "expected" else " (no known class: top-1 used as label)"
+        verdict = "fooled" if r["success"] else "NOT fooled"
+        lines.append(
+            f"  {r['image']:<{width}}  {b['name']} (p={b['probability']:.2f}) -> {a['name']} (p={a['probability']:.2f})  "
+            f"{verdict}, L-inf {r['linf_255']:.2f}/255, {r['steps']} steps, {r['seconds']:.1f} s{label}"
+        )
+    lines.append(f"  fooled {s['n_success']}/{len(s['images'])} photos in {s['seconds_total']:.1f} s on {s['device']}")
+    if "survival" in s:
+        lines.append("  survival (S12): share of photos still read as the target" +
+                     (" / clean accuracy under the same transform" if "clean_accuracy" in s["survival"]["table"][0] else ""))
+        for row in s["survival"]["table"]:
+            clean = f" / {row['clean_accuracy']:.2f}" if "clean_accuracy" in row else ""
+            what = s["survival"]["transforms"][row["transform"]]
+            lines.append(f"    {row['transform']:<10} {row['survival_rate']:.2f}{clean}   ({what})")
+    if s.get("out"):
+        lines.append(f"  wrote {', '.join(s['out'])}")
+    return "\n".join(lines)

