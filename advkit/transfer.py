@@ -209,10 +209,10 @@ def transfer_matrix(
 
     sources = _unique(sources)
     targets = sources if targets is None else _unique(targets)
-    everyone = _unique([*sources, *targets])
-    check_compatible(everyone)
     if not sources or not targets:
         raise ValueError("give at least one source and one target model")
+    everyone = _unique([*sources, *targets])
+    check_compatible(everyone)
     if n is not None and n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     make_attack(attack, **attack_params)  # fail early on unknown names or parameters
@@ -283,6 +283,9 @@ def transfer_figure(result: TransferResult, title: str | None = None):
     values = result.matrix.to_numpy(dtype=float)
     counts = result.counts().to_numpy()
     cells = result.table.set_index(["source", "target"])
+    hits = None
+    if "n_target_hit" in cells.columns:
+        hits = np.array([[int(cells.loc[(s, t), "n_target_hit"]) for t in result.targets] for s in result.sources])
     cis = np.array([[(cells.loc[(s, t), "ci_low"], cells.loc[(s, t), "ci_high"]) for t in result.targets] for s in result.sources])
     n_rows, n_cols = values.shape
     fig = Figure(figsize=(max(7.0, 1.5 * n_cols + 2.8), max(3.6, 1.15 * n_rows + 2.2)), layout="constrained")
@@ -295,10 +298,12 @@ def transfer_figure(result: TransferResult, title: str | None = None):
             value = values[i, j]
             white_box = result.sources[i] == result.targets[j]
             if math.isnan(value):
-                text, color = f"n/a\n{counts[i, j]}", "black"
+                text, color = f"n/a\n{counts[i, j]}\nno source success", "black"
             else:
                 low, high = cis[i, j]
                 text = f"{value:.2f}\n{counts[i, j]}\n" + ("white-box" if white_box else f"[{low:.2f}, {high:.2f}]")
+                if hits is not None and not white_box:
+                    text += f"\n{hits[i, j]} read as {result.target_class}"
                 color = "white" if value > 0.55 else "black"
             ax.text(j, i, text, ha="center", va="center", color=color, fontsize=11 if n_cols <= 4 else 9)
             if white_box:

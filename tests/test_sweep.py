@@ -120,3 +120,16 @@ def test_sweep_usage_errors(tmp_path):
     bad_param = runner.invoke(cli, ["sweep", "--model", "cnn", "--eps", "0.1", "-p", "fgsm.steps=3", "--out", str(tmp_path)])
     assert bad_param.exit_code == 2 and "not in this sweep" in bad_param.output
     assert runner.invoke(cli, ["report", str(tmp_path)]).exit_code == 2
+
+
+def test_attack_survival_on_mnist(tmp_path):
+    result = CliRunner().invoke(cli, ["attack", "--model", "cnn", "--eps", "0.4", "--attack", "pgd", "--steps", "10", "-n", "12",
+                                      "--survival", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    rows = {row["transform"]: row for row in summary["survival"]}
+    assert set(rows) == {"none", "flip", "crop", "rotate"}  # grayscale x3 does not apply to 1-channel digits
+    assert rows["none"]["survival_rate"] == 1.0  # every fooled example fools as attacked (re-checked)
+    frame = pd.read_csv(tmp_path / "survival.csv")
+    assert len(frame) == 4 * summary["n_success"]
+    assert (tmp_path / "survival.png").exists()

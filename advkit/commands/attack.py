@@ -150,6 +150,12 @@ def format_summary(s: dict) -> str:
         + f"; {s['seconds']:.2f} s; seed {s['seed']}",
         f"  plugin         {s['plugin']['name']} {s['plugin']['version'] or ''}".rstrip(),
     ]
+    if s.get("survival"):
+        survived = ", ".join(f"{row['transform']} {row['survival_rate']:.2f}"
+                             + (f" (clean {row['clean_accuracy']:.2f})" if "clean_accuracy" in row else "") for row in s["survival"])
+        lines.append(f"  survival       {survived}")
+        lines.append("                 share of fooled examples still fooling after each transform (clean: accuracy on the"
+                     " transformed clean images)")
     if s.get("out"):
         lines.append(f"  wrote          {', '.join(s['out'])}")
     return "\n".join(lines)
@@ -175,3 +181,29 @@ def write_outputs(out: Path, result, model: ModelAdapter, summary: dict) -> list
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps({**summary, "out": [str(examples), str(figure), str(summary_path)]}, indent=2, default=str))
     return [examples, figure, summary_path]
+
+
+def survival_outputs(out: Path | None, result, model: ModelAdapter, summary: dict, max_figure_rows: int = 6) -> list[Path]:
+    """S12 on the successful examples: the per-transform survival table (into ``summary``) and,
+    with ``out``, survival.csv and survival.png (a row per example, a column per transform)."""
+    from advkit.commands.imagenet import survival_figure
+    from advkit.figures import save_figure
+    from advkit.survival import Survival
+
+    fooled = result.success.nonzero().squeeze(1)
+    if fooled.numel() == 0:
+        summary["survival"] = None
+        return []
+    evaluator = Survival()
+    target = None if result.target is None else result.target[fooled]
+    names = [f"true {model.class_names[int(c)]}" for c in result.y[fooled]]
+    frame = evaluator.evaluate(model, result.x_adv[fooled], target=target, labels=result.y[fooled], x=result.x[fooled],
+                               names=names)
+    summary["survival"] = Survival.table(frame).round(3).to_dict(orient="records")
+    if out is None:
+        return []
+    frame.to_csv(out / "survival.csv", index=False, float_format="%.4f")
+    shown = frame[frame["sample"] < max_figure_rows]
+    images = evaluator.transformed(result.x_adv[fooled[:max_figure_rows]], model.bounds)
+    figure = save_figure(survival_figure(model, shown, images, evaluator, float(result.eps or 0)), out / "survival.png")
+    return [out / "survival.csv", figure]

@@ -201,7 +201,8 @@ def survival_figure(model: ModelAdapter, frame, images: dict[str, Tensor], evalu
         for j, transform in enumerate(transforms):
             ax = axes[i, j]
             row = frame[(frame["sample"] == i) & (frame["transform"] == transform)].iloc[0]
-            ax.imshow(to_image(images[transform][i], model.bounds))
+            image = to_image(images[transform][i], model.bounds)
+            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
             mark = "survived" if row["survived"] else "lost"
             color = "darkgreen" if row["survived"] else "firebrick"
             head = f"{row['image']}, adversarial" if transform == "none" else transform
@@ -211,7 +212,8 @@ def survival_figure(model: ModelAdapter, frame, images: dict[str, Tensor], evalu
                 ax.set_xlabel(f"clean: {_short(row['clean_pred_name'], 16)} {row['clean_probability']:.2f}", fontsize=8)
             _plain(ax)
     target = frame["target_name"].iloc[0]
-    fig.suptitle(f"{model.name}: do the '{target}' examples (L-inf {eps_text(eps)}) survive transforms?\n"
+    kind = "untargeted" if target is None else f"'{target}'"
+    fig.suptitle(f"{model.name}: do the {kind} examples (L-inf {eps_text(eps)}) survive transforms?\n"
                  "title: top class and probability of the transformed adversarial image; "
                  "below: the transformed clean image", fontsize=10)
     return fig

@@ -143,6 +143,8 @@ def format_summary(s: dict) -> str:
             lines.append(f"    {pair:<{width}} {c['n_target_fooled']:>4}/{c['n_source_fooled']:<4} = n/a   (no successful example on the source)")
             continue
         note = "  (white-box)" if c["white_box"] else ""
+        if c.get("n_target_hit") is not None and not c["white_box"]:
+            note += f"  {c['n_target_hit']} read as class {c['target_class']}"
         lines.append(f"    {pair:<{width}} {c['n_target_fooled']:>4}/{c['n_source_fooled']:<4} = {c['transfer_rate']:.2f}  "
                      f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]{note}")
     if s.get("out"):
