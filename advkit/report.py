@@ -70,7 +70,8 @@ def build_index(out: Path) -> list[Path]:
 def _flag_rows(flags: list[dict]) -> str:
     colors = {"flag": "#fde2e1", "ok": "#e6f4ea", "skipped": "#f1f3f4"}
     rows = []
-    for f in flags:
+    order = {"flag": 0, "ok": 1, "skipped": 2}
+    for f in sorted(flags, key=lambda f: order.get(f["status"], 3)):  # flags first; stable within a status
         cells = "".join(f"<td>{html.escape(str(f.get(k) or ''))}</td>" for k in ("status", "check", "model", "attack", "reason"))
         rows.append(f'<tr style="background:{colors.get(f["status"], "white")}">{cells}</tr>')
     return "\n".join(rows)
