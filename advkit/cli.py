@@ -146,6 +146,17 @@ def _resolve_target(target: str | None, class_names: list[str]) -> int | None:
     raise click.UsageError(f"--target {target!r} is neither a class index nor a class name")
 
 
+def _model_spec(name: str):
+    """The registered model spec, or a UsageError listing the valid names."""
+    from advkit import registry
+    from advkit.registry import UnknownNameError
+
+    try:
+        return registry.get_model_spec(name).obj
+    except UnknownNameError as error:
+        raise click.UsageError(str(error)) from None
+
+
 def _check_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -281,14 +292,10 @@ def attack(
 def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalty, layer, channel, seed, device, out, as_json):
     """One image per class by gradient ascent on its logit (or a layer's channel), with J over iterations."""
     from advkit import registry
-    from advkit.registry import UnknownNameError
 
     if steps < 1:
         raise click.UsageError(f"--steps must be >= 1, got {steps}")
-    try:
-        spec = registry.get_model_spec(model_name).obj
-    except UnknownNameError as error:
-        raise click.UsageError(str(error)) from None
+    spec = _model_spec(model_name)
     if out is not None:
         _check_out_dir(out)
     from advkit.commands.visualize import write_visualization
@@ -364,13 +371,8 @@ def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalt
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def universal_command(model_name, eps, target, n_train, steps, batch_size, seed, data_source, out, as_json):
     """One perturbation for every image: optimized on training images, fooling rate on the held-out test split."""
-    from advkit import registry
-    from advkit.registry import UnknownNameError
 
-    try:
-        spec = registry.get_model_spec(model_name).obj
-    except UnknownNameError as error:
-        raise click.UsageError(str(error)) from None
+    spec = _model_spec(model_name)
     for name, value, low in (("--steps", steps, 1), ("--train", n_train, 1), ("--batch-size", batch_size, 0)):
         if value < low:
             raise click.UsageError(f"{name} must be >= {low}, got {value}")
@@ -419,15 +421,10 @@ def universal_command(model_name, eps, target, n_train, steps, batch_size, seed,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def lookalike_command(model_name, shift, beta, start, steps, step_size, seed, data_source, out, as_json):
     """S7: one look-alike per class: looks like class c, read as class c + shift; C over iterations."""
-    from advkit import registry
     from advkit.constraints import Box
-    from advkit.registry import UnknownNameError
     from advkit.runner import make_attack, run_attack
 
-    try:
-        spec = registry.get_model_spec(model_name).obj
-    except UnknownNameError as error:
-        raise click.UsageError(str(error)) from None
+    spec = _model_spec(model_name)
     if steps < 1:
         raise click.UsageError(f"--steps must be >= 1, got {steps}")
     if out is not None:
@@ -487,13 +484,8 @@ def lookalike_command(model_name, shift, beta, start, steps, step_size, seed, da
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def noise_study_command(model_name, eps, steps, seed, data_source, out, as_json):
     """S8: noise per target class on one digit, and the 10 x 10 table of every noise on 10 test digits."""
-    from advkit import registry
-    from advkit.registry import UnknownNameError
 
-    try:
-        spec = registry.get_model_spec(model_name).obj
-    except UnknownNameError as error:
-        raise click.UsageError(str(error)) from None
+    spec = _model_spec(model_name)
     if steps < 1:
         raise click.UsageError(f"--steps must be >= 1, got {steps}")
     if out is not None:
