@@ -26,6 +26,9 @@ class Attack:
     #: May a sweep start it from the result of a smaller eps? (False where the start defines
     #: the attack, e.g. FGSM's single step from the clean input.)
     warm_startable: ClassVar[bool] = True
+    #: Is each sample's result independent of the other samples of the batch? The runner may then
+    #: split a batch that runs out of memory (False for attacks that couple samples, e.g. universal).
+    per_sample: ClassVar[bool] = True
 
     @property
     def success_confidence(self) -> float:

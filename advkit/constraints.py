@@ -23,6 +23,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from advkit.rng import draw
+
 __all__ = [
     "CONSTRAINT_TYPES",
     "Binary",
@@ -173,7 +175,8 @@ class Constraint:
         Known sets sample uniformly in the L-inf/interval part (unbounded sides cut at distance 1)
         or, with an L2 ball, uniformly in the ball; Binary(v) samples ``v * U(0, 1)`` per element,
         whose projection switches each allowed element on with probability 1/2. Custom sets
-        start from zeros. Reproducible with a seeded ``generator`` (on x's device).
+        start from zeros. Reproducible with a seeded ``generator`` (on x's device); with an
+        :class:`advkit.rng.SampleStreams` each sample's start depends only on its own stream.
         """
         raw = _sample([self], x, generator)
         return self.project(torch.zeros_like(x) if raw is None else raw, x)
@@ -561,29 +564,30 @@ def _sample(parts: Sequence[Constraint], x: Tensor, generator: torch.Generator |
     Binary(v): ``v * U`` with U uniform in [0, 1] per element (its projection switches each
     allowed element on with probability 1/2, a random subset if an L2 ball caps the count).
     Else an L2 ball: uniform in the smallest ball. Else uniform in the intersected interval,
-    with unbounded sides cut at distance 1 (0 always lies in the interval).
+    with unbounded sides cut at distance 1 (0 always lies in the interval). With a
+    :class:`advkit.rng.SampleStreams` as ``generator`` each sample's numbers come from its own stream.
     """
     known = [p for p in parts if isinstance(p, _KNOWN)]
     if not known:
         return None
     binaries = [p for p in known if isinstance(p, Binary)]
-    kw = {"generator": generator, "dtype": x.dtype, "device": x.device}
+    kw = {"dtype": x.dtype, "device": x.device}
     if binaries:
-        return binaries[0].value * torch.rand(x.shape, **kw)
+        return binaries[0].value * draw("rand", x.shape, generator, **kw)
     eps: Radius | None = None
     for ball in (p for p in known if isinstance(p, L2Ball)):
         eps = _min_radius(eps, ball.eps)
     if eps is not None:
-        direction = torch.randn(x.shape, **kw)
+        direction = draw("randn", x.shape, generator, **kw)
         direction = direction / _bcast(_norms(direction).clamp_min(torch.finfo(x.dtype).tiny), x)
         dim = max(1, math.prod(x.shape[1:]))
-        radius = torch.rand(x.shape[0], **kw) ** (1.0 / dim) * _per_sample_radius(eps, x)
+        radius = draw("rand", x.shape[:1], generator, **kw) ** (1.0 / dim) * _per_sample_radius(eps, x)
         return direction * _bcast(radius, x)
     lo, hi = _intersect_intervals([p for p in known if isinstance(p, IntervalConstraint)], x, x)
     assert lo is not None and hi is not None
     lo = torch.where(torch.isinf(lo), torch.full_like(lo, -1.0), lo)
     hi = torch.where(torch.isinf(hi), torch.full_like(hi, 1.0), hi)
-    return lo + (hi - lo) * torch.rand(x.shape, **kw)
+    return lo + (hi - lo) * draw("rand", x.shape, generator, **kw)
 
 
 # ----------------------------------------------------------------------------- intersection

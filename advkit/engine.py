@@ -8,6 +8,17 @@ keeps, per sample, the best point seen (successful first, then highest objective
 Non-convex sets (binary perturbations) are handled by lazy projection: the engine optimizes a
 latent perturbation in the set's convex relaxation and evaluates the model at its projection
 onto the real set, so every point ever evaluated or returned is feasible.
+
+Per-sample determinism: random starts ("random", "noise" and the random restarts) are drawn
+per sample from :class:`advkit.rng.SampleStreams`, keyed by one base seed drawn from
+``problem.generator`` per ``optimize()`` call, the restart and the sample's own content, so a
+batch gives the same per-sample results as its slices (up to the floating-point differences
+that batched kernels may show between batch sizes).
+
+Non-finite values: a step whose logits or input gradient are NaN or inf for a sample is
+counted in ``problem.nonfinite_counts``; that sample's gradient is set to zero for the step,
+its point never counts as successful and its objective counts as -inf, so no such point is
+ever kept as the best one.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from advkit.constraints import Constraint
 from advkit.criteria import Criterion
 from advkit.models import ModelAdapter
 from advkit.objectives import Objective
+from advkit.rng import SampleStreams, draw
 from advkit.steps import StepRule
 
 #: Where optimization starts. "zeros": the input itself (zero perturbation); "random": a random
@@ -57,6 +69,9 @@ class Problem:
     #: A warm start (e.g. the result of a smaller eps in a sweep): the first restart of every
     #: optimize() call starts at this point, projected onto the set, instead of its ``init``.
     start: Tensor | None = None
+    #: Per-sample count of engine steps whose logits or input gradient had a NaN or inf,
+    #: accumulated over every optimize() call on this problem (None until the engine runs).
+    nonfinite_counts: Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -77,6 +92,8 @@ class EngineResult:
     history: Tensor | None = None
     #: The shared perturbation, shape (1, *x.shape[1:]), when ``variable="universal"``.
     shared: Tensor | None = None
+    #: Per-sample steps of this call whose logits or input gradient were not finite.
+    nonfinite_counts: Tensor | None = None
 
 
 class Update(Protocol):
@@ -93,8 +110,11 @@ class Update(Protocol):
 
 
 def _per_sample(values: Tensor | float, idx: Tensor, like: Tensor) -> Tensor | float:
+    """Per-sample values (e.g. step sizes from per-sample radii) for the active samples, in like's dtype."""
     if isinstance(values, Tensor) and values.dim() > 0:
-        return values[idx].view(-1, *([1] * (like.dim() - 1)))
+        return values.to(device=like.device)[idx].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+    if isinstance(values, Tensor):
+        return values.to(device=like.device, dtype=like.dtype)
     return values
 
 
@@ -115,21 +135,49 @@ class GradientStep:
         return constraint.project(delta + step * self.rule(grad), x)
 
 
-def starting_delta(problem: Problem, x: Tensor, search: Constraint, init: str) -> Tensor:
-    """The first (latent) perturbation for inputs ``x``, projected onto the search set ``search``."""
+def starting_delta(problem: Problem, x: Tensor, search: Constraint, init: str,
+                   stream: tuple[int, str, tuple] | None = None) -> Tensor:
+    """The first (latent) perturbation for inputs ``x``, projected onto the search set ``search``.
+
+    With ``stream = (seed, label, tags)`` random starts are drawn per sample (see
+    :class:`advkit.rng.SampleStreams`; ``tags``: per-sample labels and targets of ``x``'s rows):
+    each sample's start depends only on the seed, the label and its own content. Without it they
+    are drawn batch-wise from ``problem.generator``.
+    """
     if init == "zeros":
         return torch.zeros_like(x)
+    generator = problem.generator
+    if stream is not None and init in ("random", "noise"):
+        generator = SampleStreams(x, stream[0], f"{stream[1]}:{init}", stream[2])
     if init == "random":
-        return search.random_start(x, problem.generator)
+        return search.random_start(x, generator)
     low, high = problem.model.bounds
     if init == "blank":
         start = torch.zeros_like(x).clamp(low, high)
     elif init == "noise":
-        noise = torch.randn(x.shape, generator=problem.generator, device=x.device, dtype=x.dtype)
+        noise = draw("randn", x.shape, generator, dtype=x.dtype, device=x.device)
         start = ((low + high) / 2 + NOISE_STD * (high - low) * noise).clamp(low, high)
     else:
         raise ValueError(f"unknown init {init!r}; valid: zeros, random, blank, noise")
     return search.project(start - x, x)
+
+
+def stream_seed(generator: torch.Generator | None) -> int | None:
+    """One base seed for this optimize() call's per-sample streams, drawn from ``generator``
+    (None without a generator: starts then come batch-wise from the global RNG, as before)."""
+    if generator is None:
+        return None
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)[0])
+
+
+def finite_rows(t: Tensor) -> Tensor:
+    """Per-sample: every element of the row is finite (bool (N,))."""
+    return torch.isfinite(t.flatten(1)).all(1)
+
+
+def finite_objective(value: Tensor, finite: Tensor) -> Tensor:
+    """The objective with -inf where the logits were not finite or the value is NaN."""
+    return torch.where(finite & ~torch.isnan(value), value, torch.full_like(value, float("-inf")))
 
 
 class _Best:
@@ -138,7 +186,8 @@ class _Best:
     def __init__(self, x: Tensor) -> None:
         n = x.shape[0]
         self.x = x.clone()
-        self.objective = torch.full((n,), float("-inf"), device=x.device)
+        # float64 holds float32 and float64 objectives alike (float64 models give float64 losses)
+        self.objective = torch.full((n,), float("-inf"), dtype=torch.float64, device=x.device)
         self.success = torch.zeros(n, dtype=torch.bool, device=x.device)
 
     def offer(self, idx: Tensor | None, x_adv: Tensor, objective: Tensor, success: Tensor) -> None:
@@ -201,13 +250,18 @@ def optimize(
         problem.backward_counts = torch.zeros(n, dtype=torch.long, device=device)
     spent_before = problem.backward_counts.clone()  # passes of earlier optimize() calls count too
     backward += spent_before
+    if problem.nonfinite_counts is None:
+        problem.nonfinite_counts = torch.zeros(n, dtype=torch.long, device=device)
+    nonfinite = torch.zeros(n, dtype=torch.long, device=device)
+    seed = stream_seed(problem.generator)  # one draw per call, whatever the batch holds
 
     def evaluate(idx: Tensor, whole: bool, x_adv: Tensor, logits: Tensor, value: Tensor | None = None) -> Tensor:
         y_i = y if whole else y[idx]
         t_i = target if (whole or target is None) else target[idx]
-        reached = problem.criterion.reached(logits, y_i, t_i)
+        finite = finite_rows(logits)
+        reached = problem.criterion.reached(logits, y_i, t_i) & finite
         value = objective(logits, y_i, t_i, x_adv, x if whole else x[idx]) if value is None else value
-        best.offer(None if whole else idx, x_adv, value, reached)
+        best.offer(None if whole else idx, x_adv, finite_objective(value, finite), reached)
         return reached
 
     for restart in range(restarts):
@@ -224,7 +278,8 @@ def optimize(
         if restart == 0 and problem.start is not None:
             delta = search_i.project((problem.start if whole else problem.start[idx]) - x_i, x_i)
         else:
-            delta = starting_delta(problem, x_i, search_i, init if restart == 0 else "random")
+            stream = None if seed is None else (seed, f"restart{restart}", (y_i, t_i))
+            delta = starting_delta(problem, x_i, search_i, init if restart == 0 else "random", stream)
         if hasattr(update, "start"):
             update.start(idx, n)
         observe = getattr(update, "observe", None)
@@ -235,17 +290,23 @@ def optimize(
             logits = model(x_adv)
             loss = objective(logits, y_i, t_i, x_adv, x_i)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+            finite = finite_rows(logits.detach())
+            bad = ~(finite & finite_rows(grad))
+            grad = grad.masked_fill(bad.view(-1, *([1] * (grad.dim() - 1))), 0.0)  # no step from NaN/inf
             if whole:
                 forward += 1
                 backward += 1
+                nonfinite += bad.long()
             else:
                 forward[idx] += 1
                 backward[idx] += 1
-            reached = evaluate(idx, whole, x_adv.detach(), logits.detach(), loss.detach())
+                nonfinite[idx] += bad.long()
+            value = finite_objective(loss.detach(), finite)
+            reached = evaluate(idx, whole, x_adv.detach(), logits.detach(), value)
             if history is not None and restart == 0:
-                history[step_index, idx] = loss.detach()
+                history[step_index, idx] = loss.detach().to(history.dtype)
             if observe is not None:
-                observe(idx, delta.detach(), loss.detach())
+                observe(idx, delta.detach(), value)
             delta = update(delta.detach(), grad, x_i, idx, search_i)
             keep = ~reached if early_stop else None
             if budget is not None:
@@ -274,6 +335,7 @@ def optimize(
                 forward[idx] += 1
             evaluate(idx, whole, x_adv, logits)
     problem.backward_counts = backward.clone()
+    problem.nonfinite_counts = problem.nonfinite_counts + nonfinite
     return EngineResult(
         x_adv=best.x,
         success=best.success,
@@ -281,4 +343,5 @@ def optimize(
         forward_counts=forward,
         backward_counts=backward - spent_before,
         history=history,
+        nonfinite_counts=nonfinite,
     )

@@ -36,6 +36,11 @@ class AttackResult:
     backward_counts: Tensor | None = None
     #: Tensors the attack handed back besides x_adv (e.g. ``"perturbation"`` for universal).
     artifacts: dict = field(default_factory=dict)
+    #: Per sample: the re-check logits on x_adv had a NaN or inf. Such samples are neither a
+    #: success nor robust (their ``pred`` and ``confidence`` mean nothing). None: not checked.
+    nonfinite: Tensor | None = None
+    #: Run facts that go into the summary as they are (the runner adds ``nonfinite_logits``,
+    #: ``nonfinite_gradients`` and ``oom_retries``).
     extra: dict = field(default_factory=dict)
 
     @property
@@ -56,11 +61,21 @@ class AttackResult:
     def success_rate(self) -> float:
         return float(self.success.float().mean())
 
+    @property
+    def finite(self) -> Tensor:
+        """Per sample: the re-check logits were finite."""
+        return ~self.nonfinite if self.nonfinite is not None else self.success.new_ones(self.success.shape)
+
+    @property
+    def robust(self) -> Tensor:
+        """Per sample: still classified as its label, with finite logits, and not a success."""
+        return (self.pred == self.y) & self.finite & ~self.success
+
     def summary(self) -> dict:
         """The JSON-able summary that ``advkit attack --json`` prints."""
         width = self.bounds[1] - self.bounds[0]
         linf, l2 = self.linf(), self.l2()
-        misclassified = self.pred != self.y
+        misclassified = (self.pred != self.y) & self.finite
         return {
             "model": self.model,
             "attack": self.attack,
@@ -73,6 +88,7 @@ class AttackResult:
             "success_rate": self.success_rate,
             "n_success": int(self.success.sum()),
             "misclassified_rate": float(misclassified.float().mean()),
+            "robust_accuracy": float(self.robust.float().mean()),
             "mean_confidence": float(self.confidence.mean()),
             "mean_confidence_success": float(self.confidence[self.success].mean()) if bool(self.success.any()) else None,
             "mean_linf": float(linf.mean()),

@@ -4,11 +4,29 @@ The runner owns the guarantees users trust, whatever the plugin does: the model 
 mode (its mode restored afterwards, also on exceptions), the attack works on a copy of the
 input, the returned points are projected onto the constraint set and checked, pass counts
 come from the model adapter, and success is re-checked by a fresh forward pass.
+
+Two failure modes are handled here rather than left to plugins:
+
+* Non-finite outputs. A sample whose re-check logits on ``x_adv`` contain NaN or inf is never
+  counted as a success (nor as robust): ``result.nonfinite`` marks it and
+  ``result.extra["nonfinite_logits"]`` counts such samples. ``result.extra["nonfinite_gradients"]``
+  counts the samples that met a NaN/inf logit or input gradient in at least one engine step
+  (None when the attack did not use the engine).
+* Out of memory. When the attack (or the re-check) raises ``torch.cuda.OutOfMemoryError`` or a
+  RuntimeError whose message says "out of memory", the runner halves the batch and runs the
+  halves in turn (halving again as needed, down to one sample), each with a fresh generator
+  seeded with ``seed``. Since the engine draws its random starts per sample (see
+  :mod:`advkit.rng`), the result equals that of an unsplit run, up to the floating-point
+  differences batched kernels may show between batch sizes; the pass counts reported are
+  those of the successful pieces. ``result.extra["oom_retries"]`` counts the halvings.
+  Attacks that couple the samples of a batch (``per_sample = False``, e.g. ``universal``)
+  are never split: the error is raised.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,11 +35,11 @@ from torch import Tensor
 from advkit.attack import Attack
 from advkit.constraints import Box, Constraint, LinfBall
 from advkit.criteria import Criterion, criterion_for
-from advkit.engine import Problem
+from advkit.engine import Problem, finite_rows, select
 from advkit.models import ModelAdapter, load_model
 from advkit.registry import get_attack
 from advkit.result import AttackResult
-from advkit.validation import as_targets, check_inputs, check_labels
+from advkit.validation import as_targets, check_inputs, check_labels, check_outputs
 
 
 class ThreatModelViolation(RuntimeError):
@@ -87,7 +105,8 @@ def run_attack(
     always applies. ``confidence`` overrides the attack's default success confidence.
     ``budget`` caps backward passes per sample. ``seed`` seeds the attack's own generator; the
     global RNG is not touched. ``start`` warm-starts the attack (same shape as ``x``, e.g. the
-    result of a smaller eps); attacks with ``warm_startable = False`` ignore it.
+    result of a smaller eps); attacks with ``warm_startable = False`` ignore it. On out-of-memory
+    errors the batch is split in halves (see the module docstring).
     """
     model = load_model(model) if isinstance(model, str) else model
     attack = make_attack(attack, **attack_params)
@@ -106,37 +125,47 @@ def run_attack(
         criterion = criterion_for(targets is not None, level)
     if criterion.targeted and targets is None:
         raise ValueError("a targeted criterion needs a target class")
+    check_outputs(model, x)
     constraint = threat_model(model, constraint, eps)
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    problem = Problem(
-        model=model,
-        x=x.detach().clone(),
-        y=y,
-        constraint=constraint,
-        criterion=criterion,
-        target=targets,
-        budget=budget,
-        generator=generator,
-        start=_warm_start(attack, start, x),
-    )
-    forward0, backward0 = model.counter.snapshot()
-    start = time.perf_counter()
+    warm = _warm_start(attack, start, x)
+    n = x.shape[0]
+    pieces: list[_Piece] = []
+    chunk, begin, retries, lost = n, 0, 0, 0.0
     with model.eval_mode():
-        x_adv = attack.run(problem)
-        seconds = time.perf_counter() - start
-        x_adv = _enforce_threat_model(x, x_adv, constraint)
-        with torch.no_grad():
-            logits = model.module(x_adv)
-    forward = model.counter.forward - forward0
-    backward = model.counter.backward - backward0
-    per_sample = _per_sample_backward(problem, backward)
-    if budget is not None and backward > budget * x.shape[0]:
-        raise BudgetExceeded(f"attack {attack.name!r} used {backward} backward passes; budget {budget} x {x.shape[0]} samples")
-    if budget is not None and per_sample is not None and int(per_sample.max()) > budget:
-        raise BudgetExceeded(f"attack {attack.name!r} used {int(per_sample.max())} backward passes on one sample; budget {budget}")
+        while begin < n:
+            stop = min(n, begin + chunk)
+            attempt = time.perf_counter()
+            try:
+                pieces.append(_attack_rows(model, attack, x, y, targets, constraint, criterion, budget, seed, warm,
+                                           begin, stop))
+                begin = stop
+                continue
+            except Exception as error:
+                splittable = getattr(attack, "per_sample", True)
+                if not is_out_of_memory(error) or stop - begin <= 1 or not splittable:
+                    if is_out_of_memory(error) and not splittable:
+                        error.add_note(f"advkit: attack {attack.name!r} couples the samples of a batch, so the runner "
+                                       "cannot split it; attack fewer samples at once")
+                    raise
+            # out of memory: halve the rows still to do and try again
+            retries += 1
+            chunk = (stop - begin + 1) // 2
+            lost += time.perf_counter() - attempt
+            _free_device_memory(x.device)
+            model.module.eval()  # in case the failed attempt changed it
+    logits = torch.cat([p.logits for p in pieces])
+    x_adv = torch.cat([p.x_adv for p in pieces])
+    forward = sum(p.forward for p in pieces)
+    backward = sum(p.backward for p in pieces)
+    counts = [p.backward_counts for p in pieces]
+    per_sample = torch.cat(counts) if all(c is not None for c in counts) else None
+    steps_nonfinite = [p.nonfinite_counts for p in pieces]
+    nonfinite_steps = torch.cat(steps_nonfinite) if all(c is not None for c in steps_nonfinite) else None
+    _merge_history(attack, pieces)
+    finite = finite_rows(logits)
     probs = logits.softmax(dim=1)
     confidence_adv, pred = probs.max(dim=1)
-    success = criterion.reached(logits, y, targets)
+    success = criterion.reached(logits, y, targets) & finite  # NaN/inf logits are never a success
     linf_radius = getattr(constraint, "linf_radius", None)
     return AttackResult(
         model=model.name,
@@ -158,11 +187,109 @@ def run_attack(
         forward_passes=forward,
         backward_passes=backward,
         budget=budget,
-        seconds=seconds,
+        seconds=sum(p.seconds for p in pieces) + lost,
         plugin=attack_plugin(attack),
         backward_counts=per_sample,
-        artifacts=dict(problem.artifacts),
+        artifacts=_merge_artifacts(pieces),
+        nonfinite=~finite,
+        extra={
+            "nonfinite_logits": int((~finite).sum()),
+            "nonfinite_gradients": None if nonfinite_steps is None else int((nonfinite_steps > 0).sum()),
+            "oom_retries": retries,
+        },
     )
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A CUDA (or other device) out-of-memory error: ``torch.cuda.OutOfMemoryError`` or a RuntimeError saying so."""
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(error, oom):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _free_device_memory(device: torch.device) -> None:
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class _Piece:
+    """The outcome of attacking rows [begin, stop) of the batch."""
+
+    x_adv: Tensor
+    logits: Tensor
+    forward: int
+    backward: int
+    backward_counts: Tensor | None
+    nonfinite_counts: Tensor | None
+    artifacts: dict
+    seconds: float
+    history: Tensor | None
+
+
+def _attack_rows(model: ModelAdapter, attack: Attack, x: Tensor, y: Tensor, targets: Tensor | None,
+                 constraint: Constraint, criterion: Criterion, budget: int | None, seed: int, warm: Tensor | None,
+                 begin: int, stop: int) -> _Piece:
+    """Attack rows [begin, stop) with a fresh generator, enforce the threat model and re-check (eval mode is on)."""
+    whole = begin == 0 and stop == x.shape[0]
+    rows = slice(begin, stop)
+    x_rows = x if whole else x[rows]
+    constraint = constraint if whole else select(constraint, torch.arange(begin, stop, device=x.device))
+    problem = Problem(
+        model=model,
+        x=x_rows.detach().clone(),
+        y=y if whole else y[rows],
+        constraint=constraint,
+        criterion=criterion,
+        target=None if targets is None else (targets if whole else targets[rows]),
+        budget=budget,
+        generator=torch.Generator(device=x.device).manual_seed(seed),
+        start=None if warm is None else (warm if whole else warm[rows]),
+    )
+    forward0, backward0 = model.counter.snapshot()
+    clock = time.perf_counter()
+    x_adv = attack.run(problem)
+    seconds = time.perf_counter() - clock
+    x_adv = _enforce_threat_model(x_rows, x_adv, constraint)
+    with torch.no_grad():
+        logits = model.module(x_adv)
+    forward = model.counter.forward - forward0
+    backward = model.counter.backward - backward0
+    per_sample = _per_sample_backward(problem, backward)
+    n = x_rows.shape[0]
+    if budget is not None and backward > budget * n:
+        raise BudgetExceeded(f"attack {attack.name!r} used {backward} backward passes; budget {budget} x {n} samples")
+    if budget is not None and per_sample is not None and int(per_sample.max()) > budget:
+        raise BudgetExceeded(f"attack {attack.name!r} used {int(per_sample.max())} backward passes on one sample; budget {budget}")
+    history = getattr(attack, "history_", None)
+    nonfinite = problem.nonfinite_counts
+    return _Piece(x_adv=x_adv, logits=logits, forward=forward, backward=backward, backward_counts=per_sample,
+                  nonfinite_counts=None if nonfinite is None else nonfinite.detach().cpu(),
+                  artifacts=dict(problem.artifacts), seconds=seconds,
+                  history=history if isinstance(history, Tensor) else None)
+
+
+def _merge_history(attack: Attack, pieces: list[_Piece]) -> None:
+    """A split run's per-step ``history_`` (steps x samples) is the pieces' histories side by side."""
+    if len(pieces) > 1 and all(p.history is not None and p.history.dim() == 2 for p in pieces):
+        if len({p.history.shape[0] for p in pieces}) == 1:
+            attack.history_ = torch.cat([p.history for p in pieces], dim=1)
+
+
+def _merge_artifacts(pieces: list[_Piece]) -> dict:
+    """One piece: its artifacts. Several: per-sample tensors concatenated, anything else as a list per piece."""
+    if len(pieces) == 1:
+        return pieces[0].artifacts
+    merged: dict = {}
+    for key in dict.fromkeys(k for p in pieces for k in p.artifacts):
+        values = [p.artifacts.get(key) for p in pieces]
+        sizes = [p.x_adv.shape[0] for p in pieces]
+        if all(isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == m for v, m in zip(values, sizes)):
+            merged[key] = torch.cat(values)
+        else:
+            merged[key] = values
+    return merged
 
 
 def _warm_start(attack: Attack, start: Tensor | None, x: Tensor) -> Tensor | None:

@@ -72,7 +72,7 @@ def optimize_universal(
     ``batch_size`` samples a minibatch per step (cycling through a seeded permutation); with
     ``early_stop`` the loop ends once a share ``stop_rate`` of the batch is successful.
     """
-    from advkit.engine import EngineResult, starting_delta
+    from advkit.engine import EngineResult, finite_objective, finite_rows, starting_delta
 
     model, x, y, target = problem.model, problem.x, problem.y, problem.target
     n, device = problem.n, x.device
@@ -83,6 +83,9 @@ def optimize_universal(
     if problem.backward_counts is None:
         problem.backward_counts = torch.zeros(n, dtype=torch.long, device=device)
     spent_before = problem.backward_counts.clone()
+    if problem.nonfinite_counts is None:
+        problem.nonfinite_counts = torch.zeros(n, dtype=torch.long, device=device)
+    nonfinite = torch.zeros(n, dtype=torch.long, device=device)
     forward = torch.zeros(n, dtype=torch.long, device=device)
     backward = spent_before.clone()
     budget = problem.budget
@@ -103,9 +106,12 @@ def optimize_universal(
     def feasible_point(latent: Tensor) -> Tensor:
         return latent if shared.convex else shared.project(latent, reference)
 
-    def offer(u_point: Tensor, success: Tensor, value: Tensor) -> None:
-        """Keep ``u_point`` if it fools more samples (ties: higher mean objective)."""
-        count, mean = success.sum(), value.mean()
+    def offer(u_point: Tensor, success: Tensor, value: Tensor, logits: Tensor) -> None:
+        """Keep ``u_point`` if it fools more samples (ties: higher mean objective); NaN/inf logits never count."""
+        finite = finite_rows(logits)
+        success, value = success & finite, finite_objective(value, finite)
+        count = success.sum()
+        mean = value.masked_fill(~finite, 0.0).sum() / finite.sum().clamp_min(1)  # over samples with finite logits
         better = (count > best["count"]) | ((count == best["count"]) & (mean > best["mean"]))
         best["u"] = torch.where(better, u_point, best["u"])
         best["success"] = torch.where(better, success, best["success"])
@@ -118,7 +124,7 @@ def optimize_universal(
             x_adv = apply_shared(u_point, x, feasible)
             logits = model(x_adv)
         forward.add_(1)
-        offer(u_point, problem.criterion.reached(logits, y, target), objective(logits, y, target, x_adv, x))
+        offer(u_point, problem.criterion.reached(logits, y, target), objective(logits, y, target, x_adv, x), logits)
 
     evaluated_last = False
     for step_index in range(steps):
@@ -139,12 +145,15 @@ def optimize_universal(
         logits = model(x_adv)
         loss = objective(logits, y_i, t_i, x_adv, x_i)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        bad = ~(finite_rows(logits.detach()) & finite_rows(grad))
+        grad = grad.masked_fill(bad.view(-1, *([1] * (grad.dim() - 1))), 0.0)  # NaN/inf rows do not move u
         forward[idx] += 1
         backward[idx] += 1
+        nonfinite[idx] += bad.long()
         if history is not None:
-            history[step_index, idx] = loss.detach()
+            history[step_index, idx] = loss.detach().to(history.dtype)
         if full:  # the step's own forward pass evaluates the point for every sample
-            offer(point, problem.criterion.reached(logits.detach(), y, target), loss.detach())
+            offer(point, problem.criterion.reached(logits.detach(), y, target), loss.detach(), logits.detach())
         u = update(u.detach(), grad.sum(0, keepdim=True), reference, zero_idx, search)
         evaluated_last = False
         if not full and (step_index + 1) % epoch == 0:
@@ -154,6 +163,7 @@ def optimize_universal(
         offer_fresh(feasible_point(u))
     best_u = best["u"]
     problem.backward_counts = backward.clone()
+    problem.nonfinite_counts = problem.nonfinite_counts + nonfinite
     return EngineResult(
         x_adv=apply_shared(best_u, x, feasible),
         success=best["success"],
@@ -162,4 +172,5 @@ def optimize_universal(
         backward_counts=backward - spent_before,
         history=history,
         shared=best_u,
+        nonfinite_counts=nonfinite,
     )

@@ -55,6 +55,44 @@ def check_labels(model: ModelAdapter, y: Tensor, n: int, what: str = "labels") -
         )
 
 
+#: Rows the output check runs through the model (cheap, and enough to tell probabilities from logits).
+PROBE_ROWS = 2
+
+
+def check_outputs(model: ModelAdapter, x: Tensor, atol: float = 1e-4) -> None:
+    """The model must map x to logits of shape (N, num_classes), not to probabilities.
+
+    Runs the first ``PROBE_ROWS`` inputs through the model in eval mode, without gradients and
+    outside the pass counter. Rows that are all in [0, 1] and sum to 1 (within ``atol``) are
+    softmax outputs: attacks and success criteria apply their own softmax, so they would act on
+    a doubly squashed output. Log-probabilities are fine (their softmax is the probabilities).
+    An out-of-memory error on the probe skips the check (the attack handles memory itself).
+    """
+    from advkit.runner import is_out_of_memory
+
+    try:
+        with torch.no_grad(), model.eval_mode():
+            out = model.module(x[:PROBE_ROWS])
+    except Exception as error:
+        if is_out_of_memory(error):
+            return
+        raise
+    rows = min(PROBE_ROWS, x.shape[0])
+    if not isinstance(out, Tensor):
+        raise InputValidationError(f"model {model.name!r} must return a tensor of logits, got {type(out).__name__}")
+    if out.dim() != 2 or tuple(out.shape) != (rows, model.num_classes):
+        raise InputValidationError(
+            f"model {model.name!r} returned shape {tuple(out.shape)} for {rows} input(s); expected logits of shape "
+            f"({rows}, {model.num_classes}) (one score per class)"
+        )
+    if torch.isfinite(out).all() and bool((out >= 0).all()) and bool((out <= 1).all()):
+        if bool(((out.sum(dim=1) - 1).abs() <= atol).all()):
+            raise InputValidationError(
+                f"model {model.name!r} seems to return probabilities (every output row lies in [0, 1] and sums to 1); "
+                "advkit needs logits: remove the final softmax (log-probabilities also work)"
+            )
+
+
 def as_targets(model: ModelAdapter, target: int | Tensor, y: Tensor) -> Tensor:
     """Targets as an int64 tensor (N,); an int is broadcast. Each must differ from the true label."""
     n = y.shape[0]

@@ -88,8 +88,10 @@ class AdaptiveMomentumStep:
             device = idx.device
             s["count"] = torch.zeros(n, dtype=torch.long, device=device)
             s["eta"] = torch.zeros(n, device=device)
-            for key in ("increases", "best_loss", "last_loss", "eta_at_mark", "best_at_mark"):
+            for key in ("increases", "eta_at_mark"):
                 s[key] = torch.zeros(n, device=device)
+            for key in ("best_loss", "last_loss", "best_at_mark"):  # float64 holds float32 and float64 losses
+                s[key] = torch.zeros(n, dtype=torch.float64, device=device)
         initial = self.initial[idx] if isinstance(self.initial, Tensor) and self.initial.dim() else self.initial
         s["count"][idx] = 0
         s["increases"][idx] = 0
@@ -105,6 +107,7 @@ class AdaptiveMomentumStep:
         s = self.state
         if "previous" not in s:
             self._allocate(s["count"].shape[0], delta)
+        loss = loss.to(s["last_loss"].dtype)  # float64 models give float64 losses
         rose = (loss > s["last_loss"][idx]) & (s["count"][idx] > 0)
         s["increases"][idx] += rose.to(s["increases"].dtype)
         s["last_loss"][idx] = loss

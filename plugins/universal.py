@@ -53,6 +53,7 @@ class Universal(Attack):
 
     name = "universal"
     warm_startable = False
+    per_sample = False
     steps: int = 100
     step_size: float | None = None
     step_rule: str = "sign"

@@ -39,7 +39,9 @@ def test_reuse_is_cheaper_and_never_weaker(digits):
     fresh = run_sweep(SweepSpec(**spec, reuse=False), progress=False, data=digits)
     a, b = reused.table, fresh.table
     assert a["backward_passes"].sum() < b["backward_passes"].sum()
-    assert (a["success_rate"].values >= b["success_rate"].values - 1e-12).all()
+    # Warm starts are not a theorem: allow one sample of random-start luck either way.
+    assert (a["n_fooled"].values >= b["n_fooled"].values - 1).all()
+    assert a["n_fooled"].sum() >= b["n_fooled"].sum()
     # Per-sample success is monotone in eps when work is reused.
     stack = torch.stack([reused.cells[("cnn", "pgd", e)].success for e in spec["eps"]])
     assert not (stack[:-1] & ~stack[1:]).any()
