@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from advkit.attack import Attack
-from advkit.constraints import Box, LinfBall, NonNegative
+from advkit.constraints import LinfBall, NonNegative
 from advkit.runner import BudgetExceeded, ThreatModelViolation, run_attack
 
 
