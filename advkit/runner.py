@@ -127,6 +127,7 @@ def run_attack(
         raise ValueError("a targeted criterion needs a target class")
     check_outputs(model, x)
     constraint = threat_model(model, constraint, eps)
+    constraint.contains(torch.zeros_like(x), x)  # per-sample radii must match the batch (raises a ValueError)
     warm = _warm_start(attack, start, x)
     n = x.shape[0]
     pieces: list[_Piece] = []

@@ -8,6 +8,14 @@ attacked again; the other samples start from their smaller-eps point (attacks wi
 ``warm_startable = False`` start as usual). Success at eps therefore means "an adversarial
 example within eps was found by this attack in this sweep".
 
+``search="descending"`` runs the eps from the largest down instead, for speed: each sample's
+point at the larger eps is projected into the smaller set and re-checked by a fresh forward
+pass (still fooled: carried); a sample fooled at the larger eps but not after projection is
+attacked from the projected point; a sample the attack did not fool at the larger eps is not
+attacked again and counts as robust at every smaller eps (the monotonicity that
+minimal-perturbation evaluations assume). The table's ``inferred`` column counts those samples
+per cell, so every number says how it was obtained.
+
 Every finished cell is written atomically (temp file, then ``os.replace``) under
 ``OUT/cells/``, with ``OUT/config.json`` holding the sweep's fingerprint; a rerun with the same
 configuration skips finished cells and ends with identical results, and a different
@@ -35,6 +43,9 @@ from advkit.models import ModelAdapter
 from advkit.stats import wilson_interval
 
 
+SEARCHES = ("ascending", "descending")
+
+
 class SweepConfigMismatch(RuntimeError):
     """The output folder holds cells of a sweep with a different configuration."""
 
@@ -54,10 +65,17 @@ class SweepSpec:
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     reuse: bool = True
     data: str = "auto"
+    #: "ascending": every eps attacked (or carried by a checked point) from the smallest up;
+    #: "descending": from the largest down, samples not fooled at a larger eps inferred robust.
+    search: str = "ascending"
 
     def __post_init__(self) -> None:
         if not self.models or not self.attacks or not self.eps:
             raise ValueError("a sweep needs at least one model, one attack and one eps")
+        if self.search not in SEARCHES:
+            raise ValueError(f"unknown search {self.search!r}; valid: {', '.join(SEARCHES)}")
+        if self.search == "descending" and not self.reuse:
+            raise ValueError("search='descending' works by reusing the larger eps' results; it needs reuse=True")
         if any(not math.isfinite(e) or e < 0 for e in self.eps):
             raise ValueError(f"eps values must be finite and >= 0, got {self.eps}")
         self.eps = sorted(set(float(e) for e in self.eps))
@@ -162,6 +180,7 @@ class Cell:
     backward: int
     seconds: float
     carried: int
+    inferred: int = 0  # samples counted robust because the attack failed at a larger eps (descending search)
 
     def save(self, folder: Path) -> None:
         from safetensors.torch import save
@@ -169,7 +188,7 @@ class Cell:
         key = cell_key(self.model, self.attack, self.eps)
         tensors = {k: getattr(self, k).contiguous() for k in ("attacked", "success", "pred", "linf", "l2", "x_adv")}
         atomic_write_bytes(folder / f"{key}.safetensors", save(tensors))
-        meta = {k: getattr(self, k) for k in ("model", "attack", "eps", "forward", "backward", "seconds", "carried")}
+        meta = {k: getattr(self, k) for k in ("model", "attack", "eps", "forward", "backward", "seconds", "carried", "inferred")}
         atomic_write_json(folder / f"{key}.json", meta)  # written last: its presence marks the cell finished
 
     @classmethod
@@ -197,7 +216,8 @@ def select_samples(x: Tensor, y: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor
 
 def run_cell(spec: SweepSpec, model: ModelAdapter, attack: str, eps: float, x: Tensor, y: Tensor,
              previous: Cell | None) -> Cell:
-    """Attack the correctly classified samples at ``eps``, reusing ``previous`` (a smaller eps) when allowed."""
+    """Attack the correctly classified samples at ``eps``, reusing ``previous`` (the cell of the neighbouring eps
+    already run: smaller in an ascending search, larger in a descending one) when allowed."""
     from advkit.criteria import Misclassified
     from advkit.runner import run_attack
 
@@ -208,19 +228,29 @@ def run_cell(spec: SweepSpec, model: ModelAdapter, attack: str, eps: float, x: T
     x_adv = x.clone()
     success = torch.zeros(n, dtype=torch.bool, device=device)
     carry = torch.zeros(n, dtype=torch.bool, device=device)
+    inferred = torch.zeros(n, dtype=torch.bool, device=device)
     forward = backward = 0
     start_time = time.perf_counter()
-    if spec.reuse and previous is not None:
-        carry = previous.success.to(device) & constraint.contains(previous.x_adv.to(device) - x, x)
+    reuse = spec.reuse and previous is not None
+    if reuse:
+        start = previous.x_adv.to(device)
+        if spec.search == "descending":
+            start = x + constraint.project(start - x, x)  # the larger eps' point, moved into this set
+            inferred = attacked & ~previous.success.to(device)
+            x_adv[inferred] = start[inferred]
+            carry = attacked & previous.success.to(device)
+        else:
+            carry = previous.success.to(device) & constraint.contains(start - x, x)
         if bool(carry.any()):
-            x_adv[carry] = previous.x_adv.to(device)[carry]
+            x_adv[carry] = start[carry]
             with torch.no_grad():
                 logits = model(x_adv[carry])  # a fresh, counted forward pass re-checks carried points
             forward += int(carry.sum())
             success[carry] = Misclassified(spec.confidence).reached(logits, y[carry])
-    todo = attacked & ~carry
+            carry &= success  # descending: a projected point that no longer fools is attacked from there
+    todo = attacked & ~carry & ~inferred
     if bool(todo.any()):
-        warm = previous.x_adv.to(device)[todo] if (spec.reuse and previous is not None) else None
+        warm = start[todo] if reuse else None
         result = run_attack(model, attack, x[todo], y[todo], constraint=constraint, confidence=spec.confidence,
                             budget=spec.budget, seed=spec.seed, start=warm, **spec.attack_params.get(attack, {}))
         x_adv[todo] = result.x_adv
@@ -234,7 +264,7 @@ def run_cell(spec: SweepSpec, model: ModelAdapter, attack: str, eps: float, x: T
     return Cell(model=model.name, attack=attack, eps=eps, attacked=attacked.cpu(), success=success.cpu(), pred=pred.cpu(),
                 linf=torch.where(attacked, delta.abs().amax(1), nan).cpu(), l2=torch.where(attacked, delta.norm(dim=1), nan).cpu(),
                 x_adv=x_adv.detach().cpu(), forward=forward, backward=backward,
-                seconds=round(time.perf_counter() - start_time, 4), carried=int(carry.sum()))
+                seconds=round(time.perf_counter() - start_time, 4), carried=int(carry.sum()), inferred=int(inferred.sum()))
 
 
 @dataclass
@@ -282,11 +312,12 @@ def run_sweep(spec: SweepSpec, out: Path | None = None, *, device: str = "cpu", 
         else:
             atomic_write_json(config_path, config)
     cells: dict[tuple[str, str, float], Cell] = {}
-    jobs = [(ref, attack, eps) for ref in spec.models for attack in spec.attacks for eps in spec.eps]
+    order = spec.eps if spec.search == "ascending" else spec.eps[::-1]
+    jobs = [(ref, attack, eps) for ref in spec.models for attack in spec.attacks for eps in order]
     bar = tqdm(jobs, desc="sweep", unit="cell", file=sys.stderr, disable=None if progress else True)  # None: off when not a TTY
     for ref, attack, eps in bar:
         bar.set_postfix_str(f"{ref} {attack} eps={eps:g}")
-        previous = cells.get((ref, attack, _previous_eps(spec.eps, eps)))
+        previous = cells.get((ref, attack, _previous_eps(order, eps)))
         cell = Cell.load(cells_dir, ref, attack, eps) if cells_dir is not None else None
         if cell is None:
             cell = run_cell(spec, models[ref], attack, eps, x, y, previous)
@@ -309,7 +340,7 @@ def _previous_eps(eps_list: list[float], eps: float) -> float | None:
 
 
 def _row(model: ModelAdapter, attack: str, eps: float, attacked: Tensor, success: Tensor, linf: Tensor, l2: Tensor,
-         forward: int, backward: int, seconds: float, carried: int) -> dict:
+         forward: int, backward: int, seconds: float, carried: int, inferred: int = 0) -> dict:
     n, n_attacked, fooled = len(attacked), int(attacked.sum()), int(success.sum())
     low, high = wilson_interval(fooled, n_attacked)
     fooled_linf = linf[success]
@@ -322,6 +353,7 @@ def _row(model: ModelAdapter, attack: str, eps: float, attacked: Tensor, success
         "max_linf": float(fooled_linf.max()) if fooled else float("nan"),
         "mean_l2": float(l2[success].mean()) if fooled else float("nan"),
         "forward_passes": forward, "backward_passes": backward, "seconds": seconds, "carried": carried,
+        "inferred": inferred,
     }
 
 
@@ -333,7 +365,7 @@ def results_table(spec: SweepSpec, models: dict[str, ModelAdapter], cells: dict)
             group = [cells[(ref, a, eps)] for a in spec.attacks]
             for c in group:
                 rows.append(_row(models[ref], c.attack, eps, c.attacked, c.success, c.linf, c.l2, c.forward, c.backward,
-                                 c.seconds, c.carried))
+                                 c.seconds, c.carried, c.inferred))
             if len(group) > 1:
                 any_success = torch.stack([c.success for c in group]).any(0)
                 linf = torch.stack([torch.where(c.success, c.linf, torch.full_like(c.linf, float("inf"))) for c in group]).amin(0)

@@ -59,20 +59,30 @@ def check_labels(model: ModelAdapter, y: Tensor, n: int, what: str = "labels") -
 PROBE_ROWS = 2
 
 
+#: Tolerances within which two eval-mode probes of the same inputs count as the same output
+#: (room for nondeterministic GPU kernels, far below what dropout or injected noise changes).
+REPEAT_ATOL, REPEAT_RTOL = 1e-6, 1e-5
+
+
 def check_outputs(model: ModelAdapter, x: Tensor, atol: float = 1e-4) -> None:
-    """The model must map x to logits of shape (N, num_classes), not to probabilities.
+    """The model must map x to logits of shape (N, num_classes), not to probabilities, and
+    deterministically.
 
     Runs the first ``PROBE_ROWS`` inputs through the model in eval mode, without gradients and
-    outside the pass counter. Rows that are all in [0, 1] and sum to 1 (within ``atol``) are
-    softmax outputs: attacks and success criteria apply their own softmax, so they would act on
-    a doubly squashed output. Log-probabilities are fine (their softmax is the probabilities).
-    An out-of-memory error on the probe skips the check (the attack handles memory itself).
+    outside the pass counter, twice. Rows that are all in [0, 1] and sum to 1 (within ``atol``)
+    are softmax outputs: attacks and success criteria apply their own softmax, so they would act
+    on a doubly squashed output. Log-probabilities are fine (their softmax is the probabilities).
+    Two probes that differ (beyond ``REPEAT_ATOL``/``REPEAT_RTOL``) mean dropout or noise is
+    still active in eval mode (``F.dropout(training=True)``, a module calling ``.train()``...):
+    the attack's gradients and the success re-check would then see different models.
+    An out-of-memory error on a probe skips the check (the attack handles memory itself).
     """
     from advkit.runner import is_out_of_memory
 
     try:
         with torch.no_grad(), model.eval_mode():
             out = model.module(x[:PROBE_ROWS])
+            again = model.module(x[:PROBE_ROWS]) if isinstance(out, Tensor) else None
     except Exception as error:
         if is_out_of_memory(error):
             return
@@ -84,6 +94,14 @@ def check_outputs(model: ModelAdapter, x: Tensor, atol: float = 1e-4) -> None:
         raise InputValidationError(
             f"model {model.name!r} returned shape {tuple(out.shape)} for {rows} input(s); expected logits of shape "
             f"({rows}, {model.num_classes}) (one score per class)"
+        )
+    same = (isinstance(again, Tensor) and again.shape == out.shape
+            and (torch.equal(out, again) or torch.allclose(out, again, atol=REPEAT_ATOL, rtol=REPEAT_RTOL, equal_nan=True)))
+    if not same:
+        raise InputValidationError(
+            f"model {model.name!r} gives different outputs for the same input in eval mode (dropout or noise still "
+            "active, e.g. F.dropout(training=True) or a module that calls .train()?); attacks and the success "
+            "re-check need a deterministic model"
         )
     if torch.isfinite(out).all() and bool((out >= 0).all()) and bool((out <= 1).all()):
         if bool(((out.sum(dim=1) - 1).abs() <= atol).all()):

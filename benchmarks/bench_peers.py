@@ -20,9 +20,13 @@ Part 2: an 8-eps sweep: advkit ``run_sweep`` (reuse across eps; also with pgd's 
 versus torchattacks' and ART's PGD looped over the same eps (same steps, zero start, step
 2.5 eps / steps): total time, passes and success at every eps.
 
+Part 2 also runs advkit's descending search (largest eps first; samples not fooled at a larger
+eps counted robust at smaller ones without an attack, the table's "inferred").
+
 Part 3: robust accuracy of the adversarially trained ``s6_adv`` at eps 0.1/0.2/0.3 (0-1 scale)
-under torchattacks' PGD and advkit configurations with the same budget of backward passes per
-sample (``--robust-n 0`` skips it).
+under torchattacks' PGD and advkit configurations (pgd, apgd with CE, apgd with restarts and the
+margin loss, apgd_targeted on the runner-up classes) with the same budget of backward passes
+per sample (``--robust-n 0`` skips it).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from advkit.sweep import SweepSpec, run_sweep, select_samples
 SWEEP_EPS_01 = [0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25]  # bench_sweep_reuse.py's eps, on the 0-1 scale
 ROBUST_EPS_01 = [0.1, 0.2, 0.3]
 REUSE, REUSE_STOP = "advkit run_sweep (reuse)", "advkit run_sweep (reuse, early_stop)"
+DESCEND = "advkit run_sweep (descending, early_stop)"
+ADVKIT_SWEEPS = ((REUSE, "advkit"), (REUSE_STOP, "advkit+stop"), (DESCEND, "advkit desc"))
 TA_LOOP, ART_LOOP = "torchattacks loop", "ART loop"
 
 
@@ -319,8 +325,8 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
     ta = peers.get("torchattacks")
     classifier = art_classifier(peers, peer_module, model) if "art" in peers else None
 
-    def advkit_sweep(early_stop: bool):
-        spec = SweepSpec(models=[args.model], attacks=["pgd"], eps=eps_model, n=args.n, reuse=True,
+    def advkit_sweep(early_stop: bool, search: str = "ascending"):
+        spec = SweepSpec(models=[args.model], attacks=["pgd"], eps=eps_model, n=args.n, reuse=True, search=search,
                          attack_params={"pgd": {"steps": args.sweep_steps, "random_start": False, "early_stop": early_stop}})
         return run_sweep(spec, progress=False, data=(data.x, data.y, data.source))
 
@@ -330,7 +336,8 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
             out.append(make(e01))
         return out
 
-    advkit_runs = {REUSE: lambda: advkit_sweep(False), REUSE_STOP: lambda: advkit_sweep(True)}
+    advkit_runs = {REUSE: lambda: advkit_sweep(False), REUSE_STOP: lambda: advkit_sweep(True),
+                   DESCEND: lambda: advkit_sweep(True, "descending")}
     runs: dict[str, Callable[[], object]] = dict(advkit_runs)
     if ta is not None:
         runs[TA_LOOP] = lambda: peer_loop(lambda e: low + width * ta.PGD(
@@ -353,12 +360,14 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
     rows = []
     for i, e01 in enumerate(SWEEP_EPS_01):
         row = {"eps (0-1)": e01}
-        for label, short in ((REUSE, "advkit"), (REUSE_STOP, "advkit+stop")):
+        for label, short in ADVKIT_SWEEPS:
             table = outputs[label].table
             assert torch.equal(outputs[label].y, y_all) and int(table["n_attacked"].iloc[0]) == y_count, \
                 "advkit and the peers must attack the same digits"
             row[f"{short} success"] = round(float(table["success_rate"].iloc[i]), 4)
             row[f"{short} backward"] = int(table["backward_passes"].iloc[i])
+            if label == DESCEND:
+                row[f"{short} inferred"] = int(table["inferred"].iloc[i])
         for label, short in ((TA_LOOP, "torchattacks"), (ART_LOOP, "ART")):
             if label in outputs:
                 row[f"{short} success"] = round(float(fooled(model.module, outputs[label][i], y).float().mean()), 4)
@@ -383,12 +392,13 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
     verdict = {}
     for short in ("torchattacks", "ART"):
         if f"{short} success" in per_eps:
-            for mine in ("advkit", "advkit+stop"):
+            for _, mine in ADVKIT_SWEEPS:
                 ok = bool((per_eps[f"{mine} success"] >= per_eps[f"{short} success"]).all())
                 verdict[(mine, short)] = ok
                 print(f"  {mine} success >= {short} at every eps: {ok}")
     print("  (advkit's counts are its adapter's: attack passes plus one forward re-check of each carried sample;"
-          " advkit+stop: pgd with early_stop=True)")
+          " advkit+stop: pgd with early_stop=True; advkit desc: from the largest eps down, each point projected into the next"
+          " smaller ball and re-checked, samples not fooled at a larger eps counted robust ('inferred') without an attack)")
     return {"per_eps": per_eps, "totals": totals_table, "never_lower": verdict}
 
 
@@ -444,14 +454,16 @@ def part_robust(args, data, peers: dict) -> dict:
             (adv, _, bwd) = peer_module.count(lambda: atk(x01, y))
             add(f"torchattacks PGD-{budget} (random start, step 2.5 eps/{budget})", eps01, fooled(model.module, low + width * adv, y),
                 bwd // len(y), time.perf_counter() - start)
+        restarts = args.restarts
         configs = [
-            (f"advkit pgd 1 x {budget} (random start)", {"steps": budget, "restarts": 1}),
-            (f"advkit pgd {args.restarts} restarts x {budget // args.restarts}",
-             {"steps": budget // args.restarts, "restarts": args.restarts, "early_stop": True}),
+            (f"advkit pgd 1 x {budget} (random start)", "pgd", {"steps": budget, "restarts": 1}),
+            (f"advkit apgd CE 1 x {budget} (step schedule)", "apgd", {"steps": budget, "loss": "ce"}),
+            (f"advkit apgd margin {restarts} x {budget // restarts} (restarts, margin loss, step schedule)", "apgd",
+             {"steps": budget // restarts, "restarts": restarts, "loss": "margin"}),
         ]
-        for config, params in configs:
+        for config, name, params in configs:
             start = time.perf_counter()
-            res = run_attack(model, "pgd", x, y, eps=eps, seed=args.seed, **params)  # restarts x steps <= budget
+            res = run_attack(model, name, x, y, eps=eps, seed=args.seed, **params)  # restarts x steps <= budget
             worst = int(res.backward_counts.max()) if res.backward_counts is not None else res.backward_passes // len(y)
             add(config, eps01, res.success.cpu(), worst, time.perf_counter() - start)
         for k in args.targets:
@@ -492,8 +504,8 @@ def main() -> None:
     parser.add_argument("--robust-model", default="s6_adv")
     parser.add_argument("--robust-n", type=int, default=500, help="digits for part 3 (0: skip part 3)")
     parser.add_argument("--budget", type=int, default=100, help="backward passes per sample in part 3")
-    parser.add_argument("--restarts", type=int, default=4)
-    parser.add_argument("--targets", type=int, nargs="*", default=[1, 3], help="runner-up classes for apgd_targeted in part 3")
+    parser.add_argument("--restarts", type=int, default=2, help="restarts of the margin-loss apgd in part 3")
+    parser.add_argument("--targets", type=int, nargs="*", default=[3], help="runner-up classes for apgd_targeted in part 3")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--parts", default="123")

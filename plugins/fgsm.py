@@ -18,7 +18,8 @@ class FGSM(Attack):
     """Fast gradient sign method: one sign step of size eps from the clean input.
 
     x_adv = project(x + eps * sign(grad loss)); untargeted ascends the cross-entropy with the
-    label, targeted descends the cross-entropy with the target. One backward pass per sample.
+    label, targeted descends the cross-entropy with the target. One forward and one backward pass
+    per sample (the runner's re-check adds one forward pass).
     Goodfellow et al., 2015, "Explaining and Harnessing Adversarial Examples", arXiv:1412.6572.
 
     Parameters:
@@ -32,7 +33,8 @@ class FGSM(Attack):
     def run(self, problem: Problem) -> Tensor:
         step = GradientStep(sign_step, resolve_step_size(problem, self.step_size, 1.0))
         objective = objective_for(problem.target is not None)
-        return optimize(problem, update=step, objective=objective, steps=1, early_stop=False).x_adv
+        return optimize(problem, update=step, objective=objective, steps=1, early_stop=False,
+                        final="last").x_adv
 
 
 @advkit.hookimpl

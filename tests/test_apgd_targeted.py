@@ -7,7 +7,8 @@ import torch
 
 from advkit.constraints import LinfBall
 from advkit.runner import run_attack
-from advkit_plugins.apgd_targeted import AdaptiveMomentumStep, checkpoints, targeted_dlr
+from advkit.adaptive import AdaptiveMomentumStep, checkpoints
+from advkit_plugins.apgd_targeted import targeted_dlr
 
 
 @pytest.mark.parametrize("eps", [0.2, 0.25])

@@ -112,3 +112,37 @@ def test_broken_plugin_names_itself(tmp_path, monkeypatch):
     finally:
         monkeypatch.undo()
         plugins.reload_plugins()
+
+
+SENTINEL_PLUGIN = '''
+import os
+import pathlib
+
+pathlib.Path(os.environ["ADVKIT_TEST_SENTINEL"]).write_text("imported")  # runs on import, before any hook
+
+
+def register_attacks(register):
+    pass
+'''
+
+
+@pytest.mark.parametrize("env, imported", [({}, True), ({"ADVKIT_PLUGINS": "sentinel"}, True),
+                                           ({"ADVKIT_DISABLE_PLUGIN_AUTOLOAD": "1"}, False),
+                                           ({"ADVKIT_PLUGINS": "random_sign,other"}, False)])
+def test_blocked_plugin_code_never_runs_in_a_fresh_interpreter(tmp_path, env, imported):
+    """A plugin whose import writes a sentinel file: blocked, the file never appears (checked in a new process)."""
+    import os
+    import subprocess
+
+    (tmp_path / "advkit_sentinel_plugin.py").write_text(SENTINEL_PLUGIN)
+    dist = tmp_path / "advkit_sentinel_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: advkit-sentinel-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[advkit]\nsentinel = advkit_sentinel_plugin\n")
+    sentinel = tmp_path / "SENTINEL"
+    child_env = {k: v for k, v in os.environ.items() if k not in (plugins.DISABLE_AUTOLOAD_ENV, plugins.ALLOWED_PLUGINS_ENV)}
+    child_env.update(env, ADVKIT_TEST_SENTINEL=str(sentinel),
+                     PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    code = "from advkit import registry; names = registry.attacks(); assert 'pgd' in names"
+    subprocess.run([sys.executable, "-c", code], env=child_env, check=True, timeout=120)
+    assert sentinel.exists() == imported

@@ -49,6 +49,30 @@ def test_reuse_is_cheaper_and_never_weaker(digits):
     assert reused.cells[("cnn", "pgd", 0.2)].carried == int(reused.cells[("cnn", "pgd", 0.1)].success.sum())
 
 
+def test_descending_search_infers_only_from_failures_and_rechecks_every_success(digits):
+    eps = [0.1, 0.2, 0.3]
+    params = {"pgd": {"steps": 10, "random_start": False, "early_stop": True}}
+    down = run_sweep(SweepSpec(models=["cnn"], attacks=["pgd"], eps=eps, n=40, search="descending", attack_params=params),
+                     progress=False, data=digits)
+    up = run_sweep(SweepSpec(models=["cnn"], attacks=["pgd"], eps=eps, n=40, attack_params=params), progress=False, data=digits)
+    cells = [down.cells[("cnn", "pgd", e)] for e in eps]
+    # The largest eps is attacked in full; below it, exactly the samples not fooled one eps up are inferred robust.
+    assert cells[-1].inferred == 0
+    for smaller, larger in zip(cells, cells[1:]):
+        assert smaller.inferred == int((larger.attacked & ~larger.success).sum())
+        assert not (smaller.success & ~larger.success).any()  # monotone by construction
+    model, x, y = down.models["cnn"], down.x, down.y
+    for e, cell in zip(eps, cells):  # every reported success holds within eps on a fresh forward pass
+        assert float((cell.x_adv - x).abs().amax()) <= e + 1e-6
+        assert torch.equal(cell.success, cell.attacked & (model.predict(cell.x_adv).argmax(1) != y))
+    assert down.table["backward_passes"].sum() < up.table["backward_passes"].sum()
+    assert list(down.table["inferred"]) == [c.inferred for c in cells]
+    with pytest.raises(ValueError, match="needs reuse=True"):
+        SweepSpec(models=["cnn"], attacks=["pgd"], eps=eps, search="descending", reuse=False)
+    with pytest.raises(ValueError, match="unknown search 'sideways'"):
+        SweepSpec(models=["cnn"], attacks=["pgd"], eps=eps, search="sideways")
+
+
 def test_table_counts_and_worst_case_row(digits):
     result = run_sweep(SweepSpec(models=["cnn"], attacks=["pgd", "fgsm"], eps=[0.2], n=30,
                                  attack_params={"pgd": {"steps": 5}}), progress=False, data=digits)

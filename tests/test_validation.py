@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from advkit.attack import Attack
-from advkit.constraints import LinfBall
+from advkit.constraints import Constraint, L2Ball, LinfBall
 from advkit.criteria import TargetReached
 from advkit.models import ModelAdapter
 from advkit.registry import UnknownNameError
-from advkit.runner import BudgetExceeded, ThreatModelViolation, run_attack
+from advkit.runner import BudgetExceeded, ThreatModelViolation, make_attack, run_attack
 from advkit.validation import InputValidationError
 
 
@@ -45,6 +45,26 @@ class ThreeBackward(Attack):
         return problem.x
 
 
+@dataclass(kw_only=True)
+class ReturnsInput(Attack):
+    name = "returns_input"
+
+    def run(self, problem):
+        return problem.x
+
+
+class Unsatisfiable(Constraint):
+    """A plugin set whose projection does nothing and that contains nothing."""
+
+    name = "unsatisfiable"
+
+    def project(self, delta, x):
+        return delta.clone()
+
+    def contains(self, delta, x, atol=1e-6):
+        return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+
+
 def wrapped(model: ModelAdapter, head: nn.Module, name: str) -> ModelAdapter:
     return ModelAdapter(nn.Sequential(model.module, head), name=name, bounds=model.bounds,
                         input_shape=model.input_shape, class_names=model.class_names)
@@ -58,6 +78,17 @@ class FirstFive(nn.Module):
 class Pair(nn.Module):
     def forward(self, z):
         return z, z
+
+
+class AlwaysDropout(nn.Module):
+    """Dropout on the logits that ignores eval mode (``training=True`` hard-coded)."""
+
+    def forward(self, z):
+        return nn.functional.dropout(z, 0.5, training=True)
+
+
+def _other(y):
+    return (y + 1) % 10
 
 
 def _probs(m):
@@ -79,11 +110,24 @@ CASES = [
     ("NaN inputs", lambda m, x, y: (m, torch.where(x > 0.5, torch.nan, x), y, {}), InputValidationError, "NaN"),
     ("empty batch", lambda m, x, y: (m, x[:0], y[:0], {}), InputValidationError, "empty"),
     ("not a tensor", lambda m, x, y: (m, x.numpy(), y, {}), InputValidationError, "torch.Tensor"),
+    ("inf inputs", lambda m, x, y: (m, torch.where(x > 0.5, torch.inf, x), y, {}), InputValidationError, "NaN or inf"),
     # labels and targets
     ("float labels", lambda m, x, y: (m, x, y.float(), {}), InputValidationError, "int64"),
     ("one-hot labels", lambda m, x, y: (m, x, nn.functional.one_hot(y, 10), {}), InputValidationError, "one-hot"),
     ("labels wrong shape", lambda m, x, y: (m, x, y[:-1], {}), InputValidationError, "shape"),
     ("labels out of range", lambda m, x, y: (m, x, y + 10, {}), InputValidationError, "lie in \\[0, 9\\]"),
+    ("labels not a tensor", lambda m, x, y: (m, x, y.tolist(), {}), InputValidationError,
+     "labels must be a torch.Tensor, got list"),
+    ("target of the wrong type", lambda m, x, y: (m, x, y, {"attack": "targeted", "target": 2.5}),
+     InputValidationError, "target must be a class index or an int64 tensor, got float"),
+    ("float targets", lambda m, x, y: (m, x, y, {"attack": "targeted", "target": _other(y).float()}),
+     InputValidationError, "targets must be class indices of dtype torch.int64"),
+    ("one-hot targets", lambda m, x, y: (m, x, y, {"attack": "targeted", "target": nn.functional.one_hot(_other(y), 10)}),
+     InputValidationError, "targets look one-hot"),
+    ("targets out of range", lambda m, x, y: (m, x, y, {"attack": "targeted", "target": torch.full_like(y, 10)}),
+     InputValidationError, "targets must lie in \\[0, 9\\]"),
+    ("targets wrong shape", lambda m, x, y: (m, x, y, {"attack": "targeted", "target": _other(y)[:-1]}),
+     InputValidationError, "targets must have shape \\(12,\\)"),
     ("target out of range", lambda m, x, y: (m, x, y, {"attack": "targeted", "target": 10}), InputValidationError,
      "out of range"),
     ("target equals label", lambda m, x, y: (m, x, y, {"attack": "targeted", "target": y.clone()}),
@@ -99,18 +143,46 @@ CASES = [
      "must return a tensor of logits, got tuple"),
     ("model output has the wrong shape", lambda m, x, y: (_five(m), x, y, {}), InputValidationError,
      "returned shape \\(2, 5\\).*expected logits of shape \\(2, 10\\)"),
+    ("model noisy in eval mode (dropout forced on)", lambda m, x, y: (wrapped(m, AlwaysDropout(), "always_dropout"), x, y, {}),
+     InputValidationError, "model 'always_dropout' gives different outputs for the same input in eval mode.*dropout"),
+    ("unknown model name", lambda m, x, y: ("nope", x, y, {}), UnknownNameError, "valid models: .*cnn"),
     # arguments
     ("negative eps", lambda m, x, y: (m, x, y, {"eps": -0.1}), ValueError, "eps must be >= 0"),
     ("no eps and no constraint", lambda m, x, y: (m, x, y, {"eps": None}), ValueError, "give a constraint set or eps"),
     ("zero budget", lambda m, x, y: (m, x, y, {"budget": 0}), ValueError, "budget must be >= 1"),
     ("unknown attack", lambda m, x, y: (m, x, y, {"attack": "nope"}), UnknownNameError, "valid attacks: .*pgd"),
     ("unknown parameter", lambda m, x, y: (m, x, y, {"attack": "pgd", "stepz": 3}), TypeError, "no parameter.*stepz"),
+    ("parameters next to an attack instance", lambda m, x, y: (m, x, y, {"attack": make_attack("fgsm"), "step_size": 0.1}),
+     TypeError, "either to the attack instance or to make_attack, not both"),
+    ("confidence out of range", lambda m, x, y: (m, x, y, {"confidence": 1.0}), ValueError,
+     "confidence must lie in \\[0, 1\\), got 1.0"),
+    ("non-positive step size", lambda m, x, y: (m, x, y, {"attack": "pgd", "step_size": -0.1}), ValueError,
+     "step_size must be > 0, got -0.1"),
+    ("unknown step rule", lambda m, x, y: (m, x, y, {"attack": "pgd", "step_rule": "nope"}), ValueError,
+     "unknown step rule 'nope'; valid: sign"),
+    ("zero restarts", lambda m, x, y: (m, x, y, {"attack": "pgd", "restarts": 0}), ValueError,
+     "steps must be >= 0 and restarts >= 1, got steps=40, restarts=0"),
+    ("unknown loss", lambda m, x, y: (m, x, y, {"attack": "apgd_targeted", "loss": "nope", "target": _other(y)}), ValueError,
+     "unknown loss 'nope'; valid"),
+    ("binary attack without a value", lambda m, x, y: (m, x, y, {"attack": "binary", "eps": None, "constraint": L2Ball(1.0)}),
+     ValueError, "binary attack: give value=..., or an L-inf ball"),
+    ("universal attack with per-sample radii",
+     lambda m, x, y: (m, x, y, {"attack": "universal", "eps": None, "constraint": LinfBall(torch.full((12,), 0.1))}),
+     ValueError, "one radius for the whole batch"),
+    ("universal batch size 0", lambda m, x, y: (m, x, y, {"attack": "universal", "batch_size": 0}), ValueError,
+     "batch_size must be >= 1, got 0"),
+    ("visualize an unknown layer",
+     lambda m, x, y: (m, x, y, {"attack": "visualize", "layer": "nope", "steps": 1, "target": _other(y)}), ValueError,
+     "model 'tiny' has no layer 'nope'; layers: 0, 1"),
     ("start of the wrong shape", lambda m, x, y: (m, x, y, {"attack": "pgd", "start": x[:1]}), ValueError,
      "start has shape"),
     # what the runner refuses from an attack
     ("attack returns NaN", lambda m, x, y: (m, x, y, {"attack": ReturnsNaN()}), ThreatModelViolation, "NaN or inf"),
     ("attack returns the wrong shape", lambda m, x, y: (m, x, y, {"attack": DropsASample()}), ThreatModelViolation,
      "attack returned shape"),
+    ("projection cannot satisfy the set",
+     lambda m, x, y: (m, x, y, {"attack": ReturnsInput(), "eps": None, "constraint": Unsatisfiable()}),
+     ThreatModelViolation, "projected output is still outside the constraint set"),
     ("attack exceeds its budget", lambda m, x, y: (m, x, y, {"attack": ThreeBackward(), "budget": 2}), BudgetExceeded,
      "used 36 backward passes; budget 2 x 12 samples"),
 ]
@@ -121,13 +193,14 @@ def test_bad_input_table(tiny_model, tiny_batch, build, error, message):
     model, xb, yb, kwargs = build(tiny_model, *tiny_batch)
     kwargs = {"attack": "fgsm", "eps": 0.1, **kwargs}
     attack = kwargs.pop("attack")
-    model.module.train()  # whatever fails, the model's mode is left as it was
+    module = model.module if isinstance(model, ModelAdapter) else tiny_model.module
+    module.train()  # whatever fails, the model's mode is left as it was
     try:
         with pytest.raises(error, match=message):
             run_attack(model, attack, xb, yb, **kwargs)
-        assert model.module.training and all(m.training for m in model.module.modules())
+        assert module.training and all(m.training for m in module.modules())
     finally:
-        model.module.eval()
+        module.eval()
 
 
 def test_log_probabilities_are_accepted(tiny_model, tiny_batch):
@@ -141,4 +214,30 @@ def test_log_probabilities_are_accepted(tiny_model, tiny_batch):
 def test_output_check_is_outside_the_pass_counter(tiny_model, tiny_batch):
     x, y = tiny_batch
     result = run_attack(tiny_model, "fgsm", x, y, eps=0.1)
-    assert result.forward_passes == 2 * len(x) and result.backward_passes == len(x)
+    assert result.forward_passes == len(x) and result.backward_passes == len(x)  # one step; the re-check is apart
+
+
+def test_model_given_in_train_mode_with_dropout_is_attacked_deterministically_in_eval_mode():
+    """Dropout and BatchNorm in train mode: the runner attacks in eval mode (no dropout draw, no running-stat
+    update, the same result twice) and hands the model back in train mode."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10))
+    model = ModelAdapter(module, name="dropout_mlp", bounds=(-1.0, 1.0), input_shape=(1, 8, 8),
+                         class_names=[str(i) for i in range(10)])
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 1.6 - 0.8
+    y = model.predict(x).argmax(1)
+    module.train()
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    rng = torch.get_rng_state()
+    first = run_attack(model, "pgd", x, y, eps=0.2, steps=3, seed=0)
+    assert module.training and all(m.training for m in module.modules())
+    second = run_attack(model, "pgd", x, y, eps=0.2, steps=3, seed=0)
+    assert module.training and all(m.training for m in module.modules())
+    assert torch.equal(first.x_adv, second.x_adv) and torch.equal(first.success, second.success)
+    assert torch.equal(torch.get_rng_state(), rng)  # no dropout mask was ever drawn
+    assert all(torch.equal(v, state[k]) for k, v in module.state_dict().items())  # BatchNorm statistics untouched
+    with torch.no_grad():
+        module.eval()
+        expected = module(first.x_adv).argmax(1)
+        module.train()
+    assert torch.equal(first.pred, expected)  # the success re-check is an eval-mode pass

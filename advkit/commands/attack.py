@@ -42,7 +42,10 @@ def load_split(dataset: str | None, split: str, source: str) -> tuple[torch.Tens
     if dataset == "mnist":
         from advkit.data import load_mnist
 
-        data = load_mnist(split, source=source)
+        try:
+            data = load_mnist(split, source=source)
+        except (FileNotFoundError, ValueError) as error:
+            raise click.ClickException(f"--data {source}: {error}") from None
         return data.x, data.y, data.source
     raise click.ClickException(f"no built-in {split} set for dataset {dataset!r}")
 

@@ -50,9 +50,11 @@ def run_sweep_command(spec, out: Path, device: str, checks: bool, progress: bool
         result = run_sweep(spec, out, device=device, progress=progress)
     except SweepConfigMismatch as error:
         raise click.ClickException(str(error)) from None
+    except OSError as error:  # e.g. a model whose weights are not on this machine (the message says where to put them)
+        raise click.ClickException(str(error)) from None
     flags = run_checks(result) if checks else []
     files = write_report(result, flags, out)
     columns = ["model", "attack", "eps", "eps_01", "n_attacked", "success_rate", "ci_low", "ci_high", "robust_accuracy",
-               "backward_passes", "seconds"]
+               "backward_passes", "seconds"] + (["inferred"] if spec.search == "descending" else [])
     return {"rows": result.table[columns].round(4).to_dict(orient="records"), "flags": flags, "out": [str(p) for p in files],
             "table": result.table[columns]}
