@@ -11,7 +11,8 @@ example within eps was found by this attack in this sweep".
 ``search="descending"`` runs the eps from the largest down instead, for speed: each sample's
 point at the larger eps is projected into the smaller set and re-checked by a fresh forward
 pass (still fooled: carried); a sample fooled at the larger eps but not after projection is
-attacked from the projected point; a sample the attack did not fool at the larger eps is not
+attacked from the attack's own start (for a deterministic attack: exactly as an independent run
+at this eps would attack it); a sample the attack did not fool at the larger eps is not
 attacked again and counts as robust at every smaller eps (the monotonicity that
 minimal-perturbation evaluations assume). The table's ``inferred`` column counts those samples
 per cell, so every number says how it was obtained.
@@ -250,7 +251,9 @@ def run_cell(spec: SweepSpec, model: ModelAdapter, attack: str, eps: float, x: T
             carry &= success  # descending: a projected point that no longer fools is attacked from there
     todo = attacked & ~carry & ~inferred
     if bool(todo.any()):
-        warm = start[todo] if reuse else None
+        # ascending: start from the smaller eps' point; descending: from the attack's own start, so that for a
+        # deterministic attack every sample fooled at the larger eps gets exactly the attack an independent run would make
+        warm = start[todo] if reuse and spec.search == "ascending" else None
         result = run_attack(model, attack, x[todo], y[todo], constraint=constraint, confidence=spec.confidence,
                             budget=spec.budget, seed=spec.seed, start=warm, **spec.attack_params.get(attack, {}))
         x_adv[todo] = result.x_adv

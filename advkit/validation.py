@@ -74,7 +74,8 @@ def check_outputs(model: ModelAdapter, x: Tensor, atol: float = 1e-4) -> None:
     on a doubly squashed output. Log-probabilities are fine (their softmax is the probabilities).
     Two probes that differ (beyond ``REPEAT_ATOL``/``REPEAT_RTOL``) mean dropout or noise is
     still active in eval mode (``F.dropout(training=True)``, a module calling ``.train()``...):
-    the attack's gradients and the success re-check would then see different models.
+    the attack's gradients and the success re-check would then see different models. A model
+    that is random on purpose (a randomized defense) opts out with ``metadata["stochastic"] = True``.
     An out-of-memory error on a probe skips the check (the attack handles memory itself).
     """
     from advkit.runner import is_out_of_memory
@@ -97,11 +98,12 @@ def check_outputs(model: ModelAdapter, x: Tensor, atol: float = 1e-4) -> None:
         )
     same = (isinstance(again, Tensor) and again.shape == out.shape
             and (torch.equal(out, again) or torch.allclose(out, again, atol=REPEAT_ATOL, rtol=REPEAT_RTOL, equal_nan=True)))
-    if not same:
+    if not same and not model.metadata.get("stochastic"):
         raise InputValidationError(
             f"model {model.name!r} gives different outputs for the same input in eval mode (dropout or noise still "
             "active, e.g. F.dropout(training=True) or a module that calls .train()?); attacks and the success "
-            "re-check need a deterministic model"
+            "re-check need a deterministic model (for a model that is random on purpose, set "
+            "adapter.metadata['stochastic'] = True)"
         )
     if torch.isfinite(out).all() and bool((out >= 0).all()) and bool((out <= 1).all()):
         if bool(((out.sum(dim=1) - 1).abs() <= atol).all()):

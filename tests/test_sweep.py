@@ -54,8 +54,14 @@ def test_descending_search_infers_only_from_failures_and_rechecks_every_success(
     params = {"pgd": {"steps": 10, "random_start": False, "early_stop": True}}
     down = run_sweep(SweepSpec(models=["cnn"], attacks=["pgd"], eps=eps, n=40, search="descending", attack_params=params),
                      progress=False, data=digits)
-    up = run_sweep(SweepSpec(models=["cnn"], attacks=["pgd"], eps=eps, n=40, attack_params=params), progress=False, data=digits)
+    up = run_sweep(SweepSpec(models=["cnn"], attacks=["pgd"], eps=eps, n=40, reuse=False, attack_params=params),
+                   progress=False, data=digits)
     cells = [down.cells[("cnn", "pgd", e)] for e in eps]
+    # pgd from a zero start is deterministic: a sample fooled one eps up is fooled here whenever an independent run fools it
+    independent = [up.cells[("cnn", "pgd", e)].success for e in eps]
+    assert torch.equal(cells[-1].success, independent[-1])
+    for i in range(len(eps) - 1):
+        assert not (independent[i] & cells[i + 1].success & ~cells[i].success).any()
     # The largest eps is attacked in full; below it, exactly the samples not fooled one eps up are inferred robust.
     assert cells[-1].inferred == 0
     for smaller, larger in zip(cells, cells[1:]):

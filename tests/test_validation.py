@@ -241,3 +241,11 @@ def test_model_given_in_train_mode_with_dropout_is_attacked_deterministically_in
         expected = module(first.x_adv).argmax(1)
         module.train()
     assert torch.equal(first.pred, expected)  # the success re-check is an eval-mode pass
+
+
+def test_a_model_random_on_purpose_can_opt_out_of_the_determinism_check(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    model = wrapped(tiny_model, AlwaysDropout(), "randomized_defense")
+    model.metadata["stochastic"] = True
+    result = run_attack(model, "fgsm", x, y, eps=0.1)
+    assert result.n == len(x)
