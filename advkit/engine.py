@@ -175,6 +175,14 @@ def finite_rows(t: Tensor) -> Tensor:
     return torch.isfinite(t.flatten(1)).all(1)
 
 
+def finite_sums(t: Tensor) -> Tensor:
+    """Per-sample: the row's sum is finite, i.e. no element is NaN or inf (one reduction instead of an
+    elementwise check; a row of finite values whose sum overflows also counts as not finite).
+    Half-precision rows are summed in float32."""
+    wide = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
+    return torch.isfinite(t.flatten(1).sum(1, dtype=wide))
+
+
 def finite_objective(value: Tensor, finite: Tensor) -> Tensor:
     """The objective with -inf where the logits were not finite or the value is NaN."""
     return torch.where(finite & ~torch.isnan(value), value, torch.full_like(value, float("-inf")))
@@ -261,13 +269,18 @@ def optimize(
     nonfinite = torch.zeros(n, dtype=torch.long, device=device)
     seed = stream_seed(problem.generator)  # one draw per call, whatever the batch holds
 
-    def evaluate(idx: Tensor, whole: bool, x_adv: Tensor, logits: Tensor, value: Tensor | None = None) -> Tensor:
+    def evaluate(idx: Tensor, whole: bool, x_adv: Tensor, logits: Tensor, value: Tensor | None = None,
+                 finite: Tensor | None = None) -> Tensor:
+        """Offer the points to the best-so-far; ``value`` and ``finite``, when given, are the step's own
+        (already -inf where the logits were not finite)."""
         y_i = y if whole else y[idx]
         t_i = target if (whole or target is None) else target[idx]
-        finite = finite_rows(logits)
+        if finite is None:
+            finite = finite_rows(logits)
         reached = problem.criterion.reached(logits, y_i, t_i) & finite
-        value = objective(logits, y_i, t_i, x_adv, x if whole else x[idx]) if value is None else value
-        best.offer(None if whole else idx, x_adv, finite_objective(value, finite), reached)
+        if value is None:
+            value = finite_objective(objective(logits, y_i, t_i, x_adv, x if whole else x[idx]), finite)
+        best.offer(None if whole else idx, x_adv, value, reached)
         return reached
 
     for restart in range(restarts):
@@ -297,8 +310,8 @@ def optimize(
             loss = objective(logits, y_i, t_i, x_adv, x_i)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
             finite = finite_rows(logits.detach())
-            bad = ~(finite & finite_rows(grad))
-            grad = grad.masked_fill(bad.view(-1, *([1] * (grad.dim() - 1))), 0.0)  # no step from NaN/inf
+            bad = ~(finite & finite_sums(grad))
+            grad = grad.masked_fill_(bad.view(-1, *([1] * (grad.dim() - 1))), 0.0)  # no step from NaN/inf
             if whole:
                 forward += 1
                 backward += 1
@@ -308,7 +321,7 @@ def optimize(
                 backward[idx] += 1
                 nonfinite[idx] += bad.long()
             value = finite_objective(loss.detach(), finite)
-            reached = evaluate(idx, whole, x_adv.detach(), logits.detach(), value)
+            reached = evaluate(idx, whole, x_adv.detach(), logits.detach(), value, finite)
             if history is not None and restart == 0:
                 history[step_index, idx] = loss.detach().to(history.dtype)
             if observe is not None:

@@ -174,3 +174,14 @@ def test_box_defaults_to_model_bounds(tiny_model, tiny_batch):
     result = run_attack(tiny_model, "pgd", x, y, eps=1.5, steps=3)
     assert float(result.x_adv.min()) >= -1 - 1e-6 and float(result.x_adv.max()) <= 1 + 1e-6
     assert "box" in result.constraints
+
+
+def test_fgsm_returns_its_one_step_with_one_forward_pass_per_sample(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    result = run_attack(tiny_model, "fgsm", x, y, eps=0.1)
+    x_grad = x.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(tiny_model.module(x_grad), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x_grad)
+    expected = (x + 0.1 * grad.sign()).clamp(-1, 1)
+    assert torch.allclose(result.x_adv, expected, atol=1e-6)
+    assert result.forward_passes == len(x) and result.backward_passes == len(x)
