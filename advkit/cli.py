@@ -43,16 +43,20 @@ def _emit_json(data: Any) -> None:
 
 
 class AdvkitGroup(click.Group):
-    """Turns a third-party plugin that fails to import into a clean error (its message names the plugin and
-    how to skip it) instead of a traceback."""
+    """Turns a third-party plugin that fails to import, or registers something invalid, into a clean error
+    (its message names the plugin) instead of a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from advkit.plugins import PluginLoadError
+        from advkit.registry import RegistrationError
 
         try:
             return super().invoke(ctx)
         except PluginLoadError as error:
             raise click.ClickException(str(error)) from None
+        except RegistrationError as error:
+            raise click.ClickException(f"{error}; uninstall the plugin, or set ADVKIT_DISABLE_PLUGIN_AUTOLOAD=1 or "
+                                       "ADVKIT_PLUGINS=... to skip it") from None
 
 
 @click.group(cls=AdvkitGroup)

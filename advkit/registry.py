@@ -29,6 +29,10 @@ class UnknownNameError(KeyError):
         return self.args[0]
 
 
+class RegistrationError(TypeError, ValueError):
+    """A plugin registered something invalid: an item without a string ``name`` or a name taken twice."""
+
+
 def first_docstring_line(obj: Any) -> str:
     doc = (getattr(obj, "__doc__", None) or "").strip()
     return doc.splitlines()[0].strip() if doc else ""
@@ -55,10 +59,10 @@ def _collect(hook_name: str, kind: str) -> dict[str, Registered]:
         def register(obj: Any, _info: PluginInfo = info) -> None:
             name = getattr(obj, "name", None)
             if not isinstance(name, str) or not name:
-                raise TypeError(f"plugin {_info.name!r} registered a {kind} without a string 'name': {obj!r}")
+                raise RegistrationError(f"plugin {_info.name!r} registered a {kind} without a string 'name': {obj!r}")
             if name in items:
                 other = items[name].plugin.name
-                raise ValueError(f"{kind} {name!r} is registered twice (plugins {other!r} and {_info.name!r})")
+                raise RegistrationError(f"{kind} {name!r} is registered twice (plugins {other!r} and {_info.name!r})")
             description = getattr(obj, "description", None) or first_docstring_line(obj)
             items[name] = Registered(name=name, obj=obj, plugin=_info, description=description)
 

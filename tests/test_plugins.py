@@ -84,6 +84,9 @@ def test_register_plugin_object_and_duplicate_names():
     try:
         with pytest.raises(ValueError, match="registered twice"):
             registry.attacks()
+        result = CliRunner().invoke(cli, ["attacks"])  # the CLI names the clash instead of a traceback
+        assert result.exit_code == 1 and not isinstance(result.exception, ValueError)
+        assert "attack 'pgd' is registered twice" in result.output and "ADVKIT_DISABLE_PLUGIN_AUTOLOAD" in result.output
     finally:
         plugins.unregister_plugin("dup")
     assert "pgd" in registry.attacks()
