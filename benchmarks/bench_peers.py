@@ -14,7 +14,9 @@ through it; backward: samples whose input gradient was computed), taken in an un
 Part 1: FGSM and PGD (fixed steps, zero start, step 2.5 eps / steps) on the correctly classified
 digits among the first n test digits (class-interleaved), one batch: median wall time over
 interleaved repeats, its ratio to the plain loop and to torchattacks, passes, success rate, and
-how many samples end differently from the plain loop.
+how many samples end differently from the plain loop. advkit runs twice: with every sample
+doing every step (the same work as the others) and with ``early_stop`` (a fooled sample leaves
+the batch).
 
 Part 2: an 8-eps sweep: advkit ``run_sweep`` (reuse across eps; also with pgd's ``early_stop``)
 versus torchattacks' and ART's PGD looped over the same eps (same steps, zero start, step
@@ -265,6 +267,9 @@ def part_fixed_steps(args, model: ModelAdapter, data, peers: dict) -> dict:
         else:
             methods[(label, "advkit")] = (own, lambda s=steps, a=step: run_attack(
                 model, "pgd", x, y, eps=eps, steps=s, step_size=a, random_start=False).x_adv)
+            # the same steps, but a sample leaves the batch once fooled (it keeps that point)
+            methods[(label, "advkit early_stop")] = (own, lambda s=steps, a=step: run_attack(
+                model, "pgd", x, y, eps=eps, steps=s, step_size=a, random_start=False, early_stop=True).x_adv)
         if ta is not None:
             atk = (ta.FGSM(peer_module, eps=args.eps) if kind == "fgsm" else
                    ta.PGD(peer_module, eps=args.eps, alpha=step / width, steps=steps, random_start=False))
