@@ -92,8 +92,9 @@ def _listing(kind: str, as_json: bool) -> None:
             [{"name": item.name, "description": item.description, "plugin": item.plugin.name} for item in items.values()]
         )
         return
+    width = max((len(name) for name in items), default=0)  # one column, however long the longest name
     for item in items.values():
-        click.echo(f"{item.name:<12} {item.description}")
+        click.echo(f"{item.name:<{width}}  {item.description}")
 
 
 @cli.command()

@@ -133,3 +133,14 @@ def test_default_digits_are_class_balanced(tmp_path):
     assert result.exit_code == 0, result.output
     y = load_file(str(tmp_path / "examples.safetensors"))["y"]
     assert sorted(y.tolist()) == sorted(list(range(10)) * 3)
+
+
+@pytest.mark.parametrize("listing", ["attacks", "models", "constraints"])
+def test_listings_put_every_description_in_one_column(listing):
+    from advkit import registry
+
+    items = {"attacks": registry.attacks, "models": registry.models, "constraints": registry.constraints}[listing]()
+    lines = CliRunner().invoke(cli, [listing]).output.splitlines()
+    assert len(lines) == len(items)
+    starts = {line.index(item.description) for line, item in zip(lines, items.values())}
+    assert len(starts) == 1 and starts.pop() > max(len(name) for name in items)
