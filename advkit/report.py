@@ -67,6 +67,47 @@ def build_index(out: Path) -> list[Path]:
     return [figure, page]
 
 
+STYLE = """body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1400px; color: #202124; }
+table { border-collapse: collapse; font-size: 0.85em; margin-bottom: 1.5em; }
+td, th { border: 1px solid #dadce0; padding: 3px 8px; text-align: left; }
+.bad { color: #b3261e; font-weight: 600; } .good { color: #137333; font-weight: 600; }
+img { max-width: 100%; border: 1px solid #dadce0; }"""
+
+
+def build_transfer_index(out: Path) -> Path:
+    """``index.html`` of a transfer report, from its transfer.csv, transfer.png and summary.json alone."""
+    out = Path(out)
+    table = pd.read_csv(out / "transfer.csv")
+    summary = json.loads((out / "summary.json").read_text())
+    shown = table.copy()
+    for column in ("transfer_rate", "ci_low", "ci_high"):
+        shown[column] = shown[column].map(lambda v: f"{v:.3f}")
+    facts = {key: summary.get(key) for key in ("sources", "targets", "attack", "attack_params", "constraints", "eps",
+                                                "eps_01", "criterion", "target_class", "n_attacked", "selection",
+                                                "data", "seed", "cell")}
+    fact_rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>advkit transfer report</title>
+<style>
+{STYLE}
+</style></head><body>
+<h1>advkit transfer report</h1>
+<p>Each source attacks the same samples; a cell is the share of the source's successful (re-checked) examples
+that the target misclassifies, with a 95% Wilson interval (the diagonal is white-box).</p>
+<figure><img src="transfer.png" alt="transfer matrix"><figcaption>transfer.png</figcaption></figure>
+<h2>Pairs</h2>
+{shown.to_html(index=False, border=0)}
+<p>Files: <a href="transfer.csv">transfer.csv</a>, <a href="transfer_matrix.csv">transfer_matrix.csv</a>,
+<a href="summary.json">summary.json</a>, per-sample masks in masks.safetensors.</p>
+<h2>Configuration</h2>
+<table>{fact_rows}</table>
+</body></html>
+"""
+    path = out / "index.html"
+    atomic_write_bytes(path, page.encode())
+    return path
+
+
 def _flag_rows(flags: list[dict]) -> str:
     colors = {"flag": "#fde2e1", "ok": "#e6f4ea", "skipped": "#f1f3f4"}
     rows = []
@@ -110,11 +151,7 @@ def render_html(table: pd.DataFrame, flags: list[dict], config: dict, figures: l
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>advkit report</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1400px; color: #202124; }}
-table {{ border-collapse: collapse; font-size: 0.85em; margin-bottom: 1.5em; }}
-td, th {{ border: 1px solid #dadce0; padding: 3px 8px; text-align: left; }}
-.bad {{ color: #b3261e; font-weight: 600; }} .good {{ color: #137333; font-weight: 600; }}
-img {{ max-width: 100%; border: 1px solid #dadce0; }}
+{STYLE}
 </style></head><body>
 <h1>advkit robustness report</h1>
 {verdict}

@@ -219,6 +219,9 @@ def test_cli_bnn_cnn_writes_consistent_files(tmp_path, zoo_bnn, zoo_cnn, mnist_t
     assert table[["source", "target"]].values.tolist() == [["bnn", "bnn"], ["bnn", "cnn"], ["cnn", "bnn"], ["cnn", "cnn"]]
     assert list(matrix.index) == ["bnn", "cnn"] and list(matrix.columns) == ["bnn", "cnn"]
     assert table.white_box.tolist() == [True, False, False, True]
+    page = (out / "index.html").read_text()
+    assert 'src="transfer.png"' in page and "linf(eps=0.3)" in page
+    assert page.count("<tr>") >= 1 + len(table)  # one row per pair, after the header
     masks = load_file(str(out / "masks.safetensors"))
     # The attacked samples are test images that both nets classify correctly.
     idx = masks["test_index"]

@@ -99,10 +99,11 @@ def run_transfer_job(
 
 
 def write_transfer(out: Path, result: TransferResult, summary: dict) -> list[Path]:
-    """transfer.csv (one row per pair), transfer_matrix.csv, transfer.png, masks.safetensors and summary.json."""
+    """transfer.csv (one row per pair), transfer_matrix.csv, transfer.png, masks.safetensors, summary.json, index.html."""
     from safetensors.torch import save_file
 
     from advkit.figures import save_figure
+    from advkit.report import build_transfer_index
 
     table = out / "transfer.csv"
     result.table.to_csv(table, index=False, float_format="%.6g")
@@ -118,8 +119,10 @@ def write_transfer(out: Path, result: TransferResult, summary: dict) -> list[Pat
         tensors[f"target_fooled/{source}/{target}"] = result.target_fooled[source, target]
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(masks))
     summary_path = out / "summary.json"
-    paths = [table, matrix, figure, masks, summary_path]
+    index = out / "index.html"
+    paths = [table, matrix, figure, masks, summary_path, index]
     summary_path.write_text(json.dumps({**summary, "out": [str(p) for p in paths]}, indent=2, default=str))
+    build_transfer_index(out)
     return paths
 
 
