@@ -286,8 +286,6 @@ class SweepResult:
 def run_sweep(spec: SweepSpec, out: Path | None = None, *, device: str = "cpu", progress: bool = True,
               data: tuple[Tensor, Tensor, str] | None = None) -> SweepResult:
     """Run (or resume, when ``out`` holds finished cells of the same configuration) the whole sweep."""
-    from tqdm.auto import tqdm
-
     models = {ref: load_model_ref(ref, device) for ref in spec.models}
     datasets = {m.dataset for m in models.values()}
     if data is None:
@@ -300,7 +298,7 @@ def run_sweep(spec: SweepSpec, out: Path | None = None, *, device: str = "cpu", 
     sample_index, x, y = select_samples(x_all, y_all, spec.n)
     x, y = x.to(device), y.to(device)
     config = fingerprint(spec, models, x, y, source)
-    cells_dir = None
+    cells_dir, created_config = None, None
     if out is not None:
         cells_dir = Path(out) / "cells"
         cells_dir.mkdir(parents=True, exist_ok=True)
@@ -314,6 +312,26 @@ def run_sweep(spec: SweepSpec, out: Path | None = None, *, device: str = "cpu", 
                                           "use a new --out folder or delete the old one")
         else:
             atomic_write_json(config_path, config)
+            created_config = config_path
+    try:
+        cells = _run_cells(spec, models, x, y, cells_dir, progress)
+    except BaseException:
+        # A sweep that fails before finishing any cell (e.g. an attack refusing a parameter) leaves no
+        # config.json behind, so rerunning with the mistake fixed into the same folder is not refused.
+        if created_config is not None and not any(cells_dir.glob("*.json")):
+            created_config.unlink(missing_ok=True)
+        raise
+    table = results_table(spec, models, cells)
+    matrix = success_matrix(spec, cells, sample_index)
+    return SweepResult(spec=spec, table=table, matrix=matrix, cells=cells, sample_index=sample_index, x=x.cpu(), y=y.cpu(),
+                       config=config, models=models)
+
+
+def _run_cells(spec: SweepSpec, models: dict[str, ModelAdapter], x: Tensor, y: Tensor, cells_dir: Path | None,
+               progress: bool) -> dict[tuple[str, str, float], Cell]:
+    """Every (model, attack, eps) cell in order, each loaded from ``cells_dir`` if finished there, else run and saved."""
+    from tqdm.auto import tqdm
+
     cells: dict[tuple[str, str, float], Cell] = {}
     order = spec.eps if spec.search == "ascending" else spec.eps[::-1]
     jobs = [(ref, attack, eps) for ref in spec.models for attack in spec.attacks for eps in order]
@@ -328,10 +346,7 @@ def run_sweep(spec: SweepSpec, out: Path | None = None, *, device: str = "cpu", 
                 cell.save(cells_dir)
         cells[(ref, attack, eps)] = cell
     bar.close()
-    table = results_table(spec, models, cells)
-    matrix = success_matrix(spec, cells, sample_index)
-    return SweepResult(spec=spec, table=table, matrix=matrix, cells=cells, sample_index=sample_index, x=x.cpu(), y=y.cpu(),
-                       config=config, models=models)
+    return cells
 
 
 def _previous_eps(eps_list: list[float], eps: float) -> float | None:

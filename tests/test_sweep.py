@@ -165,3 +165,14 @@ def test_attack_survival_on_mnist(tmp_path):
     frame = pd.read_csv(tmp_path / "survival.csv")
     assert len(frame) == 4 * summary["n_success"]
     assert (tmp_path / "survival.png").exists()
+
+
+def test_a_sweep_failing_before_its_first_cell_leaves_the_folder_reusable(tmp_path):
+    out = tmp_path / "out"
+    base = ["sweep", "--model", "cnn", "--eps", "0.1", "-n", "2", "--no-checks", "--out", str(out), "-p", "steps=2"]
+    failed = CliRunner().invoke(cli, [*base, "-p", "restarts=0"])
+    assert failed.exit_code != 0 and "restarts >= 1" in failed.output
+    assert not (out / "config.json").exists()
+    fixed = CliRunner().invoke(cli, base)
+    assert fixed.exit_code == 0, fixed.output
+    assert (out / "config.json").exists()
