@@ -759,7 +759,6 @@ def sweep_command(model_refs, attack_names, eps_values, constraint_names, n, see
     """Success rate versus eps for several models and attacks: table, plots, sanity flags, resumable."""
     from advkit import registry
     from advkit.commands.sweep import parse_eps_list, run_sweep_command, split_params
-    from advkit.constraints import CONSTRAINT_TYPES
     from advkit.registry import UnknownNameError
     from advkit.sweep import SweepSpec, parse_model_ref
 
@@ -781,10 +780,11 @@ def sweep_command(model_refs, attack_names, eps_values, constraint_names, n, see
         raise click.UsageError(f"--budget must be >= 1, got {budget}")
     if not 0 <= confidence < 1:
         raise click.UsageError(f"--confidence must lie in [0, 1), got {confidence}")
-    unknown = [c.strip() for c in constraint_names.split(",") if c.strip() and c.strip() not in CONSTRAINT_TYPES]
+    known = registry.constraints()  # built-ins and plugin sets
+    unknown = [c.strip() for c in constraint_names.split(",") if c.strip() and c.strip() not in known]
     if unknown:
         raise click.UsageError(f"--constraints: unknown constraint {unknown[0]!r}; valid constraints: "
-                               f"{', '.join(sorted(CONSTRAINT_TYPES))}")
+                               f"{', '.join(sorted(known))}")
     _torch_device(device)
     eps = parse_eps_list(eps_values, _eps_item)
     _check_out_dir(out)

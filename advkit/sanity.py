@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advkit.constraints import build_constraints
-from advkit.sweep import SweepResult
+from advkit.sweep import SweepResult, sweep_constraint
 
 #: Share of samples whose input gradient is exactly zero above which gradients look masked.
 ZERO_GRADIENT_LIMIT = 0.10
@@ -50,7 +49,7 @@ def _run(result: SweepResult, ref: str, attack: str, eps: float, idx: Tensor, **
 
     spec, model = result.spec, result.models[ref]
     device = model.device
-    constraint = build_constraints(spec.constraints, eps=eps, bounds=model.bounds)
+    constraint = sweep_constraint(spec, eps, model)
     merged = {**spec.attack_params.get(attack, {}), **params}
     out = run_attack(model, attack, result.x[idx].to(device), result.y[idx].to(device), constraint=constraint,
                      confidence=spec.confidence, budget=None if "steps" in params else spec.budget, seed=spec.seed, **merged)
@@ -110,7 +109,7 @@ def check_random_noise(result: SweepResult) -> list[dict]:
         for attack in result.spec.attacks:
             worse = []
             for eps in result.spec.eps:
-                constraint = build_constraints(result.spec.constraints, eps=eps, bounds=model.bounds)
+                constraint = sweep_constraint(result.spec, eps, model)
                 noise = eps * (torch.randint(0, 2, x.shape, generator=generator, device=x.device) * 2 - 1).to(x.dtype)
                 with torch.no_grad():
                     fooled = model.predict(x + constraint.project(noise, x)).argmax(1) != y

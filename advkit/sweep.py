@@ -215,6 +215,13 @@ def select_samples(x: Tensor, y: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor
     return idx, x[idx], y[idx]
 
 
+def sweep_constraint(spec: SweepSpec, eps: float, model: ModelAdapter):
+    """The sweep's named sets at ``eps`` (built-in or registered by a plugin), intersected with the model's box."""
+    from advkit import registry
+
+    return build_constraints(spec.constraints, eps=eps, bounds=model.bounds, registry=registry.constraints())
+
+
 def run_cell(spec: SweepSpec, model: ModelAdapter, attack: str, eps: float, x: Tensor, y: Tensor,
              previous: Cell | None) -> Cell:
     """Attack the correctly classified samples at ``eps``, reusing ``previous`` (the cell of the neighbouring eps
@@ -225,7 +232,7 @@ def run_cell(spec: SweepSpec, model: ModelAdapter, attack: str, eps: float, x: T
     device = x.device
     n = len(y)
     attacked = model.predict(x).argmax(1) == y
-    constraint = build_constraints(spec.constraints, eps=eps, bounds=model.bounds)
+    constraint = sweep_constraint(spec, eps, model)
     x_adv = x.clone()
     success = torch.zeros(n, dtype=torch.bool, device=device)
     carry = torch.zeros(n, dtype=torch.bool, device=device)

@@ -176,3 +176,45 @@ def test_a_sweep_failing_before_its_first_cell_leaves_the_folder_reusable(tmp_pa
     fixed = CliRunner().invoke(cli, base)
     assert fixed.exit_code == 0, fixed.output
     assert (out / "config.json").exists()
+
+
+def test_a_constraint_set_from_a_plugin_works_in_a_sweep(tmp_path, digits):
+    """A plugin set (here: perturb only the left half of the image) is found by name like a built-in."""
+    import advkit
+    from advkit import plugins
+    from advkit.constraints import IntervalConstraint
+
+    class LeftHalf(IntervalConstraint):
+        name = "left_half"
+
+        def interval(self, x):
+            hi = torch.full_like(x, float("inf"))
+            hi[..., x.shape[-1] // 2:] = 0.0
+            return -hi, hi
+
+        @classmethod
+        def from_options(cls, eps, bounds):
+            return cls()
+
+    class Plugin:
+        @advkit.hookimpl
+        def register_constraints(self, register):
+            register(LeftHalf)
+
+    plugins.register_plugin(Plugin(), name="left_half_plugin")
+    try:
+        result = CliRunner().invoke(cli, ["sweep", "--model", "cnn", "--eps", "0.3", "-n", "4", "--no-checks",
+                                          "--constraints", "linf,left_half", "-p", "steps=3", "--out", str(tmp_path / "o")])
+        assert result.exit_code == 0, result.output
+        cells = list((tmp_path / "o" / "cells").glob("*.safetensors"))
+        from safetensors.torch import load_file
+
+        x_adv = load_file(str(cells[0]))["x_adv"]
+        assert len(cells) == 1 and x_adv.shape[0] == 4
+        from advkit.sweep import select_samples
+
+        _, x, _ = select_samples(digits[0], digits[1], 4)
+        assert torch.equal(x_adv[..., 14:], x[..., 14:])  # the right half is never touched
+        assert float((x_adv - x).abs().max()) > 0
+    finally:
+        plugins.unregister_plugin("left_half_plugin")
