@@ -12,7 +12,7 @@ from torch import Tensor
 
 from advkit.constraints import Constraint
 
-__all__ = ["AdaptiveMomentumStep", "checkpoints"]
+__all__ = ["AdaptiveMomentumStep", "checkpoints", "step_for"]
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -122,3 +122,12 @@ class AdaptiveMomentumStep:
 
 def _rows(mask: Tensor, like: Tensor) -> Tensor:
     return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def step_for(problem, initial_step: float, steps: int, alpha: float, rho: float) -> AdaptiveMomentumStep:
+    """APGD's update for ``problem``: the first step is ``initial_step`` x the L-inf radius (or x a tenth of
+    the model's range when the set has no L-inf radius)."""
+    radius = problem.constraint.linf_radius
+    if radius is None:
+        radius = problem.model.range_width / 10
+    return AdaptiveMomentumStep(initial_step * radius, steps, alpha, rho)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 import advkit
-from advkit.adaptive import AdaptiveMomentumStep
+from advkit.adaptive import step_for
 from advkit.attack import Attack
 from advkit.engine import Problem, optimize
 from advkit.objectives import UNTARGETED_LOSSES
@@ -50,10 +50,7 @@ class APGD(Attack):
     def run(self, problem: Problem) -> Tensor:
         if self.loss not in UNTARGETED_LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(UNTARGETED_LOSSES)}")
-        radius = problem.constraint.linf_radius
-        if radius is None:
-            radius = problem.model.range_width / 10
-        update = AdaptiveMomentumStep(self.initial_step * radius, self.steps, self.alpha, self.rho)
+        update = step_for(problem, self.initial_step, self.steps, self.alpha, self.rho)
         return optimize(problem, update=update, objective=UNTARGETED_LOSSES[self.loss], steps=self.steps,
                         init="random" if self.random_start else "zeros", restarts=self.restarts, early_stop=True).x_adv
 

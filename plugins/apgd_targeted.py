@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 import advkit
-from advkit.adaptive import AdaptiveMomentumStep
+from advkit.adaptive import step_for
 from advkit.attack import Attack
 from advkit.engine import Problem, optimize
 from advkit.objectives import negative_target_cross_entropy
@@ -79,10 +79,7 @@ class APGDTargeted(Attack):
     def run(self, problem: Problem) -> Tensor:
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
-        radius = problem.constraint.linf_radius
-        if radius is None:
-            radius = problem.model.range_width / 10
-        update = AdaptiveMomentumStep(self.initial_step * radius, self.steps, self.alpha, self.rho)
+        update = step_for(problem, self.initial_step, self.steps, self.alpha, self.rho)
         return optimize(problem, update=update, objective=LOSSES[self.loss], steps=self.steps, init="zeros",
                         restarts=self.restarts, early_stop=True).x_adv
 

@@ -83,3 +83,24 @@ def _correct_digits(model, data, n, label=None):
 def correct_digits():
     """correct_digits(model, data, n, label=None): the first n test digits the model gets right."""
     return _correct_digits
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny models run
+    fastest, and steadiest on a shared 2-core machine, without thread spinning."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class OneAtATime(nn.Module):
+    """The wrapped module run one sample at a time: bitwise the same numbers per sample for any batch size."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return torch.cat([self.inner(row) for row in x.split(1)])

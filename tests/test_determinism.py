@@ -11,32 +11,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from advkit import registry
 from advkit.constraints import L2Ball, LinfBall, NonNegative
 from advkit.models import ModelAdapter
 from advkit.rng import SampleStreams
 from advkit.runner import make_attack, run_attack
+from tests.conftest import OneAtATime
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class OneAtATime(nn.Module):
-    """Runs the wrapped module on one sample at a time: bitwise the same per sample for any batch size."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.inner = module
-
-    def forward(self, x):
-        return torch.cat([self.inner(row) for row in x.split(1)])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

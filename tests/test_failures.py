@@ -13,29 +13,13 @@ from advkit.attack import Attack
 from advkit.constraints import LinfBall
 from advkit.models import ModelAdapter
 from advkit.runner import is_out_of_memory, make_attack, run_attack
+from tests.conftest import OneAtATime
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def adapter(module: nn.Module, like: ModelAdapter, name: str) -> ModelAdapter:
     return ModelAdapter(module, name=name, bounds=like.bounds, input_shape=like.input_shape, class_names=like.class_names)
-
-
-class OneAtATime(nn.Module):
-    """The wrapped module one sample at a time: the same numbers per sample for any batch size."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return torch.cat([self.inner(row) for row in x.split(1)])
 
 
 # ---------------------------------------------------------------- NaN / inf

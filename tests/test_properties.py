@@ -24,6 +24,8 @@ from advkit.constraints import Binary, Box, Intersection, L2Ball, LinfBall, NonN
 from advkit.models import ModelAdapter
 from advkit.runner import ThreatModelViolation, make_attack, run_attack
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TOL = 1e-6
 CONSTRAINT_NAMES = sorted(registry.constraints())
 COMBINATIONS = [c for r in range(1, len(CONSTRAINT_NAMES) + 1) for c in itertools.combinations(CONSTRAINT_NAMES, r)]
@@ -87,15 +89,6 @@ class MisbehavingPlugin:
     def register_attacks(self, register):
         for cls in MISBEHAVING:
             register(cls)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest (and steadiest on a shared machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -20,14 +20,7 @@ from advkit.stats import wilson_interval
 from advkit.transfer import check_compatible, transfer_figure, transfer_matrix
 from tests.conftest import tiny_module
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches gain nothing from intra-op threads, and on a shared 2-core machine they spin: use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- Wilson interval
