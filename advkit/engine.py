@@ -44,6 +44,8 @@ Init = Literal["zeros", "random", "blank", "noise"]
 #: only the reference for regularizers such as beta * mse(x_adv, x)), or one perturbation
 #: shared by every sample of the batch (see :mod:`advkit.universal`).
 Variable = Literal["perturbation", "image", "universal"]
+#: What a sample returns at the end: its best evaluated point, or its last point unevaluated.
+Final = Literal["best", "last"]
 NOISE_STD = 0.1
 #: Starting points as image-optimizing attacks name them ("input": the images passed in).
 START_TO_INIT = {"input": "zeros", "noise": "noise", "blank": "blank"}
@@ -224,7 +226,8 @@ def optimize(
     early_stop: bool = True,
     record: bool = False,
     variable: Variable = "perturbation",
-    final: str = "best",
+    final: Final = "best",
+    constraint: Constraint | None = None,
     **universal_options: Any,
 ) -> EngineResult:
     """Run up to ``restarts`` x ``steps`` projected steps of ``update`` on ``objective`` (maximized).
@@ -237,12 +240,16 @@ def optimize(
     ``final="last"`` returns each sample's last point without evaluating it (one forward pass
     less per sample, as FGSM-style one-step attacks define their output); those samples'
     ``success`` is False and ``best_objective`` -inf until the runner's re-check.
+    ``constraint`` optimizes over a subset of ``problem.constraint`` (an attack that tightens the
+    threat model, e.g. to binary perturbations); the per-sample bookkeeping stays on ``problem``.
     """
     if steps < 0 or restarts < 1:
         raise ValueError(f"steps must be >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
     if variable == "universal":
         from advkit.universal import optimize_universal
 
+        if constraint is not None:
+            raise TypeError("constraint= does not apply to variable='universal' (its set is the problem's)")
         return optimize_universal(problem, update=update, objective=objective, steps=steps, init=init,
                                   early_stop=early_stop, record=record, **universal_options)
     if universal_options:
@@ -252,7 +259,7 @@ def optimize(
     if variable not in ("perturbation", "image"):
         raise ValueError(f"unknown variable {variable!r}; valid: perturbation, image, universal")
     model, x, y, target = problem.model, problem.x, problem.y, problem.target
-    feasible = problem.constraint
+    feasible = problem.constraint if constraint is None else constraint
     search = feasible if feasible.convex else feasible.relaxed()
     n, device = problem.n, x.device
     forward = torch.zeros(n, dtype=torch.long, device=device)

@@ -57,15 +57,11 @@ class BinaryPerturbation(Attack):
 
     def run(self, problem: Problem) -> Tensor:
         value = self.binary_value(problem)
-        constrained = Problem(**{**vars(problem), "constraint": problem.constraint & Binary(value)})
         step_size = self.step_size if self.step_size is not None else abs(value) / 4
         step = GradientStep(get_step_rule(self.step_rule), step_size)
         objective = objective_for(problem.target is not None)
-        x_adv = optimize(constrained, update=step, objective=objective, steps=self.steps, init="zeros",
-                         early_stop=True).x_adv
-        # the engine's per-sample bookkeeping belongs to the problem the runner handed in
-        problem.backward_counts, problem.nonfinite_counts = constrained.backward_counts, constrained.nonfinite_counts
-        return x_adv
+        return optimize(problem, update=step, objective=objective, steps=self.steps, init="zeros", early_stop=True,
+                        constraint=problem.constraint & Binary(value)).x_adv
 
 
 @advkit.hookimpl

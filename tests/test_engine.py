@@ -163,3 +163,28 @@ def test_unknown_variable_and_init_are_refused(tiny_model, tiny_batch):
     with pytest.raises(ValueError, match="unknown init"):
         optimize(make_problem(tiny_model, x, y), update=GradientStep(sign_step, 0.1), objective=cross_entropy, steps=1,
                  init="gray")
+
+
+def test_a_tighter_set_is_optimized_over_while_the_bookkeeping_stays_on_the_problem(tiny_model, tiny_batch):
+    """optimize(constraint=...) searches a subset (here binary perturbations) and counts on the caller's problem."""
+    from advkit.constraints import Binary
+
+    x, y = tiny_batch
+    problem = make_problem(tiny_model, x, y, eps=0.2)
+    out = optimize(problem, update=GradientStep(sign_step, 0.05), objective=cross_entropy, steps=4, early_stop=False,
+                   constraint=problem.constraint & Binary(0.2))
+    delta = out.x_adv - x
+    assert bool(((delta.abs() < 1e-6) | ((delta - 0.2).abs() < 1e-6)).all())  # every pixel moved by 0 or by 0.2
+    assert torch.equal(problem.backward_counts, torch.full((len(x),), 4))
+    with pytest.raises(TypeError, match="does not apply to variable='universal'"):
+        optimize(problem, update=GradientStep(sign_step, 0.05), objective=cross_entropy, steps=1,
+                 variable="universal", constraint=problem.constraint)
+
+
+def test_binary_attack_reports_per_sample_passes(tiny_model, tiny_batch):
+    from advkit.runner import run_attack
+
+    x, y = tiny_batch
+    result = run_attack(tiny_model, "binary", x, y, eps=0.2, steps=5, budget=5)
+    assert result.backward_counts is not None and int(result.backward_counts.max()) <= 5
+    assert int(result.backward_counts.sum()) == result.backward_passes
