@@ -185,6 +185,15 @@ def finite_sums(t: Tensor) -> Tensor:
     return torch.isfinite(t.flatten(1).sum(1, dtype=wide))
 
 
+def zero_nonfinite_rows(logits: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sample: were the logits finite, and did the step meet a NaN/inf (logits or input gradient)?
+    The gradient rows of such samples are zeroed in place, so they make no step."""
+    finite = finite_rows(logits)
+    bad = ~(finite & finite_sums(grad))
+    grad.masked_fill_(bad.view(-1, *([1] * (grad.dim() - 1))), 0.0)
+    return finite, bad
+
+
 def finite_objective(value: Tensor, finite: Tensor) -> Tensor:
     """The objective with -inf where the logits were not finite or the value is NaN."""
     return torch.where(finite & ~torch.isnan(value), value, torch.full_like(value, float("-inf")))
@@ -316,9 +325,7 @@ def optimize(
             logits = model(x_adv)
             loss = objective(logits, y_i, t_i, x_adv, x_i)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-            finite = finite_rows(logits.detach())
-            bad = ~(finite & finite_sums(grad))
-            grad = grad.masked_fill_(bad.view(-1, *([1] * (grad.dim() - 1))), 0.0)  # no step from NaN/inf
+            finite, bad = zero_nonfinite_rows(logits.detach(), grad)
             if whole:
                 forward += 1
                 backward += 1

@@ -72,7 +72,7 @@ def optimize_universal(
     ``batch_size`` samples a minibatch per step (cycling through a seeded permutation); with
     ``early_stop`` the loop ends once a share ``stop_rate`` of the batch is successful.
     """
-    from advkit.engine import EngineResult, finite_objective, finite_rows, starting_delta
+    from advkit.engine import EngineResult, finite_objective, finite_rows, starting_delta, zero_nonfinite_rows
 
     model, x, y, target = problem.model, problem.x, problem.y, problem.target
     n, device = problem.n, x.device
@@ -145,8 +145,7 @@ def optimize_universal(
         logits = model(x_adv)
         loss = objective(logits, y_i, t_i, x_adv, x_i)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-        bad = ~(finite_rows(logits.detach()) & finite_rows(grad))
-        grad = grad.masked_fill(bad.view(-1, *([1] * (grad.dim() - 1))), 0.0)  # NaN/inf rows do not move u
+        _, bad = zero_nonfinite_rows(logits.detach(), grad)  # NaN/inf rows do not move u
         forward[idx] += 1
         backward[idx] += 1
         nonfinite[idx] += bad.long()
