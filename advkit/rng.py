@@ -61,7 +61,6 @@ class SampleStreams(torch.Generator):
         columns = [sample_digests(x)] + [sample_digests(t.reshape(len(t), -1)) for t in tags if t is not None]
         keys = [int.from_bytes(hashlib.blake2b(prefix + b"".join(parts), digest_size=8).digest(), "little") & _MASK63
                 for parts in zip(*columns)]
-        self.keys = keys
         self.n = len(keys)
         self.streams = [torch.Generator(device=x.device).manual_seed(k) for k in keys]
         batch_key = hashlib.blake2b(prefix + b"".join(k.to_bytes(8, "little") for k in keys), digest_size=8).digest()

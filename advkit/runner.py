@@ -39,7 +39,7 @@ from advkit.engine import Problem, finite_rows, select
 from advkit.models import ModelAdapter, load_model
 from advkit.registry import get_attack
 from advkit.result import AttackResult
-from advkit.validation import as_targets, check_inputs, check_labels, check_outputs
+from advkit.validation import as_targets, check_constraint, check_inputs, check_labels, check_outputs
 
 
 class ThreatModelViolation(RuntimeError):
@@ -127,7 +127,7 @@ def run_attack(
         raise ValueError("a targeted criterion needs a target class")
     check_outputs(model, x)
     constraint = threat_model(model, constraint, eps)
-    constraint.contains(torch.zeros_like(x), x)  # per-sample radii must match the batch (raises a ValueError)
+    check_constraint(constraint, x)
     warm = _warm_start(attack, start, x)
     n = x.shape[0]
     pieces: list[_Piece] = []

@@ -255,7 +255,7 @@ def run_cell(spec: SweepSpec, model: ModelAdapter, attack: str, eps: float, x: T
                 logits = model(x_adv[carry])  # a fresh, counted forward pass re-checks carried points
             forward += int(carry.sum())
             success[carry] = Misclassified(spec.confidence).reached(logits, y[carry])
-            carry &= success  # descending: a projected point that no longer fools is attacked from there
+            carry &= success  # descending: a projected point that no longer fools is attacked afresh below
     todo = attacked & ~carry & ~inferred
     if bool(todo.any()):
         # ascending: start from the smaller eps' point; descending: from the attack's own start, so that for a

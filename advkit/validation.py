@@ -64,6 +64,13 @@ PROBE_ROWS = 2
 REPEAT_ATOL, REPEAT_RTOL = 1e-6, 1e-5
 
 
+def check_constraint(constraint, x: Tensor) -> None:
+    """The set must fit the batch: per-sample radii need one entry per input (a ValueError naming both sizes).
+
+    Asking whether the zero perturbation is a member makes every part resolve its radii against ``x``."""
+    constraint.contains(torch.zeros_like(x), x)
+
+
 def check_outputs(model: ModelAdapter, x: Tensor, atol: float = 1e-4) -> None:
     """The model must map x to logits of shape (N, num_classes), not to probabilities, and
     deterministically.

@@ -310,9 +310,10 @@ def part_fixed_steps(args, model: ModelAdapter, data, peers: dict) -> dict:
           f"model units, {len(y)} correctly classified of the first {args.n} test digits, one batch, median of "
           f"{args.repeats} interleaved repeats")
     print(table.to_string(index=False))
-    print("  (advkit returns each sample's best point over its steps -- a fooled one, else the highest-loss one, which can be"
-          " the clean input -- where the others return the last step; advkit's extra forward passes: one evaluation of the"
-          " last step and the runner's independent re-check)")
+    print("  (advkit's PGD returns each sample's best point over its steps -- a fooled one, else the highest-loss one, which"
+          " can be the clean input -- where the others return the last step; its FGSM returns its one step. advkit's extra"
+          " forward passes: the last step of samples not yet fooled, the runner's independent re-check and a 2-row output"
+          " probe run twice)")
     return {"table": table}
 
 

@@ -10,16 +10,14 @@ import advkit
 from advkit.adaptive import step_for
 from advkit.attack import Attack
 from advkit.engine import Problem, optimize
-from advkit.objectives import negative_target_cross_entropy
+from advkit.objectives import logit_margin, negative_target_cross_entropy
 
 
 def target_margin(logits: Tensor, y: Tensor, target: Tensor | None = None, x_adv=None, x=None) -> Tensor:
     """z_target - max_{j != target} z_j: positive exactly when the target is the top class."""
     if target is None:
         raise ValueError("the target-margin objective needs target classes")
-    target_logit = logits.gather(1, target.view(-1, 1)).squeeze(1)
-    others = logits.scatter(1, target.view(-1, 1), float("-inf"))
-    return target_logit - others.amax(1)
+    return -logit_margin(logits, target)  # the untargeted margin with the target as the "label", negated
 
 
 def target_ce_plus_margin(logits: Tensor, y: Tensor, target: Tensor | None = None, x_adv=None, x=None) -> Tensor:
