@@ -99,7 +99,7 @@ class ModelAdapter:
     @torch.no_grad()
     def predict(self, x: Tensor, batch_size: int = 1000) -> Tensor:
         """Logits in eval mode, without gradients and outside the pass counter (for checks and data selection)."""
-        with self.eval_mode():
+        with self.eval_mode(), torch.no_grad():
             return torch.cat([self.module(chunk) for chunk in x.split(batch_size)]) if len(x) else x.new_zeros(0, self.num_classes)
 
     @contextlib.contextmanager

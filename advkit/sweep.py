@@ -223,15 +223,22 @@ def sweep_constraint(spec: SweepSpec, eps: float, model: ModelAdapter):
 
 
 def run_cell(spec: SweepSpec, model: ModelAdapter, attack: str, eps: float, x: Tensor, y: Tensor,
-             previous: Cell | None) -> Cell:
+             previous: Cell | None, clean_pred: Tensor | None = None) -> Cell:
     """Attack the correctly classified samples at ``eps``, reusing ``previous`` (the cell of the neighbouring eps
-    already run: smaller in an ascending search, larger in a descending one) when allowed."""
+    already run: smaller in an ascending search, larger in a descending one) when allowed.
+
+    ``clean_pred``: the model's predictions on ``x`` (computed here if not given; a sweep computes them once per
+    model). Each sample's ``pred`` comes from the forward pass that judged its point, never from an extra one,
+    except for the points a descending search moved into this set without attacking them."""
     from advkit.criteria import Misclassified
     from advkit.runner import run_attack
 
     device = x.device
     n = len(y)
-    attacked = model.predict(x).argmax(1) == y
+    if clean_pred is None:
+        clean_pred = model.predict(x).argmax(1)
+    attacked = clean_pred == y
+    pred = clean_pred.clone()  # right for the samples not attacked, whose point stays x
     constraint = sweep_constraint(spec, eps, model)
     x_adv = x.clone()
     success = torch.zeros(n, dtype=torch.bool, device=device)
@@ -255,6 +262,7 @@ def run_cell(spec: SweepSpec, model: ModelAdapter, attack: str, eps: float, x: T
                 logits = model(x_adv[carry])  # a fresh, counted forward pass re-checks carried points
             forward += int(carry.sum())
             success[carry] = Misclassified(spec.confidence).reached(logits, y[carry])
+            pred[carry] = logits.argmax(1)
             carry &= success  # descending: a projected point that no longer fools is attacked afresh below
     todo = attacked & ~carry & ~inferred
     if bool(todo.any()):
@@ -265,12 +273,13 @@ def run_cell(spec: SweepSpec, model: ModelAdapter, attack: str, eps: float, x: T
                             budget=spec.budget, seed=spec.seed, start=warm, **spec.attack_params.get(attack, {}))
         x_adv[todo] = result.x_adv
         success[todo] = result.success
+        pred[todo] = result.pred
         forward += result.forward_passes
         backward += result.backward_passes
     delta = (x_adv - x).flatten(1)
     nan = torch.full((n,), float("nan"), device=device)
-    with torch.no_grad():
-        pred = model.predict(x_adv).argmax(1)
+    if bool(inferred.any()):
+        pred[inferred] = model.predict(x_adv[inferred]).argmax(1)
     return Cell(model=model.name, attack=attack, eps=eps, attacked=attacked.cpu(), success=success.cpu(), pred=pred.cpu(),
                 linf=torch.where(attacked, delta.abs().amax(1), nan).cpu(), l2=torch.where(attacked, delta.norm(dim=1), nan).cpu(),
                 x_adv=x_adv.detach().cpu(), forward=forward, backward=backward,
@@ -340,6 +349,7 @@ def _run_cells(spec: SweepSpec, models: dict[str, ModelAdapter], x: Tensor, y: T
     from tqdm.auto import tqdm
 
     cells: dict[tuple[str, str, float], Cell] = {}
+    clean_preds: dict[str, Tensor] = {}
     order = spec.eps if spec.search == "ascending" else spec.eps[::-1]
     jobs = [(ref, attack, eps) for ref in spec.models for attack in spec.attacks for eps in order]
     bar = tqdm(jobs, desc="sweep", unit="cell", file=sys.stderr, disable=None if progress else True)  # None: off when not a TTY
@@ -348,7 +358,9 @@ def _run_cells(spec: SweepSpec, models: dict[str, ModelAdapter], x: Tensor, y: T
         previous = cells.get((ref, attack, _previous_eps(order, eps)))
         cell = Cell.load(cells_dir, ref, attack, eps) if cells_dir is not None else None
         if cell is None:
-            cell = run_cell(spec, models[ref], attack, eps, x, y, previous)
+            if ref not in clean_preds:
+                clean_preds[ref] = models[ref].predict(x).argmax(1)
+            cell = run_cell(spec, models[ref], attack, eps, x, y, previous, clean_preds[ref])
             if cells_dir is not None:
                 cell.save(cells_dir)
         cells[(ref, attack, eps)] = cell

@@ -45,6 +45,10 @@ def test_reuse_is_cheaper_and_never_weaker(digits):
     # Per-sample success is monotone in eps when work is reused.
     stack = torch.stack([reused.cells[("cnn", "pgd", e)].success for e in spec["eps"]])
     assert not (stack[:-1] & ~stack[1:]).any()
+    model = reused.models["cnn"]
+    for e in spec["eps"]:  # pred of every point (carried, attacked or untouched) matches a fresh forward pass
+        cell = reused.cells[("cnn", "pgd", e)]
+        assert torch.equal(cell.pred, model.predict(cell.x_adv).argmax(1))
     # Carried samples are exactly those fooled at the previous eps (linf sets nest).
     assert reused.cells[("cnn", "pgd", 0.2)].carried == int(reused.cells[("cnn", "pgd", 0.1)].success.sum())
 
@@ -71,6 +75,7 @@ def test_descending_search_infers_only_from_failures_and_rechecks_every_success(
     for e, cell in zip(eps, cells):  # every reported success holds within eps on a fresh forward pass
         assert float((cell.x_adv - x).abs().amax()) <= e + 1e-6
         assert torch.equal(cell.success, cell.attacked & (model.predict(cell.x_adv).argmax(1) != y))
+        assert torch.equal(cell.pred, model.predict(cell.x_adv).argmax(1))  # no extra forward pass, same answer
     assert down.table["backward_passes"].sum() < up.table["backward_passes"].sum()
     assert list(down.table["inferred"]) == [c.inferred for c in cells]
     with pytest.raises(ValueError, match="needs reuse=True"):
@@ -218,3 +223,16 @@ def test_a_constraint_set_from_a_plugin_works_in_a_sweep(tmp_path, digits):
         assert float((x_adv - x).abs().max()) > 0
     finally:
         plugins.unregister_plugin("left_half_plugin")
+
+
+def test_cli_descending_search_prints_the_inferred_column(tmp_path):
+    base = ["sweep", "--model", "cnn", "--eps", "0.1,0.3", "-n", "6", "--no-checks", "-p", "steps=3", "-p",
+            "early_stop=true", "--search", "descending"]
+    refused = CliRunner().invoke(cli, [*base, "--no-reuse", "--out", str(tmp_path / "a")])
+    assert refused.exit_code == 2 and "needs reuse=True" in refused.output
+    result = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "b"), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert [r["eps"] for r in rows] == [0.1, 0.3] and rows[1]["inferred"] == 0
+    assert rows[0]["inferred"] == rows[1]["n_attacked"] - round(rows[1]["success_rate"] * rows[1]["n_attacked"])
+    assert "descending search" in (tmp_path / "b" / "index.html").read_text()
