@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from advkit.errors import InputValidationError
 from advkit.models import ModelAdapter
 
-
-class InputValidationError(ValueError):
-    """Inputs, labels or targets that do not fit the model."""
+__all__ = ["InputValidationError", "as_targets", "check_constraint", "check_inputs", "check_labels", "check_outputs"]
 
 
 def check_inputs(model: ModelAdapter, x: Tensor, atol: float = 1e-6) -> None:
