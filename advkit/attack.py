@@ -1,19 +1,24 @@
 """The base class every attack plugin subclasses.
 
 An attack is a keyword-only dataclass of hyperparameters (stored unchanged, repr for free)
-with one method, ``run(problem) -> Tensor``, that returns adversarial inputs. It does not
-check its own work: the runner projects the result onto the threat model, counts passes
-at the model and re-checks success with a fresh forward pass.
+with one method, ``run(problem) -> Tensor``, that returns adversarial inputs. Each field declares
+its type and range (:func:`advkit.params.param`); construction checks them, so a bad value is
+refused before any work whichever way it came in. An attack does not check its own work: the
+runner projects the result onto the threat model, counts passes at the model and re-checks
+success with a fresh forward pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 from torch import Tensor
 
 from advkit.engine import Problem
+from advkit.errors import ParameterError
+from advkit.params import ParamSpec, param_specs, validate
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -23,12 +28,18 @@ class Attack:
     name: ClassVar[str] = ""
     #: Does the attack need target classes?
     targeted: ClassVar[bool] = False
+    #: Can the attack aim at target classes when given them? (An attack that ignores targets must say False:
+    #: its success would otherwise be judged against a target it never aimed at.)
+    accepts_target: ClassVar[bool] = True
     #: May a sweep start it from the result of a smaller eps? (False where the start defines
     #: the attack, e.g. FGSM's single step from the clean input.)
     warm_startable: ClassVar[bool] = True
     #: Is each sample's result independent of the other samples of the batch? The runner may then
     #: split a batch that runs out of memory (False for attacks that couple samples, e.g. universal).
     per_sample: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        validate(self)  # every field's declared type and range, whichever way the values came in
 
     @property
     def success_confidence(self) -> float:
@@ -45,6 +56,11 @@ class Attack:
         """The attack's hyperparameters."""
         return [f for f in dataclasses.fields(cls) if f.init]
 
+    @classmethod
+    def param_specs(cls) -> list[ParamSpec]:
+        """The attack's hyperparameters with their types, defaults and valid ranges."""
+        return param_specs(cls)
+
     def params(self) -> dict[str, Any]:
         """Hyperparameters as a JSON-able dict."""
         return {f.name: getattr(self, f.name) for f in self.param_fields()}
@@ -60,8 +76,8 @@ def resolve_step_size(problem: Problem, step_size: float | None, fraction: float
     """An explicit step size, else ``fraction`` of the L-inf radius (or of the L2 radius / sqrt(dim),
     or of the model's range if the set has no radius)."""
     if step_size is not None:
-        if step_size <= 0:
-            raise ValueError(f"step_size must be > 0, got {step_size}")
+        if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
+            raise ParameterError(f"step_size must be a finite number > 0, got {step_size!r}")
         return step_size
     constraint = problem.constraint
     if constraint.linf_radius is not None:

@@ -42,21 +42,48 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+#: Set to 1 to see the Python traceback of an unexpected error instead of the one-line message.
+TRACEBACK_ENV = "ADVKIT_TRACEBACK"
+
+
 class AdvkitGroup(click.Group):
-    """Turns a third-party plugin that fails to import, or registers something invalid, into a clean error
-    (its message names the plugin) instead of a traceback."""
+    """The CLI's one error handler: no command ends in a traceback.
+
+    advkit's own errors (:class:`advkit.errors.AdvkitError`, e.g. a parameter out of range, a weights file that
+    fails its sha256, an output folder holding someone else's files) become one-line click errors (usage errors,
+    exit code 2, where the user asked for something invalid); a third-party plugin that fails to import or
+    registers something invalid names itself; anything else is reported in one line as an internal error, with
+    the way to see its traceback (``ADVKIT_TRACEBACK=1``).
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
-        from advkit.plugins import PluginLoadError
-        from advkit.registry import RegistrationError
+        import os
+
+        from advkit.errors import AdvkitError
 
         try:
             return super().invoke(ctx)
-        except PluginLoadError as error:
-            raise click.ClickException(str(error)) from None
-        except RegistrationError as error:
-            raise click.ClickException(f"{error}; uninstall the plugin, or set ADVKIT_DISABLE_PLUGIN_AUTOLOAD=1 or "
-                                       "ADVKIT_PLUGINS=... to skip it") from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except AdvkitError as error:
+            message = _one_line(error)
+            if getattr(error, "usage", False):
+                raise click.UsageError(message) from None
+            raise click.ClickException(message) from None
+        except Exception as error:  # a bug, or an error nobody translated: one line, never a traceback
+            if os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
+                raise
+            raise click.ClickException(
+                f"internal error: {type(error).__name__}: {_one_line(error)} (this is a bug in advkit or a plugin; "
+                f"set {TRACEBACK_ENV}=1 to see the traceback)"
+            ) from None
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message (with any notes) on one line."""
+    text = str(error) or type(error).__name__
+    notes = getattr(error, "__notes__", None) or []
+    return " ".join(" ".join(part.split()) for part in [text, *notes])
 
 
 @click.group(cls=AdvkitGroup)
@@ -71,8 +98,8 @@ def cli() -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins(as_json: bool) -> None:
-    """List loaded plugins with their hooks and versions."""
-    from advkit.plugins import list_plugins
+    """List loaded plugins with their hooks, versions and any name two plugins both register."""
+    from advkit.registry import list_plugins
 
     rows = list_plugins()
     if as_json:
@@ -81,6 +108,8 @@ def plugins(as_json: bool) -> None:
     for row in rows:
         origin = "built-in" if row["builtin"] else (row["distribution"] or "registered")
         click.echo(f"{row['name']:<16} {row['version'] or '-':<10} {origin:<14} {', '.join(row['hooks'])}")
+        for conflict in row["conflicts"]:
+            click.echo(f"  CONFLICT {conflict} (neither is used)")
 
 
 def _listing(kind: str, as_json: bool) -> None:
@@ -90,11 +119,15 @@ def _listing(kind: str, as_json: bool) -> None:
     if as_json:
         _emit_json(
             [{"name": item.name, "description": item.description, "plugin": item.plugin.name} for item in items.values()]
+            + [{"name": c.name, "description": None, "plugin": None, "conflict": c.message()}
+               for c in items.conflicts.values()]
         )
         return
-    width = max((len(name) for name in items), default=0)  # one column, however long the longest name
+    width = max((len(name) for name in [*items, *items.conflicts]), default=0)  # one column, however long the names
     for item in items.values():
         click.echo(f"{item.name:<{width}}  {item.description}")
+    for conflict in items.conflicts.values():
+        click.echo(f"{conflict.name:<{width}}  CONFLICT: {conflict.message()}")
 
 
 @cli.command()

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from advkit.errors import ParameterError
 from advkit.rng import draw
 
 __all__ = [
@@ -83,14 +84,19 @@ def _check_radius(eps: Any, what: str) -> Radius:
             raise ValueError(f"{what}: a per-sample radius must have shape (N,), got {tuple(eps.shape)}")
         if not eps.is_floating_point():
             eps = eps.to(torch.get_default_dtype())
+        bad = ~(torch.isfinite(eps) & (eps >= 0))
+        if bool(bad.any()):
+            first = int(bad.reshape(-1).nonzero()[0, 0])
+            raise ParameterError(f"{what}: radius must be finite and >= 0 for every sample; entry {first} is "
+                                 f"{float(eps.reshape(-1)[first])} ({int(bad.sum())} bad entries)")
         return eps.detach()
     if isinstance(eps, (list, tuple)):
         return _check_radius(torch.tensor(eps, dtype=torch.float64), what)
-    if not isinstance(eps, Real):
-        raise TypeError(f"{what}: radius must be a float or a tensor, got {type(eps).__name__}")
+    if not isinstance(eps, Real) or isinstance(eps, bool):
+        raise ParameterError(f"{what}: radius must be a float or a tensor, got {type(eps).__name__}")
     eps = float(eps)
     if not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"{what}: radius must be finite and >= 0, got {eps}")
+        raise ParameterError(f"{what}: radius must be finite and >= 0, got {eps}")
     return eps
 
 

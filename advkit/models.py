@@ -1,7 +1,9 @@
 """Model adapters: a classifier plus what attacks must know about it (bounds, shape, classes).
 
 Every forward pass through an adapter and every backward pass to its input is counted,
-so reported pass counts are exact whatever the attack code does.
+so reported pass counts are exact whatever the attack code does. Every call hands the module
+advkit's own copy of its input, so a model that works in place (``nn.ReLU(inplace=True)`` as
+its first layer) can neither change the caller's tensors nor the attack's state.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class _CountBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, counter: PassCounter) -> Tensor:  # type: ignore[override]
         ctx.counter = counter
-        return x.view_as(x)
+        return x.clone()  # a copy, not a view: the module may work on it in place
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -93,14 +95,30 @@ class ModelAdapter:
         """Logits for ``x``; counts one forward pass per sample (and one backward per sample if differentiated)."""
         self.counter.forward += x.shape[0]
         if x.requires_grad:
-            x = _CountBackward.apply(x, self.counter)
-        return self.module(x)
+            return self.module(_CountBackward.apply(x, self.counter))
+        return self.module(x.clone())
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Logits for a copy of ``x`` in the module's current mode, without gradients and outside the pass counter
+        (the runner's re-check and the output probes)."""
+        with torch.no_grad():
+            return self.module(x.clone())
 
     @torch.no_grad()
     def predict(self, x: Tensor, batch_size: int = 1000) -> Tensor:
         """Logits in eval mode, without gradients and outside the pass counter (for checks and data selection)."""
         with self.eval_mode(), torch.no_grad():
-            return torch.cat([self.module(chunk) for chunk in x.split(batch_size)]) if len(x) else x.new_zeros(0, self.num_classes)
+            if not len(x):
+                return x.new_zeros(0, self.num_classes)
+            return torch.cat([self.module(chunk.clone()) for chunk in x.split(batch_size)])
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The floating-point dtype the module computes in (of its first floating parameter or buffer), if any."""
+        for tensor in [*self.module.parameters(), *self.module.buffers()]:
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return None
 
     @contextlib.contextmanager
     def eval_mode(self) -> Iterator["ModelAdapter"]:

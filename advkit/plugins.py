@@ -1,17 +1,28 @@
 """Plugin discovery: one pluggy ``PluginManager("advkit")`` fed from the ``advkit`` entry-point group.
 
-advkit's own attacks, models and constraints are entry points of the ``advkit`` distribution,
-found exactly as a third-party package's are. Two environment variables control discovery:
+advkit's own attacks, models and constraints are ordinary plugins: modules with hook
+implementations, declared as entry points of the ``advkit`` distribution exactly as a third-party
+package declares its own. What makes a plugin *built-in* is its module, not its entry-point name
+or its distribution's name: :data:`BUILTIN_PLUGINS` lists advkit's own modules, and those are
+always loaded (also when the package metadata is stale). Any other entry point is third-party,
+whatever it calls itself, so a distribution named ``advkit`` or an entry point named ``pgd``
+cannot replace or switch off a built-in: a third-party plugin that registers a name a built-in
+already has is refused by :mod:`advkit.registry` with an error naming both distributions.
 
-* ``ADVKIT_DISABLE_PLUGIN_AUTOLOAD=1`` loads only advkit's own (built-in) plugins.
-* ``ADVKIT_PLUGINS=name1,name2`` loads the built-ins plus only the named third-party plugins.
+Two environment variables control third-party discovery:
+
+* ``ADVKIT_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the built-ins.
+* ``ADVKIT_PLUGINS=name1,name2`` loads the built-ins plus only the named third-party plugins
+  (a name that matches no installed plugin is warned about).
 
 A plugin that is filtered out is never imported.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
@@ -19,15 +30,42 @@ from types import ModuleType
 import pluggy
 
 from advkit import hookspecs
+from advkit.errors import AdvkitError
 
 ENTRY_POINT_GROUP = "advkit"
 BUILTIN_DISTRIBUTION = "advkit"
 DISABLE_AUTOLOAD_ENV = "ADVKIT_DISABLE_PLUGIN_AUTOLOAD"
 ALLOWED_PLUGINS_ENV = "ADVKIT_PLUGINS"
 
+#: advkit's own plugins, name -> module, in registration order. Every entry is also an entry point of
+#: the ``advkit`` distribution (pyproject.toml); a test keeps the two lists equal.
+BUILTIN_PLUGINS: dict[str, str] = {
+    "untargeted": "advkit_plugins.untargeted",
+    "targeted": "advkit_plugins.targeted",
+    "binary": "advkit_plugins.binary",
+    "fgsm": "advkit_plugins.fgsm",
+    "pgd": "advkit_plugins.pgd",
+    "noise": "advkit_plugins.noise",
+    "visualize": "advkit_plugins.visualize",
+    "lookalike": "advkit_plugins.lookalike",
+    "apgd": "advkit_plugins.apgd",
+    "apgd_targeted": "advkit_plugins.apgd_targeted",
+    "universal": "advkit_plugins.universal",
+    "mnist_models": "advkit_plugins.mnist_models",
+    "mnist_s6_models": "advkit_plugins.mnist_s6_models",
+    "constraints": "advkit_plugins.constraints",
+    "imagenet_models": "advkit_plugins.imagenet_models",
+    "survival": "advkit_plugins.survival",
+}
+_BUILTIN_MODULES = frozenset(BUILTIN_PLUGINS.values())
 
-class PluginLoadError(RuntimeError):
+
+class PluginLoadError(AdvkitError, RuntimeError):
     """An entry point in the ``advkit`` group could not be imported."""
+
+
+class PluginWarning(UserWarning):
+    """Plugin discovery found something worth knowing (e.g. ADVKIT_PLUGINS naming no installed plugin)."""
 
 
 @dataclass(frozen=True)
@@ -42,32 +80,80 @@ class PluginInfo:
     def to_dict(self) -> dict:
         return {"name": self.name, "distribution": self.distribution, "version": self.version, "builtin": self.builtin}
 
+    def origin(self) -> str:
+        """``"advkit 0.1.0, built-in"``, ``"shadow-dist 1.0"`` or ``"registered in-process"``."""
+        if self.distribution is None:
+            return "registered in-process" + (f", version {self.version}" if self.version else "")
+        text = f"{self.distribution} {self.version or '(no version)'}"
+        return f"{text}, built-in" if self.builtin else text
+
 
 _pm: pluggy.PluginManager | None = None
 _plugin_info: dict[str, PluginInfo] = {}
+#: Bumped whenever the set of plugins changes; :mod:`advkit.registry` drops its caches when it moves.
+_generation = 0
 
 
-def _is_builtin(ep: EntryPoint) -> bool:
-    return ep.dist is not None and ep.dist.name == BUILTIN_DISTRIBUTION
+def generation() -> int:
+    """A number that changes whenever plugins are (re)loaded, registered or unregistered."""
+    return _generation
 
 
-def _allowed(ep: EntryPoint) -> bool:
-    if _is_builtin(ep):
-        return True
-    if os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() in {"1", "true", "yes"}:
-        return False
+def _changed() -> None:
+    global _generation
+    _generation += 1
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes"}
+
+
+def _declares_builtin(ep: EntryPoint) -> bool:
+    """The entry point names one of advkit's own modules (whichever distribution declares it)."""
+    return ep.module in _BUILTIN_MODULES and not ep.attr
+
+
+def _allowed_names() -> set[str] | None:
+    """Third-party plugin names ADVKIT_PLUGINS admits (None: all; an empty set: none)."""
     allowed = os.environ.get(ALLOWED_PLUGINS_ENV)
     if allowed is None:
-        return True
-    return ep.name in {name.strip() for name in allowed.split(",") if name.strip()}
+        return None
+    return {name.strip() for name in allowed.split(",") if name.strip()}
+
+
+def _builtin_info(name: str) -> PluginInfo:
+    from advkit import __version__
+
+    return PluginInfo(name=name, distribution=BUILTIN_DISTRIBUTION, version=__version__, builtin=True)
+
+
+def _unique_name(pm: pluggy.PluginManager, ep: EntryPoint) -> str:
+    """The entry point's name, or ``distribution:name`` when a plugin of that name is already registered."""
+    if not pm.has_plugin(ep.name):
+        return ep.name
+    dist = ep.dist.name if ep.dist else "unknown"
+    name, n = f"{dist}:{ep.name}", 2
+    while pm.has_plugin(name):
+        name, n = f"{dist}:{ep.name}#{n}", n + 1
+    return name
 
 
 def _new_plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager("advkit")
     pm.add_hookspecs(hookspecs)
     _plugin_info.clear()
+    for name, module_name in BUILTIN_PLUGINS.items():
+        pm.register(importlib.import_module(module_name), name=name)
+        _plugin_info[name] = _builtin_info(name)
+    if _truthy(os.environ.get(DISABLE_AUTOLOAD_ENV)):
+        return pm
+    allowed = _allowed_names()
+    seen: set[str] = set()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if not _allowed(ep) or pm.has_plugin(ep.name):
+        if _declares_builtin(ep):
+            continue  # advkit's own module: loaded above, whoever declares it
+        seen.add(ep.name)
+        if allowed is not None and ep.name not in allowed:
             continue
         try:
             module = ep.load()
@@ -76,14 +162,21 @@ def _new_plugin_manager() -> pluggy.PluginManager:
                 f"advkit plugin {ep.name!r} ({ep.value}) failed to load: {error!r}. "
                 f"Uninstall it, or set {DISABLE_AUTOLOAD_ENV}=1 or {ALLOWED_PLUGINS_ENV}=... to skip it."
             ) from error
-        pm.register(module, name=ep.name)
+        if pm.is_registered(module):
+            continue  # two entry points for one module register it once
+        name = _unique_name(pm, ep)
+        pm.register(module, name=name)
         dist = ep.dist
-        _plugin_info[ep.name] = PluginInfo(
-            name=ep.name,
-            distribution=dist.name if dist else None,
-            version=dist.version if dist else None,
-            builtin=_is_builtin(ep),
-        )
+        _plugin_info[name] = PluginInfo(name=name, distribution=dist.name if dist else None,
+                                        version=dist.version if dist else None, builtin=False)
+    if allowed:
+        missing = sorted(allowed - seen)
+        if missing:
+            warnings.warn(
+                f"{ALLOWED_PLUGINS_ENV} names {', '.join(map(repr, missing))}, but no installed plugin has that name "
+                f"(installed third-party plugins: {', '.join(sorted(seen)) or 'none'})",
+                PluginWarning, stacklevel=2,
+            )
     return pm
 
 
@@ -92,9 +185,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     global _pm
     if _pm is None:
         _pm = _new_plugin_manager()
-        from advkit import registry
-
-        registry.reset()
+        _changed()
     return _pm
 
 
@@ -106,13 +197,11 @@ def reload_plugins() -> pluggy.PluginManager:
 
 
 def register_plugin(plugin: ModuleType | object, name: str, version: str | None = None) -> None:
-    """Register a plugin object directly (for notebooks and tests); it behaves like an entry point."""
+    """Register a plugin object directly (for notebooks and tests); it behaves like a third-party entry point."""
     pm = get_plugin_manager()
     pm.register(plugin, name=name)
     _plugin_info[name] = PluginInfo(name=name, distribution=None, version=version, builtin=False)
-    from advkit import registry
-
-    registry.reset()
+    _changed()
 
 
 def unregister_plugin(name: str) -> None:
@@ -120,9 +209,7 @@ def unregister_plugin(name: str) -> None:
     pm = get_plugin_manager()
     pm.unregister(name=name)
     _plugin_info.pop(name, None)
-    from advkit import registry
-
-    registry.reset()
+    _changed()
 
 
 def plugin_info(name: str) -> PluginInfo:
@@ -132,7 +219,7 @@ def plugin_info(name: str) -> PluginInfo:
 
 
 def list_plugins() -> list[dict]:
-    """Every loaded plugin with its hooks and version, sorted by name."""
+    """Every loaded plugin with its hooks and version, sorted by name (conflicts: see ``registry.list_plugins``)."""
     pm = get_plugin_manager()
     rows = []
     for name, plugin in pm.list_name_plugin():

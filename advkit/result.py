@@ -39,6 +39,10 @@ class AttackResult:
     #: Per sample: the re-check logits on x_adv had a NaN or inf. Such samples are neither a
     #: success nor robust (their ``pred`` and ``confidence`` mean nothing). None: not checked.
     nonfinite: Tensor | None = None
+    #: Per sample: the model classified the clean input correctly (its label) before the attack. A sample it
+    #: already got wrong counts as a success of an untargeted criterion without any attack; the summary reports
+    #: success over the correctly classified samples next to the raw rate. None: not checked.
+    clean_correct: Tensor | None = None
     #: Run facts that go into the summary as they are (the runner adds ``nonfinite_logits``,
     #: ``nonfinite_gradients`` and ``oom_retries``).
     extra: dict = field(default_factory=dict)
@@ -58,7 +62,20 @@ class AttackResult:
         return self.delta.flatten(1).norm(dim=1)
 
     @property
+    def correct(self) -> Tensor:
+        """Per sample: classified correctly before the attack (all True when not checked)."""
+        return self.clean_correct if self.clean_correct is not None else self.success.new_ones(self.success.shape)
+
+    @property
     def success_rate(self) -> float:
+        """Success among the samples the model classified correctly before the attack (NaN if there are none)."""
+        correct = self.correct
+        n = int(correct.sum())
+        return float((self.success & correct).sum()) / n if n else float("nan")
+
+    @property
+    def raw_success_rate(self) -> float:
+        """Success over every sample, misclassified ones included (they succeed without an attack)."""
         return float(self.success.float().mean())
 
     @property
@@ -86,7 +103,10 @@ class AttackResult:
             "n": self.n,
             "criterion": self.criterion,
             "success_rate": self.success_rate,
-            "n_success": int(self.success.sum()),
+            "n_success": int((self.success & self.correct).sum()),
+            "n_clean_correct": int(self.correct.sum()),
+            "clean_accuracy": float(self.correct.float().mean()),
+            "raw_success_rate": self.raw_success_rate,
             "misclassified_rate": float(misclassified.float().mean()),
             "robust_accuracy": float(self.robust.float().mean()),
             "mean_confidence": float(self.confidence.mean()),

@@ -36,31 +36,38 @@ from advkit.attack import Attack
 from advkit.constraints import Box, Constraint, LinfBall
 from advkit.criteria import Criterion, criterion_for
 from advkit.engine import Problem, finite_rows, select
+from advkit.errors import AdvkitError, ParameterError, ThreatModelError
 from advkit.models import ModelAdapter, load_model
+from advkit.params import check_count, check_number, check_seed
 from advkit.registry import get_attack
 from advkit.result import AttackResult
-from advkit.validation import as_targets, check_constraint, check_inputs, check_labels, check_outputs
+from advkit.validation import (as_targets, check_constraint, check_eps_in_range, check_inputs, check_labels,
+                               check_outputs)
 
 
-class ThreatModelViolation(RuntimeError):
+class ThreatModelViolation(AdvkitError, RuntimeError):
     """An attack returned points that are not finite or that projection could not make feasible."""
 
 
-class BudgetExceeded(RuntimeError):
+class BudgetExceeded(AdvkitError, RuntimeError):
     """An attack used more backward passes than the budget allows."""
 
 
 def make_attack(attack: str | Attack, **params: Any) -> Attack:
-    """An attack instance from a registered name and hyperparameters (or the instance itself)."""
+    """An attack instance from a registered name and hyperparameters (or the instance itself); every value is
+    checked against the attack's declared types and ranges."""
     if isinstance(attack, Attack):
         if params:
-            raise TypeError("pass hyperparameters either to the attack instance or to make_attack, not both")
+            raise ParameterError("pass hyperparameters either to the attack instance or to make_attack, not both")
         return attack
+    if not isinstance(attack, str):
+        raise ParameterError(f"attack must be a registered name or an advkit.Attack instance, got {type(attack).__name__}")
     cls = get_attack(attack).obj
     names = {f.name for f in cls.param_fields()}
     unknown = sorted(set(params) - names)
     if unknown:
-        raise TypeError(f"attack {attack!r} has no parameter(s) {', '.join(unknown)}; its parameters: {', '.join(sorted(names))}")
+        raise ParameterError(f"attack {attack!r} has no parameter(s) {', '.join(unknown)}; its parameters: "
+                             f"{', '.join(sorted(names)) or '(none)'}")
     return cls(**params)
 
 
@@ -74,12 +81,55 @@ def attack_plugin(attack: Attack) -> dict:
     return {"name": None, "distribution": None, "version": None}
 
 
+def _radius_value(radius: Any) -> float | None:
+    """A radius as one float (a scalar, or a 0-d tensor), else None (no radius, or per-sample radii)."""
+    if isinstance(radius, Tensor):
+        return float(radius) if radius.dim() == 0 else None
+    return None if radius is None else float(radius)
+
+
+def enforced_radius(constraint: Constraint) -> float | None:
+    """The radius the set enforces, as reported: its L-inf radius (a binary perturbation's value counts), else its
+    L2 radius; None for per-sample radii or a set with no ball."""
+    linf = _radius_value(constraint.linf_radius)
+    return linf if linf is not None else _radius_value(constraint.l2_radius)
+
+
+def bounds_something(constraint: Constraint) -> bool:
+    """Whether the set has a radius (an L-inf or L2 ball, or a binary value) besides the model's box."""
+    return constraint.linf_radius is not None or constraint.l2_radius is not None
+
+
 def threat_model(model: ModelAdapter, constraint: Constraint | None, eps: float | None) -> Constraint:
-    """The user's constraint set (or an L-inf ball of radius eps), always intersected with the model's box."""
+    """The user's constraint set (or an L-inf ball of radius eps), always intersected with the model's box.
+
+    ``eps`` next to a ``constraint`` must be that set's radius (an eps that bounds nothing, or another radius than
+    the one enforced, would be reported for a run it did not describe)."""
+    if constraint is not None and not isinstance(constraint, Constraint):
+        shown = f" {constraint!r}" if isinstance(constraint, str) else ""
+        raise ParameterError(
+            f"constraint must be an advkit Constraint (e.g. LinfBall(0.1), or build_constraints('linf,box', eps=0.1, "
+            f"bounds=model.bounds)), got {type(constraint).__name__}{shown}"
+        )
+    if eps is not None:
+        eps = check_number(eps, "eps", ge=0, optional=False)
     if constraint is None:
         if eps is None:
-            raise ValueError("give a constraint set or eps")
+            raise ParameterError("give a constraint set or eps")
         constraint = LinfBall(eps)
+    elif eps is not None:
+        radii = [r for r in (_radius_value(constraint.linf_radius), _radius_value(constraint.l2_radius)) if r is not None]
+        if not bounds_something(constraint):
+            raise ThreatModelError(
+                f"eps {eps:g} bounds nothing in the constraint set {constraint.describe()} (it has no L-inf or L2 ball "
+                "and no binary value); add a ball (e.g. LinfBall(eps) & ...) or drop eps for a run bounded only by "
+                "the set given"
+            )
+        if not any(abs(r - eps) <= 1e-9 * max(1.0, abs(eps)) for r in radii):
+            raise ThreatModelError(
+                f"eps {eps:g} is not the radius of the constraint set {constraint.describe()}; the result would "
+                "report an eps that was not enforced: give eps equal to the set's radius, or only the set"
+            )
     return constraint & Box(*model.bounds)
 
 
@@ -109,26 +159,32 @@ def run_attack(
     errors the batch is split in halves (see the module docstring).
     """
     model = load_model(model) if isinstance(model, str) else model
+    if not isinstance(model, ModelAdapter):
+        raise ParameterError(f"model must be a registered name or an advkit ModelAdapter (see advkit.models), "
+                             f"got {type(model).__name__}")
     attack = make_attack(attack, **attack_params)
+    seed = check_seed(seed)
+    budget = check_count(budget, "budget (backward passes per sample)", low=1)
+    confidence = check_number(confidence, "confidence", ge=0, lt=1)
+    constraint = threat_model(model, constraint, eps)
     check_inputs(model, x)
     check_labels(model, y, x.shape[0])
-    if eps is not None and eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if budget is not None and budget < 1:
-        raise ValueError(f"budget must be >= 1 backward pass per sample, got {budget}")
     y = y.to(x.device)
     if attack.targeted and target is None:
-        raise ValueError(f"attack {attack.name!r} is targeted: give a target class")
+        raise ParameterError(f"attack {attack.name!r} is targeted: give a target class")
+    if target is not None and not attack.accepts_target:
+        raise ParameterError(f"attack {attack.name!r} is untargeted: it ignores target classes, so its success "
+                             "cannot be judged against one; use a targeted attack (e.g. targeted, pgd, apgd_targeted)")
     targets = None if target is None else as_targets(model, target, y)
     if criterion is None:
         level = attack.success_confidence if confidence is None else confidence
         criterion = criterion_for(targets is not None, level)
     if criterion.targeted and targets is None:
-        raise ValueError("a targeted criterion needs a target class")
-    check_outputs(model, x)
-    constraint = threat_model(model, constraint, eps)
+        raise ParameterError("a targeted criterion needs a target class")
     check_constraint(constraint, x)
+    check_eps_in_range(model, constraint)
     warm = _warm_start(attack, start, x)
+    check_outputs(model, x)
     n = x.shape[0]
     pieces: list[_Piece] = []
     chunk, begin, retries, lost = n, 0, 0, 0.0
@@ -154,6 +210,7 @@ def run_attack(
             lost += time.perf_counter() - attempt
             _free_device_memory(x.device)
             model.module.eval()  # in case the failed attempt changed it
+    clean_correct = torch.cat([p.clean_correct for p in pieces])
     logits = torch.cat([p.logits for p in pieces])
     x_adv = torch.cat([p.x_adv for p in pieces])
     forward = sum(p.forward for p in pieces)
@@ -167,7 +224,6 @@ def run_attack(
     probs = logits.softmax(dim=1)
     confidence_adv, pred = probs.max(dim=1)
     success = criterion.reached(logits, y, targets) & finite  # NaN/inf logits are never a success
-    linf_radius = getattr(constraint, "linf_radius", None)
     return AttackResult(
         model=model.name,
         attack=attack.name,
@@ -176,12 +232,12 @@ def run_attack(
         constraints=constraint.describe(),
         constraints_dict=constraint.to_dict(),
         criterion=criterion.describe(),
-        eps=eps if eps is not None else (float(linf_radius) if isinstance(linf_radius, (int, float)) else None),
+        eps=enforced_radius(constraint),  # the radius actually enforced (eps, when given, was checked to be it)
         seed=seed,
-        x=x.detach(),
+        x=x.detach().clone(),  # advkit's own copies: the result never aliases the caller's tensors
         x_adv=x_adv,
-        y=y,
-        target=targets,
+        y=y.clone(),
+        target=None if targets is None else targets.clone(),
         pred=pred,
         confidence=confidence_adv,
         success=success,
@@ -193,6 +249,7 @@ def run_attack(
         backward_counts=per_sample,
         artifacts=_merge_artifacts(pieces),
         nonfinite=~finite,
+        clean_correct=clean_correct,
         extra={
             "nonfinite_logits": int((~finite).sum()),
             "nonfinite_gradients": None if nonfinite_steps is None else int((nonfinite_steps > 0).sum()),
@@ -220,6 +277,7 @@ class _Piece:
 
     x_adv: Tensor
     logits: Tensor
+    clean_correct: Tensor
     forward: int
     backward: int
     backward_counts: Tensor | None
@@ -248,13 +306,14 @@ def _attack_rows(model: ModelAdapter, attack: Attack, x: Tensor, y: Tensor, targ
         generator=torch.Generator(device=x.device).manual_seed(seed),
         start=None if warm is None else (warm if whole else warm[rows]),
     )
+    clean = model.logits(x_rows)  # what the model says before the attack (outside the counter; OOM-split with the rows)
+    clean_correct = (clean.argmax(1) == problem.y) & finite_rows(clean)
     forward0, backward0 = model.counter.snapshot()
     clock = time.perf_counter()
     x_adv = attack.run(problem)
     seconds = time.perf_counter() - clock
     x_adv = _enforce_threat_model(x_rows, x_adv, constraint)
-    with torch.no_grad():
-        logits = model.module(x_adv)
+    logits = model.logits(x_adv)  # the independent re-check: a fresh pass on advkit's own copy, outside the counter
     forward = model.counter.forward - forward0
     backward = model.counter.backward - backward0
     per_sample = _per_sample_backward(problem, backward)
@@ -265,7 +324,8 @@ def _attack_rows(model: ModelAdapter, attack: Attack, x: Tensor, y: Tensor, targ
         raise BudgetExceeded(f"attack {attack.name!r} used {int(per_sample.max())} backward passes on one sample; budget {budget}")
     history = getattr(attack, "history_", None)
     nonfinite = problem.nonfinite_counts
-    return _Piece(x_adv=x_adv, logits=logits, forward=forward, backward=backward, backward_counts=per_sample,
+    return _Piece(x_adv=x_adv, logits=logits, clean_correct=clean_correct, forward=forward, backward=backward,
+                  backward_counts=per_sample,
                   nonfinite_counts=None if nonfinite is None else nonfinite.detach().cpu(),
                   artifacts=dict(problem.artifacts), seconds=seconds,
                   history=history if isinstance(history, Tensor) else None)
@@ -294,10 +354,18 @@ def _merge_artifacts(pieces: list[_Piece]) -> dict:
 
 
 def _warm_start(attack: Attack, start: Tensor | None, x: Tensor) -> Tensor | None:
-    if start is None or not attack.warm_startable:
+    """A checked copy of the warm start (a finite tensor of x's shape), or None."""
+    if start is None:
         return None
+    if not isinstance(start, Tensor) or not start.is_floating_point():
+        raise ParameterError(f"start must be a floating-point tensor of x's shape, got {type(start).__name__}"
+                             + (f" of dtype {start.dtype}" if isinstance(start, Tensor) else ""))
     if start.shape != x.shape:
-        raise ValueError(f"start has shape {tuple(start.shape)}, expected {tuple(x.shape)}")
+        raise ParameterError(f"start has shape {tuple(start.shape)}, expected {tuple(x.shape)}")
+    if not bool(torch.isfinite(start).all()):
+        raise ParameterError("start contains NaN or inf; a warm start must be finite (it is projected onto the set)")
+    if not attack.warm_startable:
+        return None
     return start.detach().to(device=x.device, dtype=x.dtype).clone()
 
 

@@ -172,7 +172,7 @@ def _constraint_for(model: ModelAdapter, constraints: Constraint | Sequence[str]
 
     if eps is None:
         raise ValueError("named constraints need eps")
-    types = {name: item.obj for name, item in registry.constraints().items()}
+    types = registry.constraints()
     return build_constraints(constraints, eps=eps, bounds=model.bounds, registry=types)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from advkit.errors import InputValidationError
+from advkit.errors import InputValidationError, ThreatModelError
 from advkit.models import ModelAdapter
 
-__all__ = ["InputValidationError", "as_targets", "check_constraint", "check_inputs", "check_labels", "check_outputs"]
+__all__ = ["InputValidationError", "as_targets", "check_constraint", "check_eps_in_range", "check_inputs",
+           "check_labels", "check_outputs"]
 
 
 def check_inputs(model: ModelAdapter, x: Tensor, atol: float = 1e-6) -> None:
@@ -27,6 +28,13 @@ def check_inputs(model: ModelAdapter, x: Tensor, atol: float = 1e-6) -> None:
         raise InputValidationError(f"inputs must have shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}{hint}")
     if x.shape[0] == 0:
         raise InputValidationError("inputs are empty (N = 0)")
+    if model.dtype is not None and x.dtype != model.dtype:
+        cast = {torch.float32: "x.float()", torch.float64: "x.double()", torch.float16: "x.half()",
+                torch.bfloat16: "x.bfloat16()"}.get(model.dtype, f"x.to({model.dtype})")
+        raise InputValidationError(
+            f"inputs are {x.dtype} but model {model.name!r} computes in {model.dtype}; convert them ({cast}) or the "
+            "model (module.to(x.dtype)) so both agree"
+        )
     if not torch.isfinite(x).all():
         raise InputValidationError("inputs contain NaN or inf")
     low, high = model.bounds
@@ -70,6 +78,40 @@ def check_constraint(constraint, x: Tensor) -> None:
     constraint.contains(torch.zeros_like(x), x)
 
 
+def _largest(radius) -> float | None:
+    if radius is None:
+        return None
+    if isinstance(radius, Tensor):
+        return float(radius.max()) if radius.numel() else None
+    return float(radius)
+
+
+def check_eps_in_range(model: ModelAdapter, constraint) -> None:
+    """Refuse a radius beyond the model's range (the same rule for ``attack``, ``sweep`` and Python callers).
+
+    An L-inf radius (or a binary perturbation's value) above the width of the model's bounds bounds nothing the box
+    does not already bound, and is almost always eps given on the wrong scale (0-255, or 0-1 for a [-1, 1] model);
+    likewise an L2 radius above width * sqrt(input size), the diameter of the box."""
+    low, high = model.bounds
+    width = model.range_width
+    linf = _largest(getattr(constraint, "linf_radius", None))
+    if linf is not None and linf > width * (1 + 1e-9):
+        raise ThreatModelError(
+            f"eps {linf:g} exceeds the range of model {model.name!r} ([{low:g}, {high:g}], width {width:g}); "
+            "eps is in the model's units"
+        )
+    l2 = _largest(getattr(constraint, "l2_radius", None))
+    dim = 1
+    for size in model.input_shape:
+        dim *= int(size)
+    diameter = width * dim ** 0.5
+    if l2 is not None and l2 > diameter * (1 + 1e-9):
+        raise ThreatModelError(
+            f"L2 eps {l2:g} exceeds the diameter of the box of model {model.name!r} (width {width:g} x sqrt({dim}) = "
+            f"{diameter:g}); eps is in the model's units"
+        )
+
+
 def check_outputs(model: ModelAdapter, x: Tensor, atol: float = 1e-4) -> None:
     """The model must map x to logits of shape (N, num_classes), not to probabilities, and
     deterministically.
@@ -86,10 +128,11 @@ def check_outputs(model: ModelAdapter, x: Tensor, atol: float = 1e-4) -> None:
     """
     from advkit.runner import is_out_of_memory
 
+    probe = x[:PROBE_ROWS]
     try:
-        with torch.no_grad(), model.eval_mode():
-            out = model.module(x[:PROBE_ROWS])
-            again = model.module(x[:PROBE_ROWS]) if isinstance(out, Tensor) else None
+        with model.eval_mode():
+            out = model.logits(probe)  # each probe runs on its own copy: an in-place model cannot touch x
+            again = model.logits(probe) if isinstance(out, Tensor) else None
     except Exception as error:
         if is_out_of_memory(error):
             return
@@ -97,6 +140,11 @@ def check_outputs(model: ModelAdapter, x: Tensor, atol: float = 1e-4) -> None:
     rows = min(PROBE_ROWS, x.shape[0])
     if not isinstance(out, Tensor):
         raise InputValidationError(f"model {model.name!r} must return a tensor of logits, got {type(out).__name__}")
+    if not out.is_floating_point():
+        raise InputValidationError(
+            f"model {model.name!r} returned {out.dtype} outputs; advkit needs floating-point logits (one score per "
+            "class, before any softmax or argmax)"
+        )
     if out.dim() != 2 or tuple(out.shape) != (rows, model.num_classes):
         raise InputValidationError(
             f"model {model.name!r} returned shape {tuple(out.shape)} for {rows} input(s); expected logits of shape "

@@ -11,6 +11,7 @@ from advkit.adaptive import step_for
 from advkit.attack import Attack
 from advkit.engine import Problem, optimize
 from advkit.objectives import UNTARGETED_LOSSES
+from advkit.params import MAX_RESTARTS, MAX_STEPS, param
 
 
 @dataclass(kw_only=True)
@@ -39,17 +40,16 @@ class APGD(Attack):
     """
 
     name = "apgd"
-    steps: int = 100
-    restarts: int = 1
-    loss: str = "ce"
-    random_start: bool = True
-    initial_step: float = 2.0
-    alpha: float = 0.75
-    rho: float = 0.75
+    accepts_target = False
+    steps: int = param(100, ge=1, le=MAX_STEPS, doc="steps per restart")
+    restarts: int = param(1, ge=1, le=MAX_RESTARTS, doc="restarts (at most steps x restarts backward passes)")
+    loss: str = param("ce", choices=lambda: UNTARGETED_LOSSES, doc="the loss ascended")
+    random_start: bool = param(True, doc="start the first restart at a random feasible point")
+    initial_step: float = param(2.0, gt=0, doc="first step size as a multiple of the L-inf radius")
+    alpha: float = param(0.75, gt=0, le=1, doc="weight of the new step against momentum")
+    rho: float = param(0.75, ge=0, le=1, doc="halve the step at a checkpoint if the loss rose in fewer than this share of steps")
 
     def run(self, problem: Problem) -> Tensor:
-        if self.loss not in UNTARGETED_LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(UNTARGETED_LOSSES)}")
         update = step_for(problem, self.initial_step, self.steps, self.alpha, self.rho)
         return optimize(problem, update=update, objective=UNTARGETED_LOSSES[self.loss], steps=self.steps,
                         init="random" if self.random_start else "zeros", restarts=self.restarts, early_stop=True).x_adv

@@ -11,6 +11,7 @@ from advkit.adaptive import step_for
 from advkit.attack import Attack
 from advkit.engine import Problem, optimize
 from advkit.objectives import logit_margin, negative_target_cross_entropy
+from advkit.params import MAX_RESTARTS, MAX_STEPS, param
 
 
 def target_margin(logits: Tensor, y: Tensor, target: Tensor | None = None, x_adv=None, x=None) -> Tensor:
@@ -66,17 +67,15 @@ class APGDTargeted(Attack):
 
     name = "apgd_targeted"
     targeted = True
-    steps: int = 100
-    restarts: int = 1
-    initial_step: float = 2.0
-    alpha: float = 0.75
-    rho: float = 0.75
-    loss: str = "ce+margin"
-    confidence: float = 0.0
+    steps: int = param(100, ge=1, le=MAX_STEPS, doc="steps per restart")
+    restarts: int = param(1, ge=1, le=MAX_RESTARTS, doc="restarts")
+    initial_step: float = param(2.0, gt=0, doc="first step size as a multiple of the L-inf radius")
+    alpha: float = param(0.75, gt=0, le=1, doc="weight of the new step against momentum")
+    rho: float = param(0.75, ge=0, le=1, doc="halve the step at a checkpoint if the loss rose in fewer than this share of steps")
+    loss: str = param("ce+margin", choices=lambda: LOSSES, doc="the targeted loss descended")
+    confidence: float = param(0.0, ge=0, lt=1, doc="success needs the target at probability >= this")
 
     def run(self, problem: Problem) -> Tensor:
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
         update = step_for(problem, self.initial_step, self.steps, self.alpha, self.rho)
         return optimize(problem, update=update, objective=LOSSES[self.loss], steps=self.steps, init="zeros",
                         restarts=self.restarts, early_stop=True).x_adv

@@ -11,7 +11,8 @@ from advkit.attack import Attack
 from advkit.constraints import Binary
 from advkit.engine import GradientStep, Problem, optimize
 from advkit.objectives import objective_for
-from advkit.steps import get_step_rule
+from advkit.params import MAX_STEPS, param
+from advkit.steps import STEP_RULES, get_step_rule
 
 
 @dataclass(kw_only=True)
@@ -34,11 +35,11 @@ class BinaryPerturbation(Attack):
     """
 
     name = "binary"
-    value: float | None = None
-    steps: int = 100
-    step_size: float | None = None
-    step_rule: str = "sign"
-    confidence: float = 0.9
+    value: float | None = param(None, gt=0, doc="the one non-zero value of the perturbation; default the L-inf radius")
+    steps: int = param(100, ge=1, le=MAX_STEPS, doc="maximum steps")
+    step_size: float | None = param(None, gt=0, doc="step in model units")
+    step_rule: str = param("sign", choices=lambda: STEP_RULES, doc="direction of a step")
+    confidence: float = param(0.9, ge=0, lt=1, doc="success needs the wrong/target class at probability >= this")
 
     def binary_value(self, problem: Problem) -> float:
         existing = [part for part in getattr(problem.constraint, "parts", [problem.constraint]) if isinstance(part, Binary)]

@@ -10,6 +10,7 @@ import advkit
 from advkit.attack import Attack, resolve_step_size
 from advkit.engine import GradientStep, Problem, optimize
 from advkit.objectives import objective_for
+from advkit.params import param
 from advkit.steps import sign_step
 
 
@@ -28,7 +29,7 @@ class FGSM(Attack):
 
     name = "fgsm"
     warm_startable = False
-    step_size: float | None = None
+    step_size: float | None = param(None, gt=0, doc="step in model units; default the L-inf radius")
 
     def run(self, problem: Problem) -> Tensor:
         step = GradientStep(sign_step, resolve_step_size(problem, self.step_size, 1.0))

@@ -10,7 +10,8 @@ import advkit
 from advkit.attack import Attack
 from advkit.engine import START_TO_INIT, GradientStep, Problem, optimize
 from advkit.objectives import target_logit
-from advkit.steps import get_step_rule
+from advkit.params import MAX_STEPS, param
+from advkit.steps import STEP_RULES, get_step_rule
 
 
 @dataclass(kw_only=True)
@@ -38,13 +39,13 @@ class Lookalike(Attack):
     name = "lookalike"
     warm_startable = False
     targeted = True
-    beta: float = 1e-4
-    steps: int = 100
-    step_size: float = 0.02
-    step_rule: str = "std"
-    start: str = "input"
-    stop_early: bool = True
-    confidence: float = 0.9
+    beta: float = param(1e-4, ge=0, doc="weight of the MSE to the reference image")
+    steps: int = param(100, ge=1, le=MAX_STEPS, doc="gradient-ascent iterations")
+    step_size: float = param(0.02, gt=0, doc="step in model units")
+    step_rule: str = param("std", choices=lambda: STEP_RULES, doc="direction of a step")
+    start: str = param("input", choices=lambda: START_TO_INIT, doc="where the image starts")
+    stop_early: bool = param(True, doc="stop each sample once it reaches the target")
+    confidence: float = param(0.9, ge=0, lt=1, doc="success needs the target at probability >= this")
     history_: Tensor | None = field(default=None, init=False, repr=False)
 
     def run(self, problem: Problem) -> Tensor:
@@ -54,8 +55,6 @@ class Lookalike(Attack):
         def objective(logits, y, target, x_adv, x):
             return target_logit(logits, y, target) - beta * ((x_adv - x) * to_pixels).flatten(1).pow(2).mean(1)
 
-        if self.start not in START_TO_INIT:
-            raise ValueError(f"unknown start {self.start!r}; valid: {', '.join(START_TO_INIT)}")
         step = GradientStep(get_step_rule(self.step_rule), self.step_size)
         result = optimize(problem, update=step, objective=objective, steps=self.steps, early_stop=self.stop_early,
                           init=START_TO_INIT[self.start], variable="image", record=True)

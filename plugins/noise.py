@@ -10,6 +10,7 @@ import advkit
 from advkit.attack import Attack
 from advkit.engine import GradientStep, Problem, optimize
 from advkit.objectives import target_logit
+from advkit.params import MAX_STEPS, param
 from advkit.steps import std_step
 
 
@@ -30,9 +31,9 @@ class Noise(Attack):
 
     name = "noise"
     targeted = True
-    steps: int = 100
-    step_size: float = 1.0
-    confidence: float = 0.9
+    steps: int = param(100, ge=1, le=MAX_STEPS, doc="maximum steps")
+    step_size: float = param(1.0, gt=0, doc="multiple of alpha = 1 / (std(d) + 1e-8)")
+    confidence: float = param(0.9, ge=0, lt=1, doc="success needs the target at probability >= this")
 
     def run(self, problem: Problem) -> Tensor:
         step = GradientStep(std_step, self.step_size)

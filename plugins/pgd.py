@@ -10,7 +10,8 @@ import advkit
 from advkit.attack import Attack, resolve_step_size
 from advkit.engine import GradientStep, Problem, optimize
 from advkit.objectives import objective_for
-from advkit.steps import get_step_rule
+from advkit.params import MAX_RESTARTS, MAX_STEPS, param
+from advkit.steps import STEP_RULES, get_step_rule
 
 
 @dataclass(kw_only=True)
@@ -34,12 +35,12 @@ class PGD(Attack):
     """
 
     name = "pgd"
-    steps: int = 40
-    step_size: float | None = None
-    restarts: int = 1
-    random_start: bool = True
-    step_rule: str = "sign"
-    early_stop: bool = False
+    steps: int = param(40, ge=1, le=MAX_STEPS, doc="steps per restart")
+    step_size: float | None = param(None, gt=0, doc="step in model units; default 2.5 * eps / steps")
+    restarts: int = param(1, ge=1, le=MAX_RESTARTS, doc="random restarts")
+    random_start: bool = param(True, doc="start each restart at a random feasible point")
+    step_rule: str = param("sign", choices=lambda: STEP_RULES, doc="direction of a step")
+    early_stop: bool = param(False, doc="let samples leave once fooled")
 
     def run(self, problem: Problem) -> Tensor:
         fraction = 2.5 / max(self.steps, 1)

@@ -10,7 +10,8 @@ import advkit
 from advkit.attack import Attack, resolve_step_size
 from advkit.engine import GradientStep, Problem, optimize
 from advkit.objectives import negative_target_cross_entropy
-from advkit.steps import get_step_rule
+from advkit.params import MAX_STEPS, param
+from advkit.steps import STEP_RULES, get_step_rule
 
 
 @dataclass(kw_only=True)
@@ -31,10 +32,10 @@ class Targeted(Attack):
 
     name = "targeted"
     targeted = True
-    steps: int = 100
-    step_size: float | None = None
-    step_rule: str = "sign"
-    confidence: float = 0.9
+    steps: int = param(100, ge=1, le=MAX_STEPS, doc="maximum steps")
+    step_size: float | None = param(None, gt=0, doc="step in model units; default eps / 20")
+    step_rule: str = param("sign", choices=lambda: STEP_RULES, doc="direction of a step")
+    confidence: float = param(0.9, ge=0, lt=1, doc="success needs the target at probability >= this")
 
     def run(self, problem: Problem) -> Tensor:
         step = GradientStep(get_step_rule(self.step_rule), resolve_step_size(problem, self.step_size, 1 / 20))

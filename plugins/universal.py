@@ -10,7 +10,8 @@ from torch import Tensor
 import advkit
 from advkit.attack import Attack, resolve_step_size
 from advkit.engine import GradientStep, Problem, optimize
-from advkit.steps import get_step_rule
+from advkit.params import MAX_STEPS, param
+from advkit.steps import STEP_RULES, get_step_rule
 
 
 #: Targeted inputs stop pulling once CE(target) < this (target probability about 0.95).
@@ -54,16 +55,14 @@ class Universal(Attack):
     name = "universal"
     warm_startable = False
     per_sample = False
-    steps: int = 100
-    step_size: float | None = None
-    step_rule: str = "sign"
-    batch_size: int | None = None
-    clamp: float = 5.0
-    stop_rate: float = 1.0
+    steps: int = param(100, ge=1, le=MAX_STEPS, doc="steps")
+    step_size: float | None = param(None, gt=0, doc="step in model units; default eps / 20")
+    step_rule: str = param("sign", choices=lambda: STEP_RULES, doc="direction of a step")
+    batch_size: int | None = param(None, ge=1, doc="images per step (None: all)")
+    clamp: float = param(5.0, gt=0, doc="cross-entropy clamp")
+    stop_rate: float = param(1.0, gt=0, le=1, doc="stop once this share of the batch is fooled")
 
     def run(self, problem: Problem) -> Tensor:
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         targeted = problem.target is not None
         objective = clamped_objective(targeted, self.clamp)
         step = GradientStep(get_step_rule(self.step_rule), resolve_step_size(problem, self.step_size, 1 / 20))

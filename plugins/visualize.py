@@ -10,8 +10,10 @@ from torch import Tensor
 import advkit
 from advkit.attack import Attack
 from advkit.engine import START_TO_INIT, GradientStep, Problem, optimize
+from advkit.errors import ParameterError
 from advkit.objectives import target_logit
-from advkit.steps import get_step_rule
+from advkit.params import MAX_STEPS, param
+from advkit.steps import STEP_RULES, get_step_rule
 
 
 @dataclass(kw_only=True)
@@ -41,23 +43,29 @@ class Visualize(Attack):
     name = "visualize"
     warm_startable = False
     targeted = True
-    steps: int = 200
-    step_size: float = 0.05
-    step_rule: str = "std"
-    l2_penalty: float = 0.0
-    layer: str | None = None
-    channel: int | None = None
-    neuron: tuple | None = None
-    start: str = "input"
+    steps: int = param(200, ge=1, le=MAX_STEPS, doc="gradient-ascent iterations")
+    step_size: float = param(0.05, gt=0, doc="step in model units")
+    step_rule: str = param("std", choices=lambda: STEP_RULES, doc="direction of a step")
+    l2_penalty: float = param(0.0, ge=0, doc="lambda in J = C - lambda * ||x||^2")
+    layer: str | None = param(None, doc="a named module to maximize instead of a logit")
+    channel: int | None = param(None, ge=0, doc="channel (or unit) of layer; default the target class")
+    neuron: tuple | None = param(None, doc="(h, w) of a single neuron in the channel")
+    start: str = param("input", choices=lambda: START_TO_INIT, doc="where the image starts")
     history_: Tensor | None = field(default=None, init=False, repr=False)
 
     def _layer_objective(self, problem: Problem):
         modules = dict(problem.model.module.named_modules())
         if self.layer not in modules:
             names = ", ".join(name for name in modules if name)
-            raise ValueError(f"model {problem.model.name!r} has no layer {self.layer!r}; layers: {names}")
+            raise ParameterError(f"model {problem.model.name!r} has no layer {self.layer!r}; layers: {names}")
         captured: dict[str, Tensor] = {}
         handle = modules[self.layer].register_forward_hook(lambda _m, _i, out: captured.__setitem__("out", out))
+        try:
+            problem.model.logits(problem.x[:1])  # one probe, outside the pass counter: the layer's output shape
+            self._check_unit(problem, captured["out"])
+        except BaseException:
+            handle.remove()
+            raise
 
         def objective(logits: Tensor, y: Tensor, target: Tensor | None, x_adv=None, x=None) -> Tensor:
             act = captured["out"]
@@ -73,9 +81,23 @@ class Visualize(Attack):
 
         return objective, handle
 
+    def _check_unit(self, problem: Problem, act: Tensor) -> None:
+        """The channel (or the targets standing in for it) and the neuron must exist in the layer's output."""
+        where = f"layer {self.layer!r} of model {problem.model.name!r}"
+        units = act.shape[1] if act.dim() >= 2 else 0
+        wanted = [self.channel] if self.channel is not None else sorted(set(problem.target.tolist()))
+        for unit in wanted:
+            if not 0 <= unit < units:
+                what = "channel" if self.channel is not None else "channel (= the target class, as no channel is given)"
+                raise ParameterError(f"{what} {unit} is out of range: {where} has {units} channels (0..{units - 1})")
+        if self.neuron is not None:
+            if act.dim() != 4 or len(self.neuron) != 2:
+                raise ParameterError(f"neuron={self.neuron!r} needs an (h, w) pair and a convolutional {where}")
+            h, w = self.neuron
+            if not (0 <= h < act.shape[2] and 0 <= w < act.shape[3]):
+                raise ParameterError(f"neuron {self.neuron!r} is outside the {act.shape[2]}x{act.shape[3]} map of {where}")
+
     def run(self, problem: Problem) -> Tensor:
-        if self.start not in START_TO_INIT:
-            raise ValueError(f"unknown start {self.start!r}; valid: {', '.join(START_TO_INIT)}")
         handle = None
         base = target_logit
         if self.layer is not None:

@@ -89,7 +89,8 @@ def test_nonfinite_logits_are_counted_never_success_nor_robust(tiny_model, tiny_
     assert torch.isfinite(result.x_adv).all()
     summary = result.summary()
     assert summary["nonfinite_logits"] == 3 and summary["nonfinite_gradients"] == 3
-    assert summary["n_success"] == int(result.success.sum())
+    assert summary["n_success"] == int((result.success & result.clean_correct).sum())
+    assert summary["raw_success_rate"] == pytest.approx(float(result.success.float().mean()))
     assert summary["robust_accuracy"] == pytest.approx(float(result.robust.float().mean()))
     assert summary["misclassified_rate"] <= (len(x) - 3) / len(x)
     # The other samples are attacked exactly as if the misbehaving ones were not there.

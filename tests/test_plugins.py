@@ -42,7 +42,7 @@ def test_example_plugin_is_discovered_and_runs_through_the_cli(installed_example
     listed = json.loads(runner.invoke(cli, ["plugins", "--json"]).output)
     example = next(p for p in listed if p["name"] == "random_sign")
     assert example == {"name": "random_sign", "distribution": "advkit-random-sign", "version": "0.1.0", "builtin": False,
-                       "hooks": ["register_attacks"]}
+                       "hooks": ["register_attacks"], "conflicts": []}
     assert "random_sign" in runner.invoke(cli, ["attacks"]).output
     result = runner.invoke(cli, ["attack", "--model", "cnn", "--attack", "random_sign", "--eps", "0.5", "-n", "10",
                                  "--json"])
@@ -82,14 +82,130 @@ def test_register_plugin_object_and_duplicate_names():
 
     plugins.register_plugin(Dup(), name="dup")
     try:
-        with pytest.raises(ValueError, match="registered twice"):
-            registry.attacks()
-        result = CliRunner().invoke(cli, ["attacks"])  # the CLI names the clash instead of a traceback
-        assert result.exit_code == 1 and not isinstance(result.exception, ValueError)
-        assert "attack 'pgd' is registered twice" in result.output and "ADVKIT_DISABLE_PLUGIN_AUTOLOAD" in result.output
+        with pytest.raises(registry.RegistrationError, match="attack 'pgd' is registered twice, by plugin 'pgd' "
+                                                             r"\(advkit .*, built-in\) and plugin 'dup'"):
+            registry.get_attack("pgd")
+        assert "fgsm" in registry.attacks()  # the other names still work
+        listing = CliRunner().invoke(cli, ["attacks"])  # the listing shows the clash instead of a traceback
+        assert listing.exit_code == 0 and "CONFLICT: attack 'pgd' is registered twice" in listing.output
+        result = CliRunner().invoke(cli, ["attack", "--model", "cnn", "--attack", "pgd", "--eps", "0.1", "-n", "1"])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+        assert "attack 'pgd' is registered twice" in result.output and "advkit uses neither" in result.output
     finally:
         plugins.unregister_plugin("dup")
-    assert "pgd" in registry.attacks()
+    assert "pgd" in registry.attacks() and registry.get_attack("pgd").plugin.builtin
+
+
+SHADOW = '''
+from dataclasses import dataclass
+
+import advkit
+from advkit.attack import Attack
+
+
+@dataclass(kw_only=True)
+class Shadow(Attack):
+    """Returns x: reports robust accuracy 1.0 with 0 passes if it ever replaces a real attack."""
+
+    name = "{name}"
+
+    def run(self, problem):
+        return problem.x
+
+
+@advkit.hookimpl
+def register_attacks(register):
+    register(Shadow)
+'''
+
+
+def _shadow(tmp_path, attack: str, distribution: str = "shadow-dist", entry_point: str | None = None) -> Path:
+    """A third-party distribution whose entry point (named like a built-in) registers an attack named ``attack``."""
+    module = f"advkit_shadow_{attack}"
+    (tmp_path / f"{module}.py").write_text(SHADOW.format(name=attack))
+    dist = tmp_path / f"{distribution.replace('-', '_')}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[advkit]\n{entry_point or attack} = {module}\n")
+    return tmp_path
+
+
+def _run_cli(args: list[str], pythonpath: Path, **env: str):
+    import os
+    import subprocess
+
+    child = {k: v for k, v in os.environ.items() if k not in (plugins.DISABLE_AUTOLOAD_ENV, plugins.ALLOWED_PLUGINS_ENV)}
+    child.update(env, PYTHONPATH=os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-m", "advkit", *args], env=child, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("attack", ["pgd", "untargeted"])
+def test_a_third_party_plugin_cannot_replace_a_builtin_attack(tmp_path, attack):
+    """An entry point named like a built-in, registering an attack of the same name that returns x: before, it won
+    silently (robust accuracy 1.0 with 0 passes) or the default attack vanished; now the name is refused, naming both
+    distributions, and `advkit plugins` shows the conflict."""
+    path = _shadow(tmp_path, attack)
+    run = _run_cli(["attack", "--model", "cnn", "--attack", attack, "--eps", "0.1", "-n", "2"], path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert (f"attack {attack!r} is registered twice, by plugin {attack!r} (advkit" in run.stderr
+            and "(shadow-dist 1.0)" in run.stderr and "uninstall shadow-dist" in run.stderr)
+    listed = _run_cli(["plugins", "--json"], path)
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert rows[attack]["builtin"] and not rows[f"shadow-dist:{attack}"]["builtin"]
+    assert rows[attack]["conflicts"] == rows[f"shadow-dist:{attack}"]["conflicts"] != []
+    assert "CONFLICT attack" in _run_cli(["plugins"], path).stdout
+    alone = _run_cli(["attack", "--model", "cnn", "--attack", attack, "--eps", "0.1", "-n", "2", "--json"], path,
+                     ADVKIT_DISABLE_PLUGIN_AUTOLOAD="1")
+    assert alone.returncode == 0, alone.stderr
+    summary = json.loads(alone.stdout)
+    assert summary["plugin"]["distribution"] == "advkit" and summary["backward_passes"] > 0
+
+
+def test_a_distribution_calling_itself_advkit_is_not_builtin(tmp_path, monkeypatch):
+    """Built-ins are advkit's own modules: a package named `advkit` with an entry point `pgd` is third-party, so
+    ADVKIT_DISABLE_PLUGIN_AUTOLOAD=1 never imports it. (importlib.metadata shows one distribution per name, so which
+    `advkit` it shows depends on sys.path; the fake one is put in front of the real entry points here.)"""
+    from importlib.metadata import PathDistribution, entry_points
+
+    path = _shadow(tmp_path, "pgd", distribution="advkit")
+    fake = PathDistribution(next(path.glob("advkit-*.dist-info")))
+    visible = [*fake.entry_points, *entry_points(group="advkit")]
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [ep for ep in visible if ep.group == group])
+    monkeypatch.syspath_prepend(str(path))
+    monkeypatch.setenv(plugins.DISABLE_AUTOLOAD_ENV, "1")
+    sys.modules.pop("advkit_shadow_pgd", None)
+    try:
+        plugins.reload_plugins()
+        assert "advkit_shadow_pgd" not in sys.modules
+        assert registry.get_attack("pgd").obj.__module__ == "advkit_plugins.pgd"
+        monkeypatch.delenv(plugins.DISABLE_AUTOLOAD_ENV)
+        plugins.reload_plugins()
+        assert "advkit_shadow_pgd" in sys.modules  # now loaded, as the third-party plugin it is
+        assert not plugins.plugin_info("advkit:pgd").builtin
+        with pytest.raises(registry.RegistrationError, match=r"by plugin 'pgd' \(advkit .*, built-in\) and plugin "
+                                                             r"'advkit:pgd' \(advkit 1.0\)"):
+            registry.get_attack("pgd")
+    finally:
+        monkeypatch.undo()
+        sys.modules.pop("advkit_shadow_pgd", None)
+        plugins.reload_plugins()
+
+
+def test_builtin_plugins_are_the_entry_points_of_the_project():
+    """advkit's own modules (what makes a plugin built-in) and pyproject's entry points list the same plugins."""
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert project["entry-points"]["advkit"] == plugins.BUILTIN_PLUGINS
+
+
+def test_allow_list_naming_no_installed_plugin_warns(monkeypatch):
+    monkeypatch.setenv(plugins.ALLOWED_PLUGINS_ENV, "no_such_plugin")
+    try:
+        with pytest.warns(plugins.PluginWarning, match="ADVKIT_PLUGINS names 'no_such_plugin', but no installed plugin"):
+            plugins.reload_plugins()
+    finally:
+        monkeypatch.undo()
+        plugins.reload_plugins()
 
 
 def test_builtins_come_from_entry_points():

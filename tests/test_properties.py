@@ -229,7 +229,7 @@ def batches(draw):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(names=st.sampled_from(COMBINATIONS), eps=st.floats(0.01, 2.5), batch=batches(),
+@given(names=st.sampled_from(COMBINATIONS), eps=st.floats(0.01, 1.3), batch=batches(),
        dtype=st.sampled_from([torch.float32, torch.float64]), per_sample=st.booleans())
 @pytest.mark.parametrize("name", ATTACKS)
 def test_threat_model_holds(tiny_model, name, names, eps, batch, dtype, per_sample):

@@ -142,9 +142,10 @@ def test_pass_counts_come_from_the_model(tiny_model, tiny_batch):
         hook.remove()
     assert result.backward_passes == 5 * len(x)
     # 5 steps, plus the last update of each sample not fooled before it; the module also saw the runner's
-    # output probe (2 x 2 rows) and its re-check (one pass per sample), which are not the attack's passes.
+    # output probe (2 x 2 rows), its clean check and its re-check (one pass per sample each), which are not the
+    # attack's passes.
     assert 5 * len(x) + int((~result.success).sum()) <= result.forward_passes <= 6 * len(x)
-    assert sum(seen) == result.forward_passes + 2 * 2 + len(x)
+    assert sum(seen) == result.forward_passes + 2 * 2 + 2 * len(x)
 
 
 def test_global_rng_untouched_and_seed_reproducible(tiny_model, tiny_batch):

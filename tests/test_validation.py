@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from advkit.attack import Attack
-from advkit.constraints import Constraint, L2Ball, LinfBall
+from advkit.constraints import Constraint, L2Ball, LinfBall, NonNegative
 from advkit.criteria import TargetReached
+from advkit.errors import ParameterError, ThreatModelError
 from advkit.models import ModelAdapter
 from advkit.registry import UnknownNameError
 from advkit.runner import BudgetExceeded, ThreatModelViolation, make_attack, run_attack
@@ -78,6 +79,11 @@ class FirstFive(nn.Module):
 class Pair(nn.Module):
     def forward(self, z):
         return z, z
+
+
+class IntLogits(nn.Module):
+    def forward(self, z):
+        return z.argmax(1, keepdim=True).expand(-1, 10).long()
 
 
 class AlwaysDropout(nn.Module):
@@ -147,35 +153,81 @@ CASES = [
      InputValidationError, "model 'always_dropout' gives different outputs for the same input in eval mode.*dropout"),
     ("unknown model name", lambda m, x, y: ("nope", x, y, {}), UnknownNameError, "valid models: .*cnn"),
     # arguments
-    ("negative eps", lambda m, x, y: (m, x, y, {"eps": -0.1}), ValueError, "eps must be >= 0"),
-    ("no eps and no constraint", lambda m, x, y: (m, x, y, {"eps": None}), ValueError, "give a constraint set or eps"),
-    ("zero budget", lambda m, x, y: (m, x, y, {"budget": 0}), ValueError, "budget must be >= 1"),
+    ("negative eps", lambda m, x, y: (m, x, y, {"eps": -0.1}), ParameterError, "eps must be a finite number >= 0, got -0.1"),
+    ("eps as a string", lambda m, x, y: (m, x, y, {"eps": "0.1"}), ParameterError,
+     "eps must be a finite number >= 0, got '0.1'"),
+    ("eps nan", lambda m, x, y: (m, x, y, {"eps": float("nan")}), ParameterError, "eps must be a finite number >= 0, got nan"),
+    ("no eps and no constraint", lambda m, x, y: (m, x, y, {"eps": None}), ParameterError, "give a constraint set or eps"),
+    ("constraint given by name", lambda m, x, y: (m, x, y, {"eps": None, "constraint": "linf"}), ParameterError,
+     "constraint must be an advkit Constraint \\(e.g. LinfBall\\(0.1\\).*got str 'linf'"),
+    ("eps next to a set of another radius", lambda m, x, y: (m, x, y, {"eps": 0.5, "constraint": LinfBall(0.1)}),
+     ThreatModelError, "eps 0.5 is not the radius of the constraint set linf\\(eps=0.1\\)"),
+    ("eps next to a set with no ball", lambda m, x, y: (m, x, y, {"eps": 0.1, "constraint": NonNegative()}),
+     ThreatModelError, "eps 0.1 bounds nothing in the constraint set nonneg"),
+    ("eps beyond the model's range", lambda m, x, y: (m, x, y, {"eps": 3.0}), ThreatModelError,
+     "eps 3 exceeds the range of model 'tiny' \\(\\[-1, 1\\], width 2\\)"),
+    ("zero budget", lambda m, x, y: (m, x, y, {"budget": 0}), ParameterError,
+     "budget \\(backward passes per sample\\) must be an integer >= 1, or None, got 0"),
+    ("fractional budget", lambda m, x, y: (m, x, y, {"budget": 2.5}), ParameterError, "budget .* must be an integer >= 1.*2.5"),
+    ("negative seed", lambda m, x, y: (m, x, y, {"seed": -1}), ParameterError, "seed must be an integer in \\[0, 2\\*\\*64 - 1\\], got -1"),
+    ("seed beyond 2**64", lambda m, x, y: (m, x, y, {"seed": 2**64}), ParameterError, "seed must be an integer in"),
+    ("target for an untargeted attack", lambda m, x, y: (m, x, y, {"attack": "untargeted", "target": _other(y)}),
+     ParameterError, "attack 'untargeted' is untargeted: it ignores target classes"),
     ("unknown attack", lambda m, x, y: (m, x, y, {"attack": "nope"}), UnknownNameError, "valid attacks: .*pgd"),
-    ("unknown parameter", lambda m, x, y: (m, x, y, {"attack": "pgd", "stepz": 3}), TypeError, "no parameter.*stepz"),
+    ("unknown parameter", lambda m, x, y: (m, x, y, {"attack": "pgd", "stepz": 3}), ParameterError, "no parameter.*stepz"),
     ("parameters next to an attack instance", lambda m, x, y: (m, x, y, {"attack": make_attack("fgsm"), "step_size": 0.1}),
-     TypeError, "either to the attack instance or to make_attack, not both"),
-    ("confidence out of range", lambda m, x, y: (m, x, y, {"confidence": 1.0}), ValueError,
-     "confidence must lie in \\[0, 1\\), got 1.0"),
-    ("non-positive step size", lambda m, x, y: (m, x, y, {"attack": "pgd", "step_size": -0.1}), ValueError,
-     "step_size must be > 0, got -0.1"),
-    ("unknown step rule", lambda m, x, y: (m, x, y, {"attack": "pgd", "step_rule": "nope"}), ValueError,
-     "unknown step rule 'nope'; valid: sign"),
-    ("zero restarts", lambda m, x, y: (m, x, y, {"attack": "pgd", "restarts": 0}), ValueError,
-     "steps must be >= 0 and restarts >= 1, got steps=40, restarts=0"),
-    ("unknown loss", lambda m, x, y: (m, x, y, {"attack": "apgd_targeted", "loss": "nope", "target": _other(y)}), ValueError,
-     "unknown loss 'nope'; valid"),
+     ParameterError, "either to the attack instance or to make_attack, not both"),
+    ("confidence out of range", lambda m, x, y: (m, x, y, {"confidence": 1.0}), ParameterError,
+     "confidence must be a finite number in \\[0, 1\\), or None, got 1.0"),
+    ("non-positive step size", lambda m, x, y: (m, x, y, {"attack": "pgd", "step_size": -0.1}), ParameterError,
+     "attack 'pgd': parameter step_size must be a finite number > 0, or None, got -0.1"),
+    ("NaN step size", lambda m, x, y: (m, x, y, {"attack": "pgd", "step_size": float("nan")}), ParameterError,
+     "attack 'pgd': parameter step_size must be a finite number > 0, or None, got nan"),
+    ("inf step size", lambda m, x, y: (m, x, y, {"attack": "pgd", "step_size": float("inf")}), ParameterError,
+     "parameter step_size must be a finite number > 0, or None, got inf"),
+    ("steps beyond the maximum", lambda m, x, y: (m, x, y, {"attack": "pgd", "steps": 99999999999999999999}), ParameterError,
+     "parameter steps must be an integer in \\[1, 1000000\\], got 99999999999999999999"),
+    ("fractional steps", lambda m, x, y: (m, x, y, {"attack": "pgd", "steps": 2.5}), ParameterError,
+     "parameter steps must be an integer in \\[1, 1000000\\], got 2.5"),
+    ("steps as a string", lambda m, x, y: (m, x, y, {"attack": "pgd", "steps": "2"}), ParameterError,
+     "parameter steps must be an integer in \\[1, 1000000\\], got '2'"),
+    ("unknown step rule", lambda m, x, y: (m, x, y, {"attack": "pgd", "step_rule": "nope"}), ParameterError,
+     "parameter step_rule must be one of 'sign', 'l2', 'std', 'raw', got 'nope'"),
+    ("zero restarts", lambda m, x, y: (m, x, y, {"attack": "pgd", "restarts": 0}), ParameterError,
+     "parameter restarts must be an integer in \\[1, 10000\\], got 0"),
+    ("unknown loss", lambda m, x, y: (m, x, y, {"attack": "apgd_targeted", "loss": "nope", "target": _other(y)}),
+     ParameterError, "parameter loss must be one of 'ce\\+margin'"),
+    ("NaN l2 penalty", lambda m, x, y: (m, x, y, {"attack": "visualize", "l2_penalty": float("nan"), "target": _other(y)}),
+     ParameterError, "attack 'visualize': parameter l2_penalty must be a finite number >= 0, got nan"),
+    ("inf beta", lambda m, x, y: (m, x, y, {"attack": "lookalike", "beta": float("inf"), "target": _other(y)}),
+     ParameterError, "attack 'lookalike': parameter beta must be a finite number >= 0, got inf"),
+    ("negative channel", lambda m, x, y: (m, x, y, {"attack": "visualize", "layer": "0", "channel": -1, "target": _other(y)}),
+     ParameterError, "parameter channel must be an integer >= 0, or None, got -1"),
+    ("channel beyond the layer", lambda m, x, y: (m, x, y, {"attack": "visualize", "layer": "0", "channel": 999,
+                                                            "target": _other(y)}),
+     ParameterError, "channel 999 is out of range: layer '0' of model 'tiny' has 4 channels \\(0..3\\)"),
     ("binary attack without a value", lambda m, x, y: (m, x, y, {"attack": "binary", "eps": None, "constraint": L2Ball(1.0)}),
      ValueError, "binary attack: give value=..., or an L-inf ball"),
     ("universal attack with per-sample radii",
      lambda m, x, y: (m, x, y, {"attack": "universal", "eps": None, "constraint": LinfBall(torch.full((12,), 0.1))}),
      ValueError, "one radius for the whole batch"),
-    ("universal batch size 0", lambda m, x, y: (m, x, y, {"attack": "universal", "batch_size": 0}), ValueError,
-     "batch_size must be >= 1, got 0"),
+    ("universal batch size 0", lambda m, x, y: (m, x, y, {"attack": "universal", "batch_size": 0}), ParameterError,
+     "parameter batch_size must be an integer >= 1, or None, got 0"),
     ("visualize an unknown layer",
      lambda m, x, y: (m, x, y, {"attack": "visualize", "layer": "nope", "steps": 1, "target": _other(y)}), ValueError,
      "model 'tiny' has no layer 'nope'; layers: 0, 1"),
-    ("start of the wrong shape", lambda m, x, y: (m, x, y, {"attack": "pgd", "start": x[:1]}), ValueError,
+    ("start of the wrong shape", lambda m, x, y: (m, x, y, {"attack": "pgd", "start": x[:1]}), ParameterError,
      "start has shape"),
+    ("NaN warm start", lambda m, x, y: (m, x, y, {"attack": "pgd", "start": torch.full_like(x, float("nan"))}),
+     ParameterError, "start contains NaN or inf"),
+    ("inf warm start", lambda m, x, y: (m, x, y, {"attack": "pgd", "start": torch.full_like(x, float("inf"))}),
+     ParameterError, "start contains NaN or inf"),
+    ("float64 inputs to a float32 model", lambda m, x, y: (m, x.double(), y, {}), InputValidationError,
+     "inputs are torch.float64 but model 'tiny' computes in torch.float32; convert them \\(x.float\\(\\)\\)"),
+    ("float16 inputs to a float32 model", lambda m, x, y: (m, x.half(), y, {}), InputValidationError,
+     "inputs are torch.float16 but model 'tiny' computes in torch.float32"),
+    ("model returning int64 logits", lambda m, x, y: (wrapped(m, IntLogits(), "int_logits"), x, y, {}),
+     InputValidationError, "model 'int_logits' returned torch.int64 outputs; advkit needs floating-point logits"),
     # what the runner refuses from an attack
     ("attack returns NaN", lambda m, x, y: (m, x, y, {"attack": ReturnsNaN()}), ThreatModelViolation, "NaN or inf"),
     ("attack returns the wrong shape", lambda m, x, y: (m, x, y, {"attack": DropsASample()}), ThreatModelViolation,
@@ -249,3 +301,11 @@ def test_a_model_random_on_purpose_can_opt_out_of_the_determinism_check(tiny_mod
     model.metadata["stochastic"] = True
     result = run_attack(model, "fgsm", x, y, eps=0.1)
     assert result.n == len(x)
+
+
+@pytest.mark.parametrize("ball", [LinfBall, L2Ball])
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
+def test_per_sample_radius_with_a_bad_entry_is_refused_when_the_set_is_made(ball, bad):
+    """Refused before any attack runs (not blamed on the attack afterwards), naming the entry."""
+    with pytest.raises(ParameterError, match=f"radius must be finite and >= 0 for every sample; entry 11 is {bad}"):
+        ball(torch.tensor([0.1] * 11 + [bad]))

@@ -96,7 +96,7 @@ def run_attack_job(job: AttackJob, resolve_target: Callable[[str | None, list[st
     if job.attack_cls.targeted and target is None:
         raise click.UsageError(f"attack {job.attack_cls.name!r} is targeted: give --target")
     try:
-        types = {name: item.obj for name, item in registry.constraints().items()}
+        types = registry.constraints()
         constraint = build_constraints(job.constraint_names, eps=job.eps, bounds=model.bounds, registry=types)
     except ValueError as error:
         raise click.UsageError(f"--constraints: {error}") from None

@@ -77,7 +77,7 @@ def run_transfer_job(
     if job.attack_cls.targeted and target_class is None:
         raise click.UsageError(f"attack {job.attack_cls.name!r} is targeted: give --target-class")
     try:
-        types = {name: item.obj for name, item in registry.constraints().items()}
+        types = registry.constraints()
         build_constraints(job.constraint_names, eps=job.eps, bounds=first.bounds, registry=types)
     except ValueError as error:
         raise click.UsageError(f"--constraints: {error}") from None
