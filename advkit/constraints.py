@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from advkit.errors import ParameterError
+from advkit.errors import ParameterError, ThreatModelError
 from advkit.rng import draw
 
 __all__ = [
@@ -763,26 +763,50 @@ def _lookup(name: str, registry: Mapping[str, Any]) -> type[Constraint]:
 def build_constraints(
     names: Sequence[str],
     *,
-    eps: float,
+    eps: float | None,
     bounds: tuple[float, float],
     registry: Mapping[str, type[Constraint]] | None = None,
 ) -> Intersection:
     """The intersection of the named sets (each built by ``from_options``) and always the model's ``Box(*bounds)``.
 
-    Unknown names raise ``ValueError`` listing the valid ones; repeated names count once.
+    ``eps`` must bound something: when it is given, a set without a radius (no L-inf or L2 ball, no binary value:
+    e.g. ``"nonneg"``, ``"box"`` or no name at all) is refused with :class:`~advkit.errors.ThreatModelError`, since
+    the perturbation could then reach anywhere in the box while the run reports eps. ``eps=None`` asks explicitly
+    for a set without a radius (a set that needs one is then refused). Unknown names raise ``ValueError`` listing
+    the valid ones; repeated names count once.
     """
     registry = CONSTRAINT_TYPES if registry is None else registry
     if isinstance(names, str):
         names = [n for n in names.split(",")]
     parts: list[Constraint] = []
-    seen: set[str] = set()
+    seen: list[str] = []
     for raw in names:
         name = raw.strip()
         if not name or name in seen:
             continue
-        seen.add(name)
-        parts.append(_lookup(name, registry).from_options(eps=eps, bounds=bounds))
-    return Intersection(*parts, Box(*bounds))
+        seen.append(name)
+        cls = _lookup(name, registry)
+        if eps is None:
+            try:
+                parts.append(cls.from_options(eps=None, bounds=bounds))  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise ThreatModelError(f"constraint {name!r} needs an eps (its radius); give eps, or leave "
+                                       f"{name!r} out of an unbounded run") from None
+        else:
+            parts.append(cls.from_options(eps=eps, bounds=bounds))
+    result = Intersection(*parts, Box(*bounds))
+    if eps is not None and result.linf_radius is None and result.l2_radius is None:
+        given = f"constraint set {','.join(seen)!r}" if seen else "an empty constraint set"
+        rest = [n for n in seen if n != "box"]
+        only = f"{','.join(rest)!r} and the box" if rest else "the box"
+        raise ThreatModelError(
+            f"{given} has no ball using eps (no linf, l2 or binary; a plugin's set that eps bounds says so through its "
+            f"linf_radius or l2_radius), so eps {eps:g} would bound nothing: the "
+            "perturbation could reach anywhere in the model's box. Sets add up: ask for a ball too, e.g. "
+            f"'{','.join(['linf', *seen])}' (the default is 'linf,box'); for a run bounded only by {only}, ask for "
+            "it explicitly (eps=None; on the command line --unbounded instead of --eps)"
+        )
+    return result
 
 
 def constraint_from_dict(data: Mapping[str, Any], registry: Mapping[str, type[Constraint]] | None = None) -> Constraint:

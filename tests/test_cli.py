@@ -80,11 +80,11 @@ BAD = [
     (["--model", "bnn", "--eps", "0.1", "--attack", "targeted", "--target", "10"], "out of range"),
     (["--model", "bnn", "--eps", "0.1", "--attack", "targeted", "--target", "3", "--label", "3"], "equals the true label"),
     (["--model", "bnn", "--eps", "0.1", "--attack", "targeted"], "give --target"),
-    (["--model", "bnn", "--eps", "0.1", "-n", "0"], "-n must be > 0"),
+    (["--model", "bnn", "--eps", "0.1", "-n", "0"], "Invalid value for '-n' / '--n': 0 is not in the range x>=1"),
     (["--model", "bnn", "--eps", "0.1", "--constraints", "linf,bogus"], "valid"),
     (["--model", "bnn", "--eps", "0.1", "-p", "nope=1"], "no parameter"),
     (["--model", "bnn", "--eps", "0.1", "-p", "steps=abc"], "cannot read"),
-    (["--model", "bnn", "--eps", "0.1", "--budget", "0"], "--budget must be >= 1"),
+    (["--model", "bnn", "--eps", "0.1", "--budget", "0"], "Invalid value for '--budget': 0 is not in the range x>=1"),
     (["--model", "bnn", "--eps", "0.1", "--confidence", "1.5"], "confidence"),
 ]
 

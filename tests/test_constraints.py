@@ -394,7 +394,8 @@ def test_from_options_and_build_constraints():
     c = build_constraints(["linf", "nonneg"], eps=0.1, bounds=(0.0, 1.0))
     assert isinstance(c, Intersection)
     assert c.describe() == "linf(eps=0.1) & nonneg & box(0, 1)"
-    assert build_constraints([], eps=0.1, bounds=(0.0, 1.0)).describe() == "box(0, 1)"
+    assert build_constraints([], eps=None, bounds=(0.0, 1.0)).describe() == "box(0, 1)"  # unbounded, asked for
+    assert build_constraints(["nonneg"], eps=None, bounds=(0.0, 1.0)).describe() == "nonneg & box(0, 1)"
     assert build_constraints(["box", "linf", "linf"], eps=0.1, bounds=(0.0, 1.0)).describe() == "box(0, 1) & linf(eps=0.1)"
     with pytest.raises(ValueError) as err:
         build_constraints(["linf", "l3"], eps=0.1, bounds=(0.0, 1.0))
@@ -418,6 +419,10 @@ class HalfLinf(Constraint):
 
     def params(self):
         return {"eps": self.eps}
+
+    @property
+    def linf_radius(self):  # how a plugin set says that eps bounds it
+        return self.eps
 
     @classmethod
     def from_options(cls, *, eps, bounds):

@@ -22,6 +22,7 @@ from advkit.cli import cli
 from advkit.constraints import Binary, Box, Constraint, Intersection, Interval, L2Ball, LinfBall, build_constraints, \
     constraint_from_dict
 from advkit.criteria import TargetReached
+from advkit.errors import ParameterError, ThreatModelError
 from advkit.data import load_mnist
 from advkit.models import ModelAdapter, load_model
 from advkit.registry import UnknownNameError
@@ -37,14 +38,32 @@ def _a_file(tmp, monkeypatch):
     (tmp / "file").write_text("not a folder\n")
 
 
+def _as_written_by_a_sweep(folder, **files: str) -> None:
+    """``folder`` holding ``files`` as a sweep wrote them (its manifest lists them), so only their content is wrong."""
+    from advkit.outputs import claim, record
+
+    claim(folder, "sweep")
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    record(folder, [folder / name for name in files])
+
+
 def _foreign_sweep(tmp, monkeypatch):
-    (tmp / "sweep").mkdir()
-    (tmp / "sweep" / "config.json").write_text("{}\n")
+    _as_written_by_a_sweep(tmp / "sweep", **{"config.json": "{}\n"})
 
 
 def _results(text):
+    """A results.csv of the user's own (advkit did not write it)."""
     def setup(tmp, monkeypatch):
         (tmp / "results.csv").write_text(text)
+
+    return setup
+
+
+def _sweep_results(text):
+    """A sweep folder whose results.csv (written by the sweep, as its manifest says) holds ``text``."""
+    def setup(tmp, monkeypatch):
+        _as_written_by_a_sweep(tmp, **{"results.csv": text})
 
     return setup
 
@@ -98,11 +117,13 @@ CLI = [
     # attack (rows beyond test_cli.py's BAD)
     row("attack: -p without =", *ATTACK, "-p", "noequals", message="--param expects key=value, got 'noequals'"),
     row("attack: bool parameter", *ATTACK, "--attack", "pgd", "-p", "random_start=maybe",
-        message="parameter random_start: cannot read 'maybe' as bool"),
-    row("attack: negative --steps", *ATTACK, "--steps", "-1", message="--steps must be >= 0, got -1"),
+        message="attack 'pgd': parameter random_start must be true or false; cannot read 'maybe'"),
+    row("attack: negative --steps", *ATTACK, "--steps", "-1",
+        message=r"attack 'untargeted': parameter steps must be an integer in \[1, 1000000\], got -1"),
     row("attack: --steps for an attack without steps", *ATTACK, "--attack", "fgsm", "--steps", "5",
-        message="attack 'fgsm' has no steps option"),
-    row("attack: --step-size 0", *ATTACK, "--step-size", "0", message="--step-size must be > 0, got 0"),
+        message=r"attack 'fgsm' has no --steps option \(its parameters: step_size\)"),
+    row("attack: --step-size 0", *ATTACK, "--step-size", "0",
+        message="attack 'untargeted': parameter step_size must be a finite number > 0, or None, got 0.0"),
     row("attack: --eps nan", "attack", "--model", "bnn", "--eps", "nan", message="eps must be a finite number, got nan"),
     row("attack: unknown target name", *ATTACK, "--attack", "targeted", "--target", "seven",
         message="--target 'seven' is neither a class index nor a class name"),
@@ -114,15 +135,17 @@ CLI = [
     row("attack: no built-in data set", "attack", *LITE0, "--eps", "0.01", "-n", "1",
         message="no built-in test set for dataset 'imagenet'"),
     row("attack: weights not on this machine", "attack", "--model", "resnet18", "--eps", "0.01", "-n", "1", env=OFFLINE,
-        message=r"cannot load model 'resnet18': the pretrained weights .* are not on this machine \(ADVKIT_OFFLINE is set\)"),
+        message=r"the pretrained weights of torchvision model 'resnet18' .* are not on this machine \(ADVKIT_OFFLINE is set\)"),
     row("attack: torchvision MNIST files missing", *ATTACK, "--data", "torchvision", env=NO_MNIST,
         message="--data torchvision: MNIST files for torchvision not found"),
     row("attack: the attack refuses a parameter", *ATTACK, "--attack", "pgd", "-p", "step_rule=nonsense",
-        message="unknown step rule 'nonsense'; valid: sign"),
+        message="attack 'pgd': parameter step_rule must be one of 'sign', 'l2', 'std', 'raw', got 'nonsense'"),
     # visualize
     row("visualize: unknown model", "visualize", "--model", "nope", message="unknown model 'nope'; valid models: .*bnn, cnn"),
-    row("visualize: --steps 0", "visualize", "--model", "cnn", "--steps", "0", message="--steps must be >= 1, got 0"),
-    row("visualize: negative --step-size", *VIS, "--step-size", "-1", message="--step-size must be > 0, got -1"),
+    row("visualize: --steps 0", "visualize", "--model", "cnn", "--steps", "0",
+        message=r"attack 'visualize': parameter steps must be an integer in \[1, 1000000\], got 0"),
+    row("visualize: negative --step-size", *VIS, "--step-size", "-1",
+        message="attack 'visualize': parameter step_size must be a finite number > 0, got -1.0"),
     row("visualize: --classes not indices", *VIS, "--classes", "a,b",
         message="--classes expects comma-separated class indices, got 'a,b'"),
     row("visualize: --classes out of range", *VIS, "--classes", "3,12",
@@ -132,33 +155,40 @@ CLI = [
     row("visualize: --out is under a file", *VIS, "--out", "{tmp}/file/sub", setup=_a_file,
         message="--out '.*' is not writable"),
     row("visualize: weights not on this machine", "visualize", "--model", "resnet18", "--steps", "1", env=OFFLINE,
-        message="cannot load model 'resnet18': the pretrained weights"),
+        message="the pretrained weights of torchvision model 'resnet18'"),
     # universal
-    row("universal: --steps 0", *UNI, "--steps", "0", message="--steps must be >= 1, got 0"),
+    row("universal: --steps 0", *UNI, "--steps", "0",
+        message=r"attack 'universal': parameter steps must be an integer in \[1, 1000000\], got 0"),
     row("universal: --train 0", *UNI, "--train", "0", message="--train must be >= 1, got 0"),
     row("universal: negative --batch-size", *UNI, "--batch-size", "-1", message="--batch-size must be >= 0, got -1"),
     row("universal: --eps beyond the range", *UNI, "--eps", "5",
-        message=r"--eps 5 exceeds the range of model 'cnn' \(width 2\)"),
+        message=r"eps 5 exceeds the range of model 'cnn' \(\[-1, 1\], width 2\); eps is in the model's units"),
     row("universal: --target out of range", *UNI, "--target", "10", message="--target 10 is out of range: classes are 0..9"),
     row("universal: no built-in train set", "universal", *LITE0, "--eps", "0.01",
         message="no built-in train set for dataset 'imagenet'"),
     # lookalike
-    row("lookalike: --steps 0", *LOOK, "--steps", "0", message="--steps must be >= 1, got 0"),
-    row("lookalike: --step-size 0", *LOOK, "--step-size", "0", message="--step-size must be > 0, got 0"),
+    row("lookalike: --steps 0", *LOOK, "--steps", "0",
+        message=r"attack 'lookalike': parameter steps must be an integer in \[1, 1000000\], got 0"),
+    row("lookalike: --step-size 0", *LOOK, "--step-size", "0",
+        message="attack 'lookalike': parameter step_size must be a finite number > 0, got 0.0"),
     row("lookalike: --shift maps classes to themselves", *LOOK, "--shift", "10",
         message="--shift 10 maps every class to itself; use 1..9"),
     # noise-study
-    row("noise-study: --steps 0", *NOISE, "--steps", "0", message="--steps must be >= 1, got 0"),
+    row("noise-study: --steps 0", *NOISE, "--steps", "0",
+        message=r"attack 'noise': parameter steps must be an integer in \[1, 1000000\], got 0"),
     row("noise-study: --eps beyond the range", *NOISE, "--eps", "5",
-        message=r"--eps 5 exceeds the range of model 'cnn' \(width 2\)"),
+        message=r"eps 5 exceeds the range of model 'cnn' \(\[-1, 1\], width 2\)"),
     # fool
     row("fool: unknown attack", *FOOL, "--attack", "nope", message="unknown attack 'nope'; valid attacks: .*targeted"),
     row("fool: untargeted attack", *FOOL, "--attack", "untargeted", message="--attack 'untargeted' is not a targeted attack"),
-    row("fool: --steps 0", *FOOL, "--steps", "0", message="--steps must be >= 1, got 0"),
+    row("fool: --steps 0", *FOOL, "--steps", "0",
+        message=r"attack 'targeted': parameter steps must be an integer in \[1, 1000000\], got 0"),
     row("fool: --eps 0", *FOOL, "--eps", "0", message=r"--eps must lie in \(0, 1\] on the 0-1 pixel scale, got 0"),
     row("fool: --eps above 1", *FOOL, "--eps", "2", message=r"--eps must lie in \(0, 1\] on the 0-1 pixel scale, got 2"),
-    row("fool: --confidence 1", *FOOL, "--confidence", "1", message=r"--confidence must lie in \[0, 1\), got 1.0"),
-    row("fool: --step-size 0", *FOOL, "--step-size", "0", message="--step-size must be > 0, got 0"),
+    row("fool: --confidence 1", *FOOL, "--confidence", "1",
+        message=r"--confidence must be a finite number in \[0, 1\), or None, got 1.0"),
+    row("fool: --step-size 0", *FOOL, "--step-size", "0",
+        message="attack 'targeted': parameter step_size must be a finite number > 0, or None, got 0.0"),
     row("fool: malformed --device", *FOOL, "--device", "nonsense", message="--device 'nonsense'"),
     row("fool: not an RGB model", *FOOL, "--model", "cnn",
         message=r"model 'cnn' takes inputs \(1, 28, 28\), not RGB photos \(3, H, W\)"),
@@ -180,18 +210,23 @@ CLI = [
     row("transfer: unknown source", "transfer", "--source", "nope", "--eps", "0.1", message="unknown model 'nope'; valid"),
     row("transfer: unknown target model", "transfer", "--source", "cnn", "--target", "nope", "--eps", "0.1",
         message="unknown model 'nope'; valid"),
-    row("transfer: -n 0", *TRANSFER, "-n", "0", message="-n must be > 0, got 0"),
-    row("transfer: --budget 0", *TRANSFER, "--budget", "0", message="--budget must be >= 1, got 0"),
-    row("transfer: --confidence 2", *TRANSFER, "--confidence", "2", message=r"--confidence must lie in \[0, 1\), got 2.0"),
+    row("transfer: -n 0", *TRANSFER, "-n", "0", message="Invalid value for '-n' / '--n': 0 is not in the range x>=1"),
+    row("transfer: --budget 0", *TRANSFER, "--budget", "0", message="Invalid value for '--budget': 0 is not in the range x>=1"),
+    row("transfer: --confidence 2", *TRANSFER, "--confidence", "2",
+        message=r"--confidence must be a finite number in \[0, 1\), or None, got 2.0"),
     row("transfer: malformed --device", *TRANSFER, "--device", "nonsense", message="--device 'nonsense'"),
     row("transfer: models of different data sets", "transfer", "--source", "cnn", "--target", "efficientnet_lite0",
         "--eps", "0.1", message=r"models 'cnn' and 'efficientnet_lite0' differ in dataset \(mnist vs imagenet\)"),
     row("transfer: --eps beyond the range", *TRANSFER, "--eps", "5",
-        message=r"--eps 5 exceeds the range of the models \(\[-1, 1\], width 2\)"),
-    row("transfer: --target-class out of range", *TRANSFER, "--target-class", "10",
+        message=r"eps 5 exceeds the range of model 'cnn' \(\[-1, 1\], width 2\)"),
+    row("transfer: --target-class out of range", *TRANSFER, "--attack", "targeted", "--target-class", "10",
         message="--target-class 10 is out of range: classes are 0..9"),
-    row("transfer: unknown --target-class", *TRANSFER, "--target-class", "xyz",
+    row("transfer: unknown --target-class", *TRANSFER, "--attack", "targeted", "--target-class", "xyz",
         message="--target-class 'xyz' is neither a class index nor a class name"),
+    row("transfer: --target-class for an untargeted attack", *TRANSFER, "--target-class", "3",
+        message=r"--target-class: attack 'untargeted' is untargeted \(it ignores target classes\)"),
+    row("transfer: eps that bounds nothing", *TRANSFER, "--constraints", "nonneg",
+        message="constraint set 'nonneg' has no ball using eps .*so eps 0.1 would bound nothing"),
     row("transfer: targeted attack without a class", *TRANSFER, "--attack", "targeted",
         message="attack 'targeted' is targeted: give --target-class"),
     row("transfer: unknown constraint", *TRANSFER, "--constraints", "linf,bogus",
@@ -213,7 +248,7 @@ CLI = [
         message="--eps 'abc': 'abc' is not a number or a fraction such as 8/255"),
     row("sweep: negative eps", *SWEEP_WITH("--model", "cnn", "--eps", "-1"), message="--eps '-1': eps must be >= 0, got -1"),
     row("sweep: --budget 0", *SWEEP, "--budget", "0", message="--budget must be >= 1, got 0"),
-    row("sweep: --confidence 1", *SWEEP, "--confidence", "1", message=r"--confidence must lie in \[0, 1\), got 1.0"),
+    row("sweep: --confidence 1", *SWEEP, "--confidence", "1", message=r"--confidence must be a finite number in \[0, 1\), got 1.0"),
     row("sweep: unknown constraint", *SWEEP, "--constraints", "linf,bogus",
         message="--constraints: unknown constraint 'bogus'; valid constraints: binary, box, l2, linf, nonneg"),
     row("sweep: malformed --device", *SWEEP, "--device", "nonsense", message="--device 'nonsense'"),
@@ -231,15 +266,22 @@ CLI = [
     row("sweep: weights not on this machine", *SWEEP_WITH("--model", "resnet18", "--eps", "0.01"), env=OFFLINE,
         message="the pretrained weights of torchvision model 'resnet18' .* are not on this machine"),
     row("sweep: the attack refuses a parameter", *SWEEP, "-p", "restarts=0",
-        message="steps must be >= 0 and restarts >= 1, got steps=40, restarts=0"),
+        message=r"attack 'pgd': parameter restarts must be an integer in \[1, 10000\], got 0"),
+    row("sweep: eps that bounds nothing", *SWEEP, "--constraints", "nonneg",
+        message="constraint set 'nonneg' has no ball using eps .*so eps 0.1 would bound nothing"),
+    row("sweep: --out holds the user's own files", *SWEEP_WITH("--model", "cnn", "--eps", "0.1", "--out", "{tmp}"),
+        setup=_results("model,eps\n"),
+        message=r"--out '.*' holds files advkit did not write there \(results.csv\); choose an empty or new folder, "
+                "or pass --overwrite"),
     # report
     row("report: folder missing", "report", "{tmp}/missing", message="Directory '.*missing' does not exist"),
     row("report: no results.csv", "report", "{tmp}", message="has no results.csv: not an advkit sweep report"),
-    row("report: empty results.csv", "report", "{tmp}", setup=_results(""),
-        message="cannot rebuild the report in .*: its results.csv, flags.json or config.json is not what `advkit sweep` "
-                "writes \\(EmptyDataError"),
-    row("report: foreign results.csv", "report", "{tmp}", setup=_results("a,b\n1,2\n"),
-        message="cannot rebuild the report in .*\\(KeyError: 'model'\\)"),
+    row("report: results.csv of the user's own", "report", "{tmp}", setup=_results("a,b\n1,2\n"),
+        message=r"--out '.*' holds files advkit did not write there \(results.csv\)"),
+    row("report: empty results.csv", "report", "{tmp}", setup=_sweep_results(""),
+        message=r"results.csv is not a readable CSV table \(EmptyDataError: .*\); it should hold the sweep's table"),
+    row("report: foreign results.csv", "report", "{tmp}", setup=_sweep_results("a,b\n1,2\n"),
+        message="results.csv lacks the column\\(s\\) model, attack, .*; it should hold the sweep's table"),
     # any command
     row("plugins: a plugin that does not import", "plugins", setup=_broken_plugin,
         message="advkit plugin 'broken' .* failed to load: .*ADVKIT_DISABLE_PLUGIN_AUTOLOAD=1"),
@@ -279,7 +321,7 @@ def _tiny_batch(model: ModelAdapter, n: int = 4):
 
 
 def _sweep_into_foreign_folder(tmp):
-    (tmp / "config.json").write_text("{}\n")
+    _as_written_by_a_sweep(tmp, **{"config.json": "{}\n"})
     x = torch.zeros(2, 1, 28, 28)
     run_sweep(SweepSpec(models=["cnn"], attacks=["fgsm"], eps=[0.1], n=2), tmp, progress=False,
               data=(x, torch.tensor([0, 1]), "zeros"))
@@ -301,10 +343,10 @@ class _Plugin:
 
 
 def _with_plugin(attack):
-    """Register a plugin registering ``attack``, list the attacks, unregister it again."""
+    """Register a plugin registering ``attack``, look its name up, unregister it again."""
     plugins.register_plugin(_Plugin(attack), name="table_plugin")
     try:
-        registry.attacks()
+        registry.get_attack(getattr(attack, "name", "") or "pgd")
     finally:
         plugins.unregister_plugin("table_plugin")
 
@@ -354,7 +396,13 @@ API = [
      "unknown constraint 'bogus'; valid constraints: .*interval"),
     ("negative radius", lambda tmp: LinfBall(-0.1), ValueError, "LinfBall: radius must be finite and >= 0, got -0.1"),
     ("infinite radius", lambda tmp: L2Ball(float("inf")), ValueError, "L2Ball: radius must be finite and >= 0, got inf"),
-    ("radius of the wrong type", lambda tmp: LinfBall("0.1"), TypeError, "radius must be a float or a tensor, got str"),
+    ("radius of the wrong type", lambda tmp: LinfBall("0.1"), ParameterError, "radius must be a float or a tensor, got str"),
+    ("build_constraints: eps that bounds nothing", lambda tmp: build_constraints(["nonneg"], eps=0.1, bounds=(-1, 1)),
+     ThreatModelError, "constraint set 'nonneg' has no ball using eps .* eps 0.1 would bound nothing.*'linf,nonneg'"),
+    ("build_constraints: no set named", lambda tmp: build_constraints([], eps=0.1, bounds=(-1, 1)),
+     ThreatModelError, "an empty constraint set has no ball using eps"),
+    ("build_constraints: unbounded run naming a ball", lambda tmp: build_constraints(["linf"], eps=None, bounds=(-1, 1)),
+     ThreatModelError, "constraint 'linf' needs an eps"),
     ("radius of the wrong shape", lambda tmp: LinfBall(torch.ones(2, 2)), ValueError,
      r"a per-sample radius must have shape \(N,\), got \(2, 2\)"),
     ("per-sample radius of the wrong length", lambda tmp: LinfBall(torch.ones(3)).project(torch.zeros(2, 4), torch.zeros(2, 4)),
@@ -383,9 +431,10 @@ API = [
     ("unknown evaluator", lambda tmp: registry.get_evaluator("nope"), UnknownNameError,
      "unknown evaluator 'nope'; valid evaluators: survival"),
     ("plugin registers an attack without a name", lambda tmp: _nameless(), TypeError,
-     "plugin 'table_plugin' registered a attack without a string 'name'"),
+     r"plugin 'table_plugin' \(registered in-process\) registered a attack without a string 'name'"),
     ("plugin registers a taken name", lambda tmp: _twice(), ValueError,
-     r"attack 'pgd' is registered twice \(plugins '(pgd|table_plugin)' and '(pgd|table_plugin)'\)"),
+     r"attack 'pgd' is registered twice, by plugin 'pgd' \(advkit .*, built-in\) and plugin 'table_plugin' "
+     r"\(registered in-process\); advkit uses neither"),
     ("model bounds reversed", lambda tmp: _tiny(bounds=(1.0, 0.0)), ValueError, r"bounds must satisfy low < high, got \(1.0, 0.0\)"),
     # data
     ("load_mnist unknown split", lambda tmp: load_mnist("val"), ValueError, "split must be one of 'train', 'test'; got 'val'"),
@@ -406,7 +455,7 @@ API = [
     ("check_compatible same name", lambda tmp: check_compatible([_tiny("a"), _tiny("a")]), ValueError,
      "two different models share a name among \\['a', 'a'\\]"),
     ("transfer n 0", lambda tmp: _transfer(n=0), ValueError, "n must be >= 1, got 0"),
-    ("transfer unknown attack parameter", lambda tmp: _transfer(stepz=1), TypeError, "has no parameter.*stepz"),
+    ("transfer unknown attack parameter", lambda tmp: _transfer(stepz=1), ParameterError, "has no parameter.*stepz"),
     ("transfer named constraints without eps", lambda tmp: _transfer(eps=None, constraints="linf"), ValueError,
      "named constraints need eps"),
     ("transfer with no correctly classified sample", lambda tmp: _transfer(labels=torch.full((4,), -1)), ValueError,

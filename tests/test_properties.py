@@ -127,7 +127,8 @@ def fast_params(name: str, names: tuple[str, ...], eps: float, restarts: int = 2
 def build(names: tuple[str, ...], eps: float | torch.Tensor, bounds: tuple[float, float]):
     """The named sets at radius eps (a float, or per-sample radii for the balls) and the model's box."""
     if not isinstance(eps, torch.Tensor):
-        return build_constraints(list(names), eps=eps, bounds=bounds, registry=registry.constraints())
+        bounded = any(n in names for n in ("linf", "l2", "binary"))  # eps bounds something, or the run is unbounded
+        return build_constraints(list(names), eps=eps if bounded else None, bounds=bounds, registry=registry.constraints())
     parts = {"linf": lambda: LinfBall(eps), "l2": lambda: L2Ball(eps), "nonneg": NonNegative,
              "box": lambda: Box(*bounds), "binary": lambda: Binary(float(eps.max()))}
     return Intersection(*(parts[n]() for n in names), Box(*bounds))

@@ -186,3 +186,43 @@ def test_fgsm_returns_its_one_step_with_one_forward_pass_per_sample(tiny_model, 
     expected = (x + 0.1 * grad.sign()).clamp(-1, 1)
     assert torch.allclose(result.x_adv, expected, atol=1e-6)
     assert result.forward_passes == len(x) and result.backward_passes == len(x)
+
+
+def test_a_model_that_works_in_place_cannot_touch_the_callers_tensors(tiny_model, tiny_batch):
+    """nn.ReLU(inplace=True) as the first layer used to rewrite rows 0-1 of the caller's x (the output probe ran on a
+    view), and the determinism check then blamed dropout. Every model call now gets advkit's own copy."""
+    from torch import nn
+
+    from advkit.models import ModelAdapter
+
+    x, y = tiny_batch
+    module = nn.Sequential(nn.ReLU(inplace=True), tiny_model.module)
+    model = ModelAdapter(module, name="in_place", bounds=(-1.0, 1.0), input_shape=(1, 8, 8),
+                         class_names=[str(i) for i in range(10)])
+    y = model.predict(x).argmax(1)
+    before, labels = x.clone(), y.clone()
+    for attack in ("pgd", "fgsm", "untargeted"):
+        result = run_attack(model, attack, x, y, eps=0.2, seed=0, **({"steps": 3} if attack != "fgsm" else {}))
+        assert torch.equal(x, before) and torch.equal(y, labels), attack
+        assert result.x.data_ptr() != x.data_ptr() and result.y.data_ptr() != y.data_ptr()
+        assert float((result.x_adv - x).abs().max()) <= 0.2 + 1e-6  # no point moved by the model itself
+        with torch.no_grad():
+            assert torch.equal(result.pred, module(result.x_adv.clone()).argmax(1)), attack
+
+
+def test_samples_the_model_already_gets_wrong_are_reported_as_such(tiny_model, tiny_batch):
+    """Misclassified inputs succeed without an attack: the result says which (clean_correct) and the success rate is
+    over the correctly classified ones, next to the raw rate."""
+    x, y = tiny_batch
+    wrong = y.clone()
+    wrong[:4] = (y[:4] + 1) % 10
+    result = run_attack(tiny_model, "fgsm", x, wrong, eps=0.01, seed=0)
+    assert torch.equal(result.clean_correct, torch.arange(len(y)) >= 4)
+    assert bool(result.success[:4].all())  # a wrong class from the start
+    summary = result.summary()
+    correct = result.clean_correct
+    assert summary["n_clean_correct"] == 8 and summary["clean_accuracy"] == pytest.approx(8 / 12)
+    assert summary["success_rate"] == pytest.approx(float(result.success[correct].float().mean()))
+    assert summary["raw_success_rate"] == pytest.approx(float(result.success.float().mean()))
+    assert summary["n_success"] == int(result.success[correct].sum())
+    assert summary["robust_accuracy"] == pytest.approx(float(result.robust.float().mean()))

@@ -173,12 +173,15 @@ def test_attack_survival_on_mnist(tmp_path):
 
 
 def test_a_sweep_failing_before_its_first_cell_leaves_the_folder_reusable(tmp_path):
+    """The binary attack refuses an L2-only set at run time (it needs an L-inf radius or a value): the first cell
+    fails, and the fixed rerun into the same folder is not refused as "a different sweep"."""
     out = tmp_path / "out"
-    base = ["sweep", "--model", "cnn", "--eps", "0.1", "-n", "2", "--no-checks", "--out", str(out), "-p", "steps=2"]
-    failed = CliRunner().invoke(cli, [*base, "-p", "restarts=0"])
-    assert failed.exit_code != 0 and "restarts >= 1" in failed.output
+    base = ["sweep", "--model", "cnn", "--attack", "binary", "--eps", "0.1", "-n", "2", "--no-checks", "--out", str(out),
+            "-p", "steps=2"]
+    failed = CliRunner().invoke(cli, [*base, "--constraints", "l2"])
+    assert failed.exit_code != 0 and "binary attack: give value=..., or an L-inf ball" in failed.output
     assert not (out / "config.json").exists()
-    fixed = CliRunner().invoke(cli, base)
+    fixed = CliRunner().invoke(cli, [*base, "--constraints", "linf"])
     assert fixed.exit_code == 0, fixed.output
     assert (out / "config.json").exists()
 

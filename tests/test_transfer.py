@@ -250,7 +250,7 @@ def test_cli_human_summary_and_targets_default_to_sources():
         (["--source", "bnn", "--eps", "0.1", "--attack", "targeted"], "give --target-class"),
         (["--source", "bnn", "--eps", "0.1", "--attack", "targeted", "--target-class", "12"], "--target-class 12 is out of range"),
         (["--source", "bnn", "--eps", "0.1", "-p", "wobble=1"], "no parameter 'wobble'"),
-        (["--source", "bnn", "--eps", "0.1", "-n", "0"], "-n must be > 0"),
+        (["--source", "bnn", "--eps", "0.1", "-n", "0"], "0 is not in the range x>=1"),
     ],
 )
 def test_cli_errors(args, message):

@@ -97,4 +97,4 @@ def test_universal_cli_reports_train_and_held_out_rates(tmp_path):
     assert summary["perturbation_linf"] <= 0.5 + 1e-6
     assert (tmp_path / "universal.png").stat().st_size > 10_000
     bad = CliRunner().invoke(cli, ["universal", "--model", "cnn", "--eps", "0.5", "--steps", "0"])
-    assert bad.exit_code == 2 and "--steps must be >= 1" in bad.output
+    assert bad.exit_code == 2 and "parameter steps must be an integer in [1, 1000000], got 0" in bad.output

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import click
 import torch
 
+from advkit.errors import AdvkitError
 from advkit.models import ModelAdapter, ModelSpec
 
 
@@ -20,7 +21,7 @@ class AttackJob:
     model_spec: ModelSpec
     attack_cls: type
     attack_params: dict[str, Any]
-    eps: float
+    eps: float | None  # None: an unbounded run (only the named sets and the model's box)
     constraint_names: list[str]
     target: str | None
     label: int | None
@@ -76,18 +77,16 @@ def run_attack_job(job: AttackJob, resolve_target: Callable[[str | None, list[st
     """Run the job; returns (summary dict, AttackResult, model)."""
     from advkit import registry
     from advkit.constraints import build_constraints
+    from advkit.errors import ThreatModelError
     from advkit.runner import run_attack
+    from advkit.validation import check_eps_in_range
 
     try:
         model = job.model_spec.load().to(job.device)
+    except AdvkitError:
+        raise
     except (OSError, RuntimeError, ValueError) as error:
         raise click.ClickException(f"cannot load model {job.model_spec.name!r}: {error}") from None
-    low, high = model.bounds
-    if job.eps > model.range_width:
-        raise click.UsageError(
-            f"--eps {job.eps:g} exceeds the range of model {model.name!r} ([{low:g}, {high:g}], width {model.range_width:g}); "
-            "eps is in the model's units"
-        )
     if job.label is not None and not 0 <= job.label < model.num_classes:
         raise click.UsageError(f"--label {job.label} is out of range: classes are 0..{model.num_classes - 1}")
     target = resolve_target(job.target, model.class_names)
@@ -96,10 +95,13 @@ def run_attack_job(job: AttackJob, resolve_target: Callable[[str | None, list[st
     if job.attack_cls.targeted and target is None:
         raise click.UsageError(f"attack {job.attack_cls.name!r} is targeted: give --target")
     try:
-        types = registry.constraints()
-        constraint = build_constraints(job.constraint_names, eps=job.eps, bounds=model.bounds, registry=types)
+        constraint = build_constraints(job.constraint_names, eps=job.eps, bounds=model.bounds,
+                                       registry=registry.constraints())
+    except ThreatModelError:
+        raise  # eps that bounds nothing: the message says how to ask for what was meant
     except ValueError as error:
         raise click.UsageError(f"--constraints: {error}") from None
+    check_eps_in_range(model, constraint)  # before any data is loaded: the same rule as sweeps and run_attack
 
     x_all, y_all, source = load_test_set(model.dataset, job.data_source)
     if target is not None and job.label is None:
@@ -120,6 +122,8 @@ def run_attack_job(job: AttackJob, resolve_target: Callable[[str | None, list[st
             budget=job.budget,
             seed=job.seed,
         )
+    except AdvkitError:
+        raise  # the CLI prints it in one line (usage errors as such)
     except (ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from None
     summary = result.summary()
@@ -135,6 +139,8 @@ def format_summary(s: dict) -> str:
     """A short human summary of an attack run."""
     low, high = s["bounds"]
     eps01 = s["eps_01"]
+    eps_line = (f"{s['eps']:g} in model units [{low:g}, {high:g}] = {eps01:.4f} on the 0-1 scale" if s["eps"] is not None
+                else "none (unbounded: only the sets above bound the perturbation)")
     fewer = f" (only {s['n']} available)" if s["n"] < s["n_requested"] else ""
     source = f" class {s['label']}" if s.get("label") is not None else ""
     target = f"{source} -> target {s['target']}" if s["target"] is not None else (f" ({source.strip()} only)" if source else "")
@@ -142,7 +148,7 @@ def format_summary(s: dict) -> str:
     lines = [
         f"advkit {s['attack']} on {s['model']}{target}: {s['n']} correctly classified test samples{fewer} [{s['data']}]",
         f"  threat model   {s['constraints']}",
-        f"  eps            {s['eps']:g} in model units [{low:g}, {high:g}] = {eps01:.4f} on the 0-1 scale",
+        f"  eps            {eps_line}",
         f"  success        {s['n_success']}/{s['n']} = {100 * s['success_rate']:.1f}%  ({s['criterion']}, re-checked by a fresh forward pass)",
         f"  misclassified  {100 * s['misclassified_rate']:.1f}%   mean confidence {s['mean_confidence']:.3f}"
         + (f" (fooled: {succ_conf:.3f})" if succ_conf is not None else ""),

@@ -40,20 +40,23 @@ def split_params(pairs: tuple[str, ...], attacks: list[str], parse: Callable[[tu
     return {a: p for a, p in per_attack.items() if p}
 
 
-def run_sweep_command(spec, out: Path, device: str, checks: bool, progress: bool) -> dict:
+def run_sweep_command(spec, out: Path, device: str, checks: bool, progress: bool, overwrite: bool = False) -> dict:
     """Run the sweep into ``out``, then the sanity checks and the report; returns a JSON-able summary."""
+    from advkit.errors import AdvkitError
+    from advkit.outputs import record
     from advkit.report import write_report
     from advkit.sanity import run_checks
-    from advkit.sweep import SweepConfigMismatch, run_sweep
+    from advkit.sweep import run_sweep
 
     try:
-        result = run_sweep(spec, out, device=device, progress=progress)
-    except SweepConfigMismatch as error:
-        raise click.ClickException(str(error)) from None
+        result = run_sweep(spec, out, device=device, progress=progress, overwrite=overwrite)
+    except AdvkitError:
+        raise  # the CLI prints it in one line
     except OSError as error:  # e.g. a model whose weights are not on this machine (the message says where to put them)
         raise click.ClickException(str(error)) from None
     flags = run_checks(result) if checks else []
     files = write_report(result, flags, out)
+    record(out, files)
     columns = ["model", "attack", "eps", "eps_01", "n_attacked", "success_rate", "ci_low", "ci_high", "robust_accuracy",
                "backward_passes", "seconds"] + (["inferred"] if spec.search == "descending" else [])
     return {"rows": result.table[columns].round(4).to_dict(orient="records"), "flags": flags, "out": [str(p) for p in files],

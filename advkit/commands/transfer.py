@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from advkit.errors import AdvkitError
 from advkit.models import ModelAdapter, ModelSpec
 from advkit.transfer import TransferResult, check_compatible, transfer_figure, transfer_matrix
 
@@ -41,6 +42,8 @@ def load_models(specs: list[ModelSpec], device: str) -> dict[str, ModelAdapter]:
             continue
         try:
             models[spec.name] = spec.load().to(device)
+        except AdvkitError:
+            raise
         except (OSError, RuntimeError, ValueError, ModuleNotFoundError) as error:
             raise click.ClickException(f"cannot load model {spec.name!r}: {error}") from None
     return models
@@ -55,6 +58,7 @@ def run_transfer_job(
     from advkit import registry
     from advkit.commands.attack import class_interleaved_order, load_test_set
     from advkit.constraints import build_constraints
+    from advkit.validation import check_eps_in_range
 
     models = load_models(job.source_specs + (job.target_specs or []), job.device)
     sources = [models[s.name] for s in job.source_specs]
@@ -64,12 +68,6 @@ def run_transfer_job(
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     first = sources[0]
-    low, high = first.bounds
-    if job.eps > first.range_width:
-        raise click.UsageError(
-            f"--eps {job.eps:g} exceeds the range of the models ([{low:g}, {high:g}], width {first.range_width:g}); "
-            "eps is in the models' units"
-        )
     try:
         target_class = resolve_target(job.target_class, first.class_names)
     except click.UsageError as error:  # the shared resolver names the attack command's --target option
@@ -77,10 +75,13 @@ def run_transfer_job(
     if job.attack_cls.targeted and target_class is None:
         raise click.UsageError(f"attack {job.attack_cls.name!r} is targeted: give --target-class")
     try:
-        types = registry.constraints()
-        build_constraints(job.constraint_names, eps=job.eps, bounds=first.bounds, registry=types)
+        constraint = build_constraints(job.constraint_names, eps=job.eps, bounds=first.bounds,
+                                       registry=registry.constraints())
+    except AdvkitError:
+        raise  # e.g. eps that bounds nothing: the message says what to ask for
     except ValueError as error:
         raise click.UsageError(f"--constraints: {error}") from None
+    check_eps_in_range(first, constraint)  # the same rule as attack and sweep, before any data is loaded
 
     x_all, y_all, data = load_test_set(first.dataset, job.data_source)
     order = class_interleaved_order(y_all)  # any prefix is class-balanced
@@ -90,6 +91,8 @@ def run_transfer_job(
             constraints=job.constraint_names, target_class=target_class, confidence=job.confidence, n=job.n,
             seed=job.seed, budget=job.budget, progress=progress, **job.attack_params,
         )
+    except AdvkitError:
+        raise
     except (ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from None
     result.test_indices = order[result.indices]
