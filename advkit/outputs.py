@@ -18,7 +18,6 @@ of a new output are replaced).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,19 +25,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from advkit.errors import OutputFolderError
+from advkit.files import atomic_write_json, sha256_file
 
 MANIFEST_NAME = ".advkit-outputs.json"
 #: An entry that is a folder advkit owns as a whole (its content is checked by whoever wrote it, e.g. the sweep's
 #: cell store), rather than a file with a sha256.
 FOLDER = "folder"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_temporary(name: str) -> bool:
@@ -63,16 +55,14 @@ def read_manifest(folder: Path) -> dict:
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
     path = folder / MANIFEST_NAME
-    tmp = folder / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, manifest)
 
 
 def _changed_since(folder: Path, name: str, recorded: str) -> bool:
     entry = folder / name
     if recorded == FOLDER:
         return not entry.is_dir()
-    return not entry.is_file() or _sha256(entry) != recorded
+    return not entry.is_file() or sha256_file(entry) != recorded
 
 
 def _listing(names: list[str], limit: int = 4) -> str:
@@ -140,7 +130,7 @@ def record(folder: str | os.PathLike, paths: Iterable[str | os.PathLike], *, fol
         if path.parent.resolve() != folder.resolve():
             continue  # only the folder's own entries; files in owned sub-folders belong to them
         if path.is_file():
-            files[path.name] = _sha256(path)
+            files[path.name] = sha256_file(path)
     for name in folders:
         files[name] = FOLDER
     _write_manifest(folder, manifest)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from advkit.errors import ReportError
-from advkit.sweep import SweepResult, atomic_write_bytes, atomic_write_json
+from advkit.files import atomic_write_bytes, atomic_write_json
+from advkit.sweep import SweepResult
 
 
 def write_report(result: SweepResult, flags: list[dict], out: Path) -> list[Path]:

@@ -17,7 +17,6 @@ This module imports only :mod:`advkit.errors` from advkit, so the zoo can use it
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from advkit.errors import WeightsLoadError
+from advkit.files import sha256_file
 
 __all__ = [
     "CONVERT_HINT",
@@ -42,15 +42,6 @@ CONVERT_HINT = (
     "objects (unpickling them could run code); convert the file in the code that made it (where the model is at hand), e.g. "
     "safetensors.torch.save_file(model.state_dict(), \"model.safetensors\"), and pass that file"
 )
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _refuse(path: Path, reason: str, hint: str = CONVERT_HINT) -> WeightsLoadError:

@@ -54,6 +54,7 @@ from torch import Tensor
 
 from advkit.constraints import build_constraints
 from advkit.errors import AdvkitError, ParameterError
+from advkit.files import atomic_write_bytes, atomic_write_json
 from advkit.models import ModelAdapter
 from advkit.stats import wilson_interval
 from advkit.validation import check_eps_in_range
@@ -171,20 +172,6 @@ def load_model_ref(ref: str, device: str = "cpu") -> ModelAdapter:
 
 
 # ----------------------------------------------------------------------------- storage
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
 #: The temp files of :func:`atomic_write_bytes`: ``.NAME.PID.tmp``.

