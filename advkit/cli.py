@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -65,15 +66,23 @@ class AdvkitGroup(click.Group):
     the way to see its traceback (``ADVKIT_TRACEBACK=1``).
     """
 
-    def invoke(self, ctx: click.Context) -> Any:
-        import os
+    def main(self, args=None, *rest: Any, **options: Any) -> Any:
+        from advkit.provenance import set_command
 
+        set_command(args)  # reports record the exact command line
+        return super().main(args, *rest, **options)
+
+    def invoke(self, ctx: click.Context) -> Any:
         from advkit.errors import AdvkitError
 
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
+        except BrokenPipeError:  # the reader went away (`advkit attacks | head`): stop quietly, as other tools do
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise SystemExit(1) from None
         except AdvkitError as error:
             message = _one_line(error)
             if getattr(error, "usage", False):
@@ -121,29 +130,46 @@ def plugins(as_json: bool) -> None:
             click.echo(f"  CONFLICT {conflict} (neither is used)")
 
 
-def _listing(kind: str, as_json: bool) -> None:
+def _listing(kind: str, as_json: bool, names: tuple[str, ...] = (), params: bool = False) -> None:
     from advkit import registry
 
     items = {"attack": registry.attacks, "model": registry.models, "constraint": registry.constraints}[kind]()
+    get = {"attack": registry.get_attack, "model": registry.get_model_spec, "constraint": registry.get_constraint}[kind]
+    chosen = [get(name) for name in names] if names else list(items.values())
+    conflicts = [] if names else list(items.conflicts.values())
     if as_json:
-        _emit_json(
-            [{"name": item.name, "description": item.description, "plugin": item.plugin.name} for item in items.values()]
-            + [{"name": c.name, "description": None, "plugin": None, "conflict": c.message()}
-               for c in items.conflicts.values()]
-        )
+        rows = []
+        for item in chosen:
+            row = {"name": item.name, "description": item.description, "plugin": item.plugin.name}
+            if kind == "attack":
+                row.update(targeted=item.obj.targeted, accepts_target=item.obj.accepts_target,
+                           params=[spec.to_dict() for spec in item.obj.param_specs()])
+            rows.append(row)
+        _emit_json(rows + [{"name": c.name, "description": None, "plugin": None, "conflict": c.message()}
+                           for c in conflicts])
         return
-    width = max((len(name) for name in [*items, *items.conflicts]), default=0)  # one column, however long the names
-    for item in items.values():
+    width = max((len(name) for name in [*(i.name for i in chosen), *(c.name for c in conflicts)]), default=0)
+    for item in chosen:  # one column, however long the names
         click.echo(f"{item.name:<{width}}  {item.description}")
-    for conflict in items.conflicts.values():
+        if kind == "attack" and (params or names):
+            specs = item.obj.param_specs()
+            if not specs:
+                click.echo(f"{'':<{width}}    (no parameters)")
+            for spec in specs:
+                default = "None" if spec.default is None else repr(spec.default)
+                doc = f"; {spec.bounds.doc}" if spec.bounds.doc else ""
+                click.echo(f"{'':<{width}}    -p {spec.name} ({spec.type_name}, default {default}): {spec.describe()}{doc}")
+    for conflict in conflicts:
         click.echo(f"{conflict.name:<{width}}  CONFLICT: {conflict.message()}")
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def attacks(as_json: bool) -> None:
-    """List registered attacks."""
-    _listing("attack", as_json)
+@click.argument("names", nargs=-1)
+@click.option("--params", is_flag=True, help="Also list each attack's parameters: type, default, valid range.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (parameters included).")
+def attacks(names: tuple[str, ...], params: bool, as_json: bool) -> None:
+    """List registered attacks; with NAMES (or --params), their parameters (for -p key=value)."""
+    _listing("attack", as_json, names, params)
 
 
 @cli.command()
@@ -615,7 +641,7 @@ def noise_study_command(model_name, eps, steps, seed, data_source, out, overwrit
         "share_still_correct_per_noise": [round(float(v), 2) for v in still_correct],
     }
     if out is not None:
-        written = write_noise_study(out, model, base, label, noises, result, table, fixed_y, eps, summary)
+        written = write_noise_study(out, model, base, label, noises, result, table, fixed_x, fixed_y, eps, summary)
         _record_out(out, written)
         summary["out"] = [str(p) for p in written]
     if as_json:
@@ -658,7 +684,6 @@ def fool_command(model_name, images, target, eps, attack_name, steps, step_size,
     from advkit import registry
     from advkit.commands.imagenet import format_summary, run_fool
     from advkit.images import DEFAULT_SAMPLES, resolve_class
-    from advkit.registry import UnknownNameError
 
     from advkit.params import check_number
 
@@ -887,6 +912,31 @@ def report_command(folder, overwrite, as_json):
         return
     for path in paths:
         click.echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------- options every command has
+
+#: The environment variable behind every command's --threads.
+THREADS_ENV = "ADVKIT_THREADS"
+
+
+def _set_threads(ctx: click.Context, param: click.Parameter, threads: int | None) -> None:
+    """--threads N / ADVKIT_THREADS=N: torch's intra-op threads for this command (default: torch's own choice, one per
+    core, which on a loaded or shared machine is much slower than 1 or 2)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _add_threads_option(command: click.Command) -> None:
+    command.params.append(click.Option(
+        ["--threads"], type=click.IntRange(min=1), envvar=THREADS_ENV, default=None, expose_value=False, is_eager=True,
+        callback=_set_threads, help=f"torch threads (or ${THREADS_ENV}); default torch's, one per core."))
+
+
+for _command in cli.commands.values():
+    _add_threads_option(_command)
 
 
 def main() -> None:  # pragma: no cover - console entry

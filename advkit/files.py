@@ -38,4 +38,15 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "sha256_file"]
+def write_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """Tensors as a safetensors file (on the CPU, contiguous; arguments as ``safetensors.torch.save_file``), created like
+    every other output file: the user's umask decides its mode (``save_file`` would make it 0600)."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().clone() for k, v in tensors.items()}, metadata=metadata)  # own storage each
+    path = Path(path)
+    path.write_bytes(data)
+    return path
+
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "sha256_file", "write_tensors"]

@@ -18,6 +18,7 @@ import pandas as pd
 
 from advkit.errors import ReportError
 from advkit.files import atomic_write_bytes, atomic_write_json
+from advkit.provenance import provenance_html
 from advkit.sweep import SweepResult
 
 
@@ -140,6 +141,14 @@ def read_config(path: Path) -> dict:
     return config
 
 
+def _plugin_text(name: str, info) -> str:
+    """``"pgd (advkit 0.1.0)"``; older reports stored only the version."""
+    if isinstance(info, dict):
+        origin = " ".join(str(v) for v in (info.get("distribution"), info.get("version")) if v)
+        return f"{name} ({origin})" if origin else name
+    return f"{name} {info or ''}".strip()
+
+
 def build_index(out: Path) -> list[Path]:
     """Rebuild the figure and ``index.html`` from results.csv, flags.json and config.json in ``out``.
 
@@ -159,7 +168,10 @@ def build_index(out: Path) -> list[Path]:
     return [figure, page]
 
 
-STYLE = """body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1400px; color: #202124; }
+STYLE = """body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1180px; color: #202124; }
+.wide { overflow-x: auto; max-width: 100%; margin-bottom: 1.5em; }
+.wide table { margin-bottom: 0; }
+code { overflow-wrap: anywhere; }
 table { border-collapse: collapse; font-size: 0.85em; margin-bottom: 1.5em; }
 td, th { border: 1px solid #dadce0; padding: 3px 8px; text-align: left; }
 .bad { color: #b3261e; font-weight: 600; } .good { color: #137333; font-weight: 600; }
@@ -188,11 +200,12 @@ def build_transfer_index(out: Path) -> Path:
 that the target misclassifies, with a 95% Wilson interval (the diagonal is white-box).</p>
 <figure><img src="transfer.png" alt="transfer matrix"><figcaption>transfer.png</figcaption></figure>
 <h2>Pairs</h2>
-{shown.to_html(index=False, border=0)}
+<div class="wide">{shown.to_html(index=False, border=0)}</div>
 <p>Files: <a href="transfer.csv">transfer.csv</a>, <a href="transfer_matrix.csv">transfer_matrix.csv</a>,
 <a href="summary.json">summary.json</a>, per-sample masks in masks.safetensors.</p>
 <h2>Configuration</h2>
-<table>{fact_rows}</table>
+<div class="wide"><table>{fact_rows}</table></div>
+{provenance_html(summary.get("provenance"))}
 </body></html>
 """
     path = out / "index.html"
@@ -210,11 +223,16 @@ def _flag_rows(flags: list[dict]) -> str:
     return "\n".join(rows)
 
 
+#: The results table's columns on the page (a 1280-px window shows them without scrolling); results.csv has all.
+INDEX_COLUMNS = ("model", "attack", "eps", "eps_01", "n_attacked", "success_rate", "ci_low", "ci_high",
+                 "robust_accuracy", "backward_passes", "seconds", "inferred")
+
+
 def render_html(table: pd.DataFrame, flags: list[dict], config: dict, figures: list[str]) -> str:
     raised = [f for f in flags if f["status"] == "flag"]
     verdict = (f'<p class="bad">{len(raised)} sanity check(s) raised a flag: read them before trusting the numbers.</p>'
                if raised else '<p class="good">No sanity check raised a flag.</p>')
-    shown = table.copy()
+    shown = table[[c for c in INDEX_COLUMNS if c in table]].copy()  # the rest is in results.csv
     for column in ("success_rate", "ci_low", "ci_high", "robust_accuracy", "clean_accuracy", "eps_01"):
         if column in shown:
             shown[column] = shown[column].map(lambda v: f"{v:.3f}")
@@ -235,7 +253,7 @@ def render_html(table: pd.DataFrame, flags: list[dict], config: dict, figures: l
             ", descending search (samples not fooled at a larger eps inferred robust: see 'inferred')"
             if spec.get("search") == "descending" else ""),
         "versions": f"advkit {config.get('advkit')}, torch {config.get('torch')}",
-        "plugins": ", ".join(f"{k} {v or ''}".strip() for k, v in config.get("plugins", {}).items()),
+        "plugins": ", ".join(_plugin_text(name, info) for name, info in config.get("plugins", {}).items()),
     }
     fact_rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
     images = "\n".join(f'<figure><img src="{html.escape(name)}" alt="{html.escape(name)}"><figcaption>{html.escape(name)}'
@@ -257,10 +275,11 @@ def render_html(table: pd.DataFrame, flags: list[dict], config: dict, figures: l
 <p>success_rate: share of the correctly classified samples that were fooled (95% Wilson interval);
 robust_accuracy: share of all n samples still classified correctly; norms over fooled samples;
 "worst-case": fooled by any attack. Per-sample results: <a href="success_matrix.csv">success_matrix.csv</a>,
-all rows: <a href="results.csv">results.csv</a>.</p>
-{shown.to_html(index=False, border=0)}
+all rows and columns (norms, forward passes, carried samples): <a href="results.csv">results.csv</a>.</p>
+<div class="wide">{shown.to_html(index=False, border=0)}</div>
 <h2>Configuration</h2>
-<table>{fact_rows}</table>
+<div class="wide"><table>{fact_rows}</table></div>
 <p>Full fingerprint: <a href="config.json">config.json</a>.</p>
+{provenance_html(config.get("provenance"))}
 </body></html>
 """

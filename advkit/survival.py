@@ -6,7 +6,10 @@ as a pandas DataFrame. A targeted example survives a transform when the model st
 its target; an untargeted one when it still predicts a wrong class. Given the clean inputs
 ``x`` and their labels, each row also says whether the *clean* image, transformed the same
 way, is still classified correctly, which separates "the attack broke" from "the transform
-alone confuses the model".
+alone confuses the model". ``still_fooled`` is the raw answer (still the target / still a wrong
+class); ``survived`` counts only where the transformed clean image is still classified correctly
+(when the clean images are given): a transform that fools the model on its own proves nothing
+about the attack.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ __all__ = ["Survival"]
 
 COLUMNS = [
     "sample", "image", "transform", "pred", "pred_name", "probability", "target", "target_name", "target_probability",
-    "label", "label_name", "survived", "clean_pred", "clean_pred_name", "clean_probability", "clean_correct",
+    "label", "label_name", "still_fooled", "survived", "clean_pred", "clean_pred_name", "clean_probability",
+    "clean_correct",
 ]
 
 
@@ -64,8 +68,9 @@ class Survival:
     ):
         """One row per (sample, transform): predicted class and probability, and whether the attack survived.
 
-        Give ``target`` for targeted examples (survived = still the target) or ``labels`` for
-        untargeted ones (survived = still wrong); ``x`` (with ``labels``) adds the clean columns.
+        Give ``target`` for targeted examples (still fooled = still the target) or ``labels`` for
+        untargeted ones (still fooled = still wrong); ``x`` (with ``labels``) adds the clean columns, and then
+        ``survived`` also needs the transformed clean image classified correctly.
         ``accepted`` lists, per sample, the classes that count as a correct clean answer
         (default: its label alone), for photos with several right answers (tabby / tiger cat).
         """
@@ -97,7 +102,7 @@ class Survival:
                 clean_p, clean_pred = clean_probs.max(1)
             for i in range(n):
                 k = int(pred[i])
-                survived = k == int(target[i]) if target is not None else k != int(labels[i])
+                still_fooled = k == int(target[i]) if target is not None else k != int(labels[i])
                 row = {
                     "sample": i, "image": names[i], "transform": transform, "pred": k, "pred_name": classes[k],
                     "probability": float(p[i]),
@@ -106,22 +111,23 @@ class Survival:
                     "target_probability": None if target is None else float(probs[i, int(target[i])]),
                     "label": None if labels is None else int(labels[i]),
                     "label_name": None if labels is None else classes[int(labels[i])],
-                    "survived": bool(survived),
+                    "still_fooled": bool(still_fooled), "survived": bool(still_fooled),
                     "clean_pred": None, "clean_pred_name": None, "clean_probability": None, "clean_correct": None,
                 }
                 if clean is not None:
                     c = int(clean_pred[i])
                     row.update(clean_pred=c, clean_pred_name=classes[c], clean_probability=float(clean_p[i]),
-                               clean_correct=c in accepted[i])
+                               clean_correct=c in accepted[i], survived=bool(still_fooled) and c in accepted[i])
                 rows.append(row)
         frame = pd.DataFrame(rows, columns=COLUMNS)
         return frame.sort_values(["sample"], kind="stable").reset_index(drop=True)
 
     @staticmethod
     def table(frame):
-        """Per transform: share of samples whose attack survived (and, with clean columns, clean accuracy)."""
-        frame = frame.assign(survived=frame["survived"].astype(float))
-        columns = {"survived": "survival_rate"}
+        """Per transform: share of samples whose attack survived, share still fooled whatever the clean image does
+        (and, with clean columns, the clean accuracy under the transform)."""
+        frame = frame.assign(survived=frame["survived"].astype(float), still_fooled=frame["still_fooled"].astype(float))
+        columns = {"survived": "survival_rate", "still_fooled": "still_fooled_rate"}
         if frame["clean_correct"].notna().all():
             frame = frame.assign(clean_correct=frame["clean_correct"].astype(float))
             columns["clean_correct"] = "clean_accuracy"

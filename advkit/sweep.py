@@ -614,7 +614,7 @@ def run_sweep(spec: SweepSpec, out: Path | None = None, *, device: str = "cpu", 
     cells_dir, created_config = None, None
     if out is not None:
         cells_dir = Path(out) / "cells"
-        created_config = prepare_out(Path(out), config, overwrite=overwrite)
+        created_config = prepare_out(Path(out), config, overwrite=overwrite, device=device)
     try:
         cells = _run_cells(spec, models, x, y, cells_dir, config, progress)
     except BaseException:
@@ -629,14 +629,16 @@ def run_sweep(spec: SweepSpec, out: Path | None = None, *, device: str = "cpu", 
                        config=config, models=models)
 
 
-def prepare_out(out: Path, config: dict, overwrite: bool = False) -> Path | None:
+def prepare_out(out: Path, config: dict, overwrite: bool = False, device: Any = None) -> Path | None:
     """Check that ``out`` holds nothing but this configuration's sweep, remove leftover temp files, create
     ``out/cells`` and write config.json if it is missing; returns config.json's path if this call wrote it.
 
     The folder is claimed first (:func:`advkit.outputs.claim`: nothing in it that a sweep did not write, unless
     ``overwrite``). With config.json present, it must equal ``config``; without it, every cell in ``out/cells`` must
-    carry ``config``'s fingerprint (then the sweep resumes from them). Refusals name the file and the changed fields."""
+    carry ``config``'s fingerprint (then the sweep resumes from them). Refusals name the file and the changed fields.
+    config.json also records how the sweep was started (its ``provenance``, not part of the fingerprint)."""
     from advkit.outputs import claim, record
+    from advkit.provenance import provenance
 
     claim(out, "sweep", overwrite=overwrite, continues=("sweep", "report"))
     config_path, cells_dir = out / "config.json", out / "cells"
@@ -651,6 +653,7 @@ def prepare_out(out: Path, config: dict, overwrite: bool = False) -> Path | None
         if not isinstance(old, dict):
             raise SweepStoreError(f"{config_path} holds a {type(old).__name__}, not a sweep configuration; delete it or "
                                   "use a new --out folder")
+        old.pop("provenance", None)  # how the first run was started: not part of the configuration
         if canonical_json(old) != canonical_json(config):
             raise SweepConfigMismatch(f"{out} holds a sweep with a different configuration (changed: "
                                       f"{describe_changes(old, config)}); use a new --out folder or delete the old one")
@@ -663,7 +666,7 @@ def prepare_out(out: Path, config: dict, overwrite: bool = False) -> Path | None
         remove_leftover_temp_files(folder)
     cells_dir.mkdir(parents=True, exist_ok=True)
     if written is not None:
-        atomic_write_json(config_path, config)
+        atomic_write_json(config_path, {**config, "provenance": provenance(device, call="advkit.sweep.run_sweep")})
     record(out, [config_path], folders=("cells",))
     return written
 

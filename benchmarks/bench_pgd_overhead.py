@@ -22,6 +22,8 @@ from advkit.data import load_mnist
 from advkit.models import load_model
 from advkit.runner import run_attack
 
+from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
+
 
 def plain_pgd(module, x, y, eps, alpha, steps, low, high):
     """The ceiling: a raw PGD loop (zero start, sign steps, L-inf and box projection)."""
@@ -43,7 +45,9 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=0.3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    add_threads_argument(parser)
     args = parser.parse_args()
+    print(machine_line(args.threads))
 
     model = load_model(args.model, device=args.device)
     data = load_mnist("test")

@@ -18,6 +18,8 @@ import torch
 
 from advkit.sweep import SweepSpec, run_sweep
 
+from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
+
 EPS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]
 
 
@@ -28,7 +30,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--constraints", default="linf")
     parser.add_argument("-n", type=int, default=200)
+    add_threads_argument(parser)
     args = parser.parse_args()
+    print(machine_line(args.threads))
     print(f"model {args.model}, attack {args.attack} ({args.steps} steps), constraints {args.constraints} & box, "
           f"n {args.n}, eps {EPS}, torch threads {torch.get_num_threads()}")
     runs = {}

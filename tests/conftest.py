@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
 
 from advkit.models import ModelAdapter
+
+if os.environ.get("ADVKIT_THREADS"):  # the suite on a shared machine: ADVKIT_THREADS=1 python -m pytest
+    torch.set_num_threads(int(os.environ["ADVKIT_THREADS"]))
 
 
 def tiny_module(seed: int = 0, batchnorm: bool = True) -> nn.Module:

@@ -15,6 +15,9 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_peers.py"
 
 @pytest.fixture(scope="module")
 def bench():
+    import sys
+
+    sys.path.insert(0, str(BENCH.parent))  # as `python benchmarks/bench_peers.py` has it: its machine.py
     spec = importlib.util.spec_from_file_location("bench_peers", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

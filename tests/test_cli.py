@@ -144,3 +144,17 @@ def test_listings_put_every_description_in_one_column(listing):
     assert len(lines) == len(items)
     starts = {line.index(item.description) for line, item in zip(lines, items.values())}
     assert len(starts) == 1 and starts.pop() > max(len(name) for name in items)
+
+
+def test_a_script_next_to_a_clone_named_advkit_gets_a_message(tmp_path):
+    """Running from the folder that holds the clone: `import advkit` finds the repository folder, not the package;
+    it says so instead of a bare ImportError later."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "advkit").symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
+    run = subprocess.run([sys.executable, "-c", "from advkit.runner import run_attack"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "found the advkit repository folder" in run.stderr and "not the advkit package" in run.stderr

@@ -132,8 +132,9 @@ CLI = [
         message="--device 'nonsense': Expected one of cpu"),
     row("attack: unavailable CUDA device", *ATTACK, "--device", "cuda:99",
         message=r"--device cuda:99: (CUDA is not available on this machine|this machine has \d+ CUDA device)"),
-    row("attack: no built-in data set", "attack", *LITE0, "--eps", "0.01", "-n", "1",
-        message="no built-in test set for dataset 'imagenet'"),
+    row("attack: an ImageNet model without photos", "attack", *LITE0, "--eps", "0.01", "-n", "1",
+        message=r"advkit has no ImageNet test set on this machine .*attack photos instead: `advkit fool --model MODEL "
+                "--image PATH`"),
     row("attack: weights not on this machine", "attack", "--model", "resnet18", "--eps", "0.01", "-n", "1", env=OFFLINE,
         message=r"the pretrained weights of torchvision model 'resnet18' .* are not on this machine \(ADVKIT_OFFLINE is set\)"),
     row("attack: torchvision MNIST files missing", *ATTACK, "--data", "torchvision", env=NO_MNIST,

@@ -248,12 +248,14 @@ def test_survival_evaluator_targeted_rows(tiny_imagenet):
     assert list(frame["transform"][:5]) == ["none", "flip", "crop", "rotate", "grayscale"]
     none = frame[frame["transform"] == "none"]
     assert none["survived"].all() and (none["pred"] == SPACE_SHUTTLE).all() and none["clean_correct"].all()
-    assert (frame["survived"] == (frame["pred"] == SPACE_SHUTTLE)).all()
+    assert (frame["still_fooled"] == (frame["pred"] == SPACE_SHUTTLE)).all()
+    # survived: still the target AND the transformed clean photo still read correctly (else the transform alone fools)
+    assert (frame["survived"] == (frame["still_fooled"] & frame["clean_correct"])).all()
     probs = model.predict(apply_transform("flip", result.x_adv, model.bounds)).softmax(1)
     flip = frame[frame["transform"] == "flip"]
     assert flip["probability"].tolist() == pytest.approx(probs.max(1).values.tolist(), abs=1e-5)
     table = Survival.table(frame)
-    assert list(table.columns) == ["transform", "survival_rate", "clean_accuracy"]
+    assert list(table.columns) == ["transform", "survival_rate", "still_fooled_rate", "clean_accuracy"]
     assert float(table.set_index("transform").loc["none", "survival_rate"]) == 1.0
 
 
@@ -262,7 +264,7 @@ def test_survival_evaluator_on_mnist_shaped_untargeted(tiny_model, tiny_batch):
     frame = Survival().evaluate(tiny_model, x, labels=y)
     assert set(frame["transform"]) == {"none", "flip", "crop", "rotate"}  # no grayscale for 1 channel
     assert not frame[frame["transform"] == "none"]["survived"].any()  # clean inputs: nothing to survive
-    assert (frame["survived"] == (frame["pred"] != frame["label"])).all()
+    assert (frame["survived"] == (frame["pred"] != frame["label"])).all()  # no clean images given: the raw answer
     with pytest.raises(ValueError, match="target"):
         Survival().evaluate(tiny_model, x)
 
@@ -388,3 +390,14 @@ def test_lite0_weights_are_hash_checked(tmp_path):
     torch.save({"_fc.bias": torch.zeros(1000)}, fake)
     with pytest.raises(WeightsIntegrityError, match="SHA-256"):
         load_lite0(fake)
+
+
+def test_a_transform_that_fools_the_model_on_its_own_is_not_counted_as_survived(tiny_model, tiny_batch):
+    """survival.png used to count an untargeted example as survived whenever the transformed image was misclassified,
+    even where the transformed *clean* image was misclassified too: that proves nothing about the attack."""
+    x, y = tiny_batch
+    frame = Survival().evaluate(tiny_model, x, labels=y, x=x)  # "adversarial" = clean: any survival is the transform's
+    assert frame["still_fooled"].any()  # the tiny model gets some flipped or rotated inputs wrong
+    assert not frame["survived"].any()
+    table = Survival.table(frame).set_index("transform")
+    assert (table["survival_rate"] == 0).all() and (table["still_fooled_rate"] > 0).any()

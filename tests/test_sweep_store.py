@@ -38,6 +38,13 @@ pytestmark = pytest.mark.usefixtures("one_thread", "tiny_models")
 MODEL = "store_tiny"
 
 
+
+def configuration(out):
+    """config.json's configuration: without the record of how the sweep was started (not part of the fingerprint)."""
+    config = json.loads((out / "config.json").read_text())
+    config.pop("provenance", None)
+    return config
+
 def _load_tiny() -> ModelAdapter:
     module = tiny_module(seed=3)
     module.eval()
@@ -123,16 +130,17 @@ def test_deleted_config_and_changed_steps_is_refused_naming_the_cell(copy, data)
 def test_deleted_config_and_same_config_resumes_to_identical_results(tmp_path, data, search):
     out = tmp_path / "out"
     first = sweep(out, data, search=search, eps=[0.05, 0.1, 0.2])
-    config = (out / "config.json").read_text()
+    config = configuration(out)
+    assert json.loads((out / "config.json").read_text())["provenance"]["python_call"] == "advkit.sweep.run_sweep"
     (out / "config.json").unlink()
     last_run = 0.05 if search == "descending" else 0.2  # the eps the search runs last: a run killed before it
     cell_files(out, last_run)[0].unlink()  # its tensors file stays, as after a kill between the two writes
     resumed = sweep(out, data, search=search, eps=[0.05, 0.1, 0.2])
     same_results(first, resumed)
-    assert (out / "config.json").read_text() == config  # rewritten, the same
+    assert configuration(out) == config  # rewritten, the same (how it was started, its provenance, aside)
     for eps in (0.05, 0.1, 0.2):
         meta = json.loads(cell_files(out, eps)[0].read_text())
-        assert meta["fingerprint"] == config_digest(json.loads(config))
+        assert meta["fingerprint"] == config_digest(config)
         if eps != last_run:  # loaded, not run again
             assert resumed.cells[(MODEL, "pgd", eps)].seconds == first.cells[(MODEL, "pgd", eps)].seconds
 
@@ -440,5 +448,5 @@ def test_cells_hold_valid_numbers(finished):
     """The untampered folder's cells: the fields the checks rely on, as written."""
     for path in sorted((finished / "cells").glob("*.json")):
         meta = json.loads(path.read_text())
-        assert meta["fingerprint"] == config_digest(json.loads((finished / "config.json").read_text()))
+        assert meta["fingerprint"] == config_digest(configuration(finished))
         assert math.isfinite(meta["seconds"]) and meta["carried"] >= 0

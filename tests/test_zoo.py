@@ -243,3 +243,24 @@ def test_training_is_deterministic(tmp_path) -> None:
     b = train_model("cnn", epochs=1, seed=1, limit=64, out_dir=tmp_path / "b", progress=False)
     assert a.entry["sha256"] == b.entry["sha256"]
     assert a.history == b.history
+
+
+def test_training_never_overwrites_the_committed_zoo_by_default(tmp_path, monkeypatch) -> None:
+    """The README's command used to rewrite the committed weights, manifest and curves in place: by default a retrain
+    now goes to ./zoo-retrained, and the package's folder takes an explicit replace_zoo (--replace-zoo)."""
+    from click.testing import CliRunner
+
+    from advkit.errors import ParameterError
+    from advkit_zoo.train import DEFAULT_OUT_DIR, main
+
+    before = {p.name: sha256_file(p) for p in WEIGHTS_DIR.iterdir() if p.is_file()}
+    monkeypatch.chdir(tmp_path)
+    res = train_model("bnn", epochs=1, seed=0, limit=32, progress=False)
+    assert res.weights_path == DEFAULT_OUT_DIR / "bnn.safetensors" and (tmp_path / "zoo-retrained" / "bnn.safetensors").is_file()
+    assert "--out-dir" not in res.entry["command"] and "--replace-zoo" not in res.entry["command"]
+    with pytest.raises(ParameterError, match="is the committed zoo .*pass --replace-zoo"):
+        train_model("bnn", epochs=1, seed=0, limit=32, progress=False, out_dir=WEIGHTS_DIR)
+    refused = CliRunner().invoke(main, ["--model", "bnn", "--epochs", "1", "--seed", "0", "--limit", "32", "--quiet",
+                                        "--out-dir", str(WEIGHTS_DIR)])
+    assert refused.exit_code == 2 and "pass --replace-zoo" in refused.output
+    assert {p.name: sha256_file(p) for p in WEIGHTS_DIR.iterdir() if p.is_file()} == before

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -12,6 +11,7 @@ import torch
 
 from advkit.errors import AdvkitError
 from advkit.models import ModelAdapter, ModelSpec
+from advkit.provenance import write_summary
 
 
 @dataclass
@@ -48,6 +48,13 @@ def load_split(dataset: str | None, split: str, source: str) -> tuple[torch.Tens
         except (FileNotFoundError, ValueError) as error:
             raise click.ClickException(f"--data {source}: {error}") from None
         return data.x, data.y, data.source
+    if dataset == "imagenet" and split == "test":
+        from advkit.images import sample_names
+
+        raise click.ClickException(
+            f"advkit has no ImageNet {split} set on this machine (nothing is downloaded); attack photos instead: "
+            f"`advkit fool --model MODEL --image PATH` (JPEG/PNG files, or the sample photos {', '.join(sample_names())})"
+        )
     raise click.ClickException(f"no built-in {split} set for dataset {dataset!r}")
 
 
@@ -161,9 +168,11 @@ def format_summary(s: dict) -> str:
     ]
     if s.get("survival"):
         survived = ", ".join(f"{row['transform']} {row['survival_rate']:.2f}"
-                             + (f" (clean {row['clean_accuracy']:.2f})" if "clean_accuracy" in row else "") for row in s["survival"])
+                             + (f" (still wrong {row['still_fooled_rate']:.2f}, clean {row['clean_accuracy']:.2f})"
+                                if "clean_accuracy" in row else "") for row in s["survival"])
         lines.append(f"  survival       {survived}")
-        lines.append("                 share of fooled examples still fooling after each transform (clean: accuracy on the"
+        lines.append("                 share of fooled examples still fooling after each transform while the transformed"
+                     " clean image is still right (still wrong: whatever the clean image does; clean: accuracy on the"
                      " transformed clean images)")
     if s.get("out"):
         lines.append(f"  wrote          {', '.join(s['out'])}")
@@ -172,7 +181,7 @@ def format_summary(s: dict) -> str:
 
 def write_outputs(out: Path, result, model: ModelAdapter, summary: dict) -> list[Path]:
     """Adversarial examples (safetensors), the summary (JSON) and a PNG grid."""
-    from safetensors.torch import save_file
+    from advkit.files import write_tensors
 
     from advkit.figures import example_grid, save_figure
 
@@ -185,10 +194,10 @@ def write_outputs(out: Path, result, model: ModelAdapter, summary: dict) -> list
         "success": result.success,
     }
     examples = out / "examples.safetensors"
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(examples))
+    write_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(examples))
     figure = save_figure(example_grid(result, model.class_names), out / "examples.png")
     summary_path = out / "summary.json"
-    summary_path.write_text(json.dumps({**summary, "out": [str(examples), str(figure), str(summary_path)]}, indent=2, default=str))
+    write_summary(summary_path, {**summary, "out": [str(examples), str(figure), str(summary_path)]})
     return [examples, figure, summary_path]
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from advkit.models import ModelAdapter
+from advkit.provenance import write_summary
 
 
 @dataclass
@@ -203,8 +204,9 @@ def survival_figure(model: ModelAdapter, frame, images: dict[str, Tensor], evalu
             row = frame[(frame["sample"] == i) & (frame["transform"] == transform)].iloc[0]
             image = to_image(images[transform][i], model.bounds)
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
-            mark = "survived" if row["survived"] else "lost"
-            color = "darkgreen" if row["survived"] else "firebrick"
+            inconclusive = row["still_fooled"] and not row["survived"]  # the transform alone fools the model
+            mark = "survived" if row["survived"] else ("inconclusive: clean also wrong" if inconclusive else "lost")
+            color = "darkgreen" if row["survived"] else ("darkorange" if inconclusive else "firebrick")
             head = f"{row['image']}, adversarial" if transform == "none" else transform
             ax.set_title(f"{head}\n{_short(row['pred_name'], 18)} {row['probability']:.2f}, {mark}", fontsize=9,
                          color=color)
@@ -214,8 +216,8 @@ def survival_figure(model: ModelAdapter, frame, images: dict[str, Tensor], evalu
     target = frame["target_name"].iloc[0]
     kind = "untargeted" if target is None else f"'{target}'"
     fig.suptitle(f"{model.name}: do the {kind} examples (L-inf {eps_text(eps)}) survive transforms?\n"
-                 "title: top class and probability of the transformed adversarial image; "
-                 "below: the transformed clean image", fontsize=10)
+                 "title: top class and probability of the transformed adversarial image; below: the transformed clean "
+                 "image (survived only where it is still classified correctly)", fontsize=10)
     return fig
 
 
@@ -255,7 +257,7 @@ def write_outputs(out: Path, model, photos, results, frame, images, evaluator, e
     frame.to_csv(survival_csv, index=False, float_format="%.4f")
     paths = [fool, survival_png, survival_csv, out / "summary.json"]
     summary["out"] = [str(p) for p in paths]
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_summary(out / "summary.json", summary)
     return paths
 
 
@@ -310,7 +312,7 @@ def run_fool(
             paths = [save_figure(fooling_figure(model, photos, results, eps), out / f"fool.{figure_format}"),
                      out / "summary.json"]
             summary["out"] = [str(p) for p in paths]
-            (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            write_summary(out / "summary.json", summary)
         else:
             write_outputs(out, model, photos, results, frame, images, evaluator, eps, summary, figure_format)
     return summary
@@ -333,12 +335,14 @@ def format_summary(s: dict) -> str:
         )
     lines.append(f"  fooled {s['n_success']}/{len(s['images'])} photos in {s['seconds_total']:.1f} s on {s['device']}")
     if "survival" in s:
+        has_clean = "clean_accuracy" in s["survival"]["table"][0]
         lines.append("  survival (S12): share of photos still read as the target" +
-                     (" / clean accuracy under the same transform" if "clean_accuracy" in s["survival"]["table"][0] else ""))
+                     (" with the transformed clean photo still right / still read as the target at all / clean "
+                      "accuracy under the same transform" if has_clean else ""))
         for row in s["survival"]["table"]:
-            clean = f" / {row['clean_accuracy']:.2f}" if "clean_accuracy" in row else ""
+            extra = f" / {row['still_fooled_rate']:.2f} / {row['clean_accuracy']:.2f}" if has_clean else ""
             what = s["survival"]["transforms"][row["transform"]]
-            lines.append(f"    {row['transform']:<10} {row['survival_rate']:.2f}{clean}   ({what})")
+            lines.append(f"    {row['transform']:<10} {row['survival_rate']:.2f}{extra}   ({what})")
     if s.get("out"):
         lines.append(f"  wrote {', '.join(s['out'])}")
     return "\n".join(lines)

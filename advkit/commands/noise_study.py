@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from advkit.models import ModelAdapter
+from advkit.provenance import write_summary
 
 
 def noise_study(model: ModelAdapter, x_all: torch.Tensor, y_all: torch.Tensor, *, eps: float, steps: int, seed: int):
@@ -37,54 +37,71 @@ def noise_study(model: ModelAdapter, x_all: torch.Tensor, y_all: torch.Tensor, *
     return base, label, noises, result, fixed_x, fixed_y, table
 
 
-def noise_figure(model: ModelAdapter, base, label, noises, result, table, fixed_y, eps: float):
-    """Row 1: the noises; row 2: base + noise with prediction; right: the true-vs-predicted table."""
+def noise_figure(model: ModelAdapter, base, label, noises, result, table, fixed_x, fixed_y, eps: float):
+    """Row 1: the noises (one colour scale, with its bar); row 2: base + noise with prediction; row 3: the 10 test
+    digits of the table; right: the true-vs-predicted table."""
     from matplotlib.figure import Figure
 
     from advkit.figures import to_image
 
     classes = model.num_classes
-    fig = Figure(figsize=(1.45 * classes + 5.5, 4.6), layout="constrained")
-    grid = fig.add_gridspec(2, classes + 4)
+    fig = Figure(figsize=(1.45 * classes + 5.5, 6.6), layout="constrained")
+    grid = fig.add_gridspec(3, classes + 4, height_ratios=[1, 1, 1])
     targets = result.target.tolist()
+    noise_image, noise_axes = None, []
     for t in range(classes):
         ax_noise, ax_adv = fig.add_subplot(grid[0, t]), fig.add_subplot(grid[1, t])
-        ax_noise.imshow(noises[t, 0].numpy(), cmap="RdBu_r", vmin=-eps, vmax=eps)
+        noise_axes.append(ax_noise)
+        noise_image = ax_noise.imshow(noises[t, 0].numpy(), cmap="RdBu_r", vmin=-eps, vmax=eps)
         ax_noise.set_title(f"noise -> {model.class_names[t]}", fontsize=8)
         if t in targets:
             i = targets.index(t)
             ax_adv.imshow(to_image(result.x_adv[i], model.bounds), cmap="gray", vmin=0, vmax=1)
-            ax_adv.set_title(f"pred {model.class_names[int(result.pred[i])]} p={float(result.confidence[i]):.2f}", fontsize=8)
+            reached = bool(result.success[i])
+            ax_adv.set_title(f"pred {model.class_names[int(result.pred[i])]} p={float(result.confidence[i]):.2f}",
+                             fontsize=8, color="black" if reached else "firebrick")
         else:
             ax_adv.imshow(to_image(base[0], model.bounds), cmap="gray", vmin=0, vmax=1)
             ax_adv.set_title(f"original {model.class_names[int(label)]}", fontsize=8)
         for ax in (ax_noise, ax_adv):
             ax.set_xticks([])
             ax.set_yticks([])
+    if noise_image is not None:
+        fig.colorbar(noise_image, ax=noise_axes, location="left", fraction=0.02,
+                     pad=0.01, label="noise (model units)")
+    digits = len(fixed_y)
+    for j in range(min(digits, classes)):
+        ax = fig.add_subplot(grid[2, j])
+        ax.imshow(to_image(fixed_x[j], model.bounds), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"test digit {j}: {model.class_names[int(fixed_y[j])]}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
     ax = fig.add_subplot(grid[:, classes:])
-    ax.imshow((table == fixed_y.view(1, -1)).numpy(), cmap="Greens", vmin=0, vmax=1.6)
+    correct = (table == fixed_y.view(1, -1)).float()
+    cells = ax.imshow(correct.numpy(), cmap="Greens", vmin=0, vmax=1.6)
     for t in range(classes):
-        for j in range(len(fixed_y)):
+        for j in range(digits):
             ax.text(j, t, str(int(table[t, j])), ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(fixed_y)), [model.class_names[int(c)] for c in fixed_y], fontsize=8)
+    ax.set_xticks(range(digits), [f"{j}: {model.class_names[int(c)]}" for j, c in enumerate(fixed_y)], fontsize=7,
+                  rotation=90)
     ax.set_yticks(range(classes), [model.class_names[t] for t in range(classes)], fontsize=8)
-    ax.set_xlabel("true class of the test image")
+    ax.set_xlabel("test digit (number: true class), shown bottom left")
     ax.set_ylabel("noise optimized towards")
     ax.set_title("predicted class (green: still correct)", fontsize=9)
+    bar = fig.colorbar(cells, ax=ax, location="right", fraction=0.05, ticks=[0, 1])
+    bar.ax.set_yticklabels(["changed", "still correct"], fontsize=7)
     fig.suptitle(f"{model.name}: optimized noise per target (L-inf {eps:g}) on the first digit, added to 10 test digits",
                  fontsize=10)
     return fig
 
 
-def write_noise_study(out: Path, model, base, label, noises, result, table, fixed_y, eps, summary) -> list[Path]:
-    from safetensors.torch import save_file
-
+def write_noise_study(out: Path, model, base, label, noises, result, table, fixed_x, fixed_y, eps, summary) -> list[Path]:
     from advkit.figures import save_figure
+    from advkit.files import write_tensors
 
     tensors = out / "noise_study.safetensors"
-    save_file({"base": base.contiguous(), "noises": noises.contiguous(), "table": table.contiguous(),
-               "fixed_y": fixed_y.contiguous()}, str(tensors))
-    figure = save_figure(noise_figure(model, base, label, noises, result, table, fixed_y, eps), out / "noise_study.png")
-    summary_path = out / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2))
+    write_tensors({"base": base, "noises": noises, "table": table, "fixed_x": fixed_x, "fixed_y": fixed_y}, tensors)
+    figure = save_figure(noise_figure(model, base, label, noises, result, table, fixed_x, fixed_y, eps),
+                         out / "noise_study.png")
+    summary_path = write_summary(out / "summary.json", summary)
     return [tensors, figure, summary_path]

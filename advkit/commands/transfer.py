@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import click
 
 from advkit.errors import AdvkitError
 from advkit.models import ModelAdapter, ModelSpec
+from advkit.provenance import write_summary
 from advkit.transfer import TransferResult, check_compatible, transfer_figure, transfer_matrix
 
 
@@ -103,7 +103,7 @@ def run_transfer_job(
 
 def write_transfer(out: Path, result: TransferResult, summary: dict) -> list[Path]:
     """transfer.csv (one row per pair), transfer_matrix.csv, transfer.png, masks.safetensors, summary.json, index.html."""
-    from safetensors.torch import save_file
+    from advkit.files import write_tensors
 
     from advkit.figures import save_figure
     from advkit.report import build_transfer_index
@@ -120,11 +120,11 @@ def write_transfer(out: Path, result: TransferResult, summary: dict) -> list[Pat
     for (source, target), pred in result.target_pred.items():
         tensors[f"target_pred/{source}/{target}"] = pred
         tensors[f"target_fooled/{source}/{target}"] = result.target_fooled[source, target]
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(masks))
+    write_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(masks))
     summary_path = out / "summary.json"
     index = out / "index.html"
     paths = [table, matrix, figure, masks, summary_path, index]
-    summary_path.write_text(json.dumps({**summary, "out": [str(p) for p in paths]}, indent=2, default=str))
+    write_summary(summary_path, {**summary, "out": [str(p) for p in paths]})
     build_transfer_index(out)
     return paths
 

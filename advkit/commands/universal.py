@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from advkit.models import ModelAdapter
+from advkit.provenance import write_summary
 from advkit.result import AttackResult
 
 
@@ -110,13 +110,12 @@ def universal_figure(model: ModelAdapter, study: dict, summary: dict, examples: 
 
 
 def write_universal(out: Path, model: ModelAdapter, study: dict, summary: dict) -> list[Path]:
-    from safetensors.torch import save_file
+    from advkit.files import write_tensors
 
     from advkit.figures import save_figure
 
     tensors = out / "universal.safetensors"
-    save_file({"perturbation": study["perturbation"].cpu().contiguous()}, str(tensors))
+    write_tensors({"perturbation": study["perturbation"].cpu().contiguous()}, str(tensors))
     figure = save_figure(universal_figure(model, study, summary), out / "universal.png")
-    summary_path = out / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2))
+    summary_path = write_summary(out / "summary.json", summary)
     return [tensors, figure, summary_path]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from advkit.models import ModelAdapter
+from advkit.provenance import write_summary
 
 
 def visualization_figure(result, history: torch.Tensor, class_names: list[str], title: str, references: bool = False):
@@ -30,8 +30,14 @@ def visualization_figure(result, history: torch.Tensor, class_names: list[str], 
             if references and r == 0:
                 ax.set_title(f"reference: {class_names[int(result.y[i])]}", fontsize=9)
             else:
-                ax.set_title(f"{'target' if references else 'class'} {target}\npred {pred} p={float(result.confidence[i]):.2f}",
-                             fontsize=9, color="black" if not references or bool(result.success[i]) else "gray")
+                read_as_target = int(result.pred[i]) == int(result.target[i])
+                mark = "" if read_as_target else "\nNOT read as the target"
+                ax.set_title(f"{'target' if references else 'class'} {target}\npred {pred} p={float(result.confidence[i]):.2f}"
+                             f"{mark}", fontsize=9, color="black" if read_as_target else "firebrick")
+                if not read_as_target:  # a class image the model reads as another class says so
+                    for spine in ax.spines.values():
+                        spine.set_edgecolor("firebrick")
+                        spine.set_linewidth(2.5)
             ax.set_xticks([])
             ax.set_yticks([])
     ax = fig.add_subplot(grid[len(rows), :])
@@ -49,15 +55,14 @@ def visualization_figure(result, history: torch.Tensor, class_names: list[str], 
 
 def write_visualization(out: Path, result, history: torch.Tensor, model: ModelAdapter, summary: dict, title: str,
                         references: bool = False) -> list[Path]:
-    from safetensors.torch import save_file
+    from advkit.files import write_tensors
 
     from advkit.figures import save_figure
 
     images = out / "images.safetensors"
-    save_file({"x": result.x_adv.cpu().contiguous(),
+    write_tensors({"x": result.x_adv.cpu().contiguous(),
                "target": result.target.cpu(), "pred": result.pred.cpu(), "history": history.cpu().contiguous()},
               str(images))
     figure = save_figure(visualization_figure(result, history, model.class_names, title, references), out / "visualization.png")
-    summary_path = out / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2, default=str))
+    summary_path = write_summary(out / "summary.json", summary)
     return [images, figure, summary_path]

