@@ -67,10 +67,10 @@ class AdvkitGroup(click.Group):
     """
 
     def main(self, args=None, *rest: Any, **options: Any) -> Any:
-        from advkit.provenance import set_command
+        from advkit.provenance import command_line
 
-        set_command(args)  # reports record the exact command line
-        return super().main(args, *rest, **options)
+        with command_line(args):  # reports record the exact command line
+            return super().main(args, *rest, **options)
 
     def invoke(self, ctx: click.Context) -> Any:
         from advkit.errors import AdvkitError

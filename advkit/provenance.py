@@ -2,7 +2,7 @@
 
 Every ``summary.json``, a sweep's ``config.json`` and every ``index.html`` carry a ``provenance`` object
 (:func:`provenance`), so a report says how it was made. The CLI records its exact command line
-(:func:`set_command`, called by the ``advkit`` group); a Python caller is recorded as the function it
+(:func:`command_line`, entered by the ``advkit`` group); a Python caller is recorded as the function it
 called. The provenance is not part of a sweep's fingerprint: the same sweep run from another shell,
 with another ``--json`` or thread count, resumes the same cells.
 """
@@ -13,17 +13,23 @@ import json
 import platform
 import shlex
 import sys
+from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 _command: ContextVar[str | None] = ContextVar("advkit_command", default=None)
 
 
-def set_command(args: list[str] | tuple[str, ...] | None) -> None:
-    """Record the command line of this ``advkit`` invocation (its arguments after the program name)."""
-    _command.set(shlex.join(["advkit", *(sys.argv[1:] if args is None else [str(a) for a in args])]))
+@contextmanager
+def command_line(args: list[str] | tuple[str, ...] | None) -> Iterator[None]:
+    """Within this block, reports record this ``advkit`` command line (its arguments after the program name)."""
+    token = _command.set(shlex.join(["advkit", *(sys.argv[1:] if args is None else [str(a) for a in args])]))
+    try:
+        yield
+    finally:
+        _command.reset(token)  # a Python call after a CLI run in the same process is recorded as such
 
 
 def provenance(device: Any = None, call: str | None = None) -> dict:
@@ -83,4 +89,4 @@ def provenance_html(record: dict | None) -> str:
     return f"<h2>Reproduce</h2>\n<table>{body}</table>"
 
 
-__all__ = ["provenance", "provenance_html", "set_command", "with_provenance", "write_summary"]
+__all__ = ["command_line", "provenance", "provenance_html", "with_provenance", "write_summary"]

@@ -41,6 +41,7 @@ import json
 import math
 import os
 import re
+import shutil
 import string
 import sys
 import time
@@ -642,6 +643,10 @@ def prepare_out(out: Path, config: dict, overwrite: bool = False, device: Any = 
 
     claim(out, "sweep", overwrite=overwrite, continues=("sweep", "report"))
     config_path, cells_dir = out / "config.json", out / "cells"
+    if overwrite:  # the sweep's own store is replaced, whoever wrote what is there (e.g. an older advkit)
+        config_path.unlink(missing_ok=True)
+        if cells_dir.is_dir():
+            shutil.rmtree(cells_dir)
     written = None
     if config_path.exists():
         try:

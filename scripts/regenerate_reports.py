@@ -49,12 +49,19 @@ def main(names: list[str]) -> int:
     if unknown:
         print(f"no such report: {', '.join(unknown)}; reports: {', '.join(todo)}")
         return 2
+    failed = []
     for name, command in todo.items():
         if names and name not in names:
             continue
         print(f"{name}: {command}", flush=True)
-        print(f"  {run(command):.1f} s", flush=True)
-    return 0
+        try:
+            print(f"  {run(command):.1f} s", flush=True)
+        except subprocess.CalledProcessError as error:
+            print(f"  FAILED with exit code {error.returncode}", flush=True)
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

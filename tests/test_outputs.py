@@ -92,3 +92,20 @@ def test_an_unreadable_manifest_is_refused(tmp_path):
         claim(tmp_path, "attack")
     claim(tmp_path, "attack", overwrite=True)  # --overwrite: every entry counts as the user's, kept
     assert read_manifest(tmp_path)["command"] == "attack"
+
+
+def test_overwrite_replaces_a_sweep_folder_advkit_cannot_vouch_for(tmp_path):
+    """A sweep folder made before advkit kept a manifest (or by hand): refused as it is, and --overwrite replaces
+    its config.json and cells/ (the sweep's own store) instead of comparing against them."""
+    out = tmp_path / "old"
+    (out / "cells").mkdir(parents=True)
+    (out / "cells" / "cnn__fgsm__0.1.json").write_text("{}")
+    (out / "config.json").write_text('{"spec": {"eps": [0.5]}}')
+    (out / "notes.txt").write_text("mine")
+    refused = invoke(*SWEEP, "--out", out)
+    assert refused.exit_code == 2 and "holds files advkit did not write there" in refused.output
+    replaced = invoke(*SWEEP, "--out", out, "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert not (out / "cells" / "cnn__fgsm__0.1.json").exists()
+    assert json.loads((out / "config.json").read_text())["spec"]["eps"] == [0.1]
+    assert (out / "notes.txt").read_text() == "mine"
