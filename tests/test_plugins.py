@@ -269,3 +269,19 @@ def test_blocked_plugin_code_never_runs_in_a_fresh_interpreter(tmp_path, env, im
     code = "from advkit import registry; names = registry.attacks(); assert 'pgd' in names"
     subprocess.run([sys.executable, "-c", code], env=child_env, check=True, timeout=120)
     assert sentinel.exists() == imported
+
+
+def test_an_unrelated_installed_plugin_does_not_stop_a_sweep_from_resuming(installed_example, tmp_path, monkeypatch):
+    """The README's own example plugin, installed, used to stop every resume with "changed: plugins": a sweep's
+    fingerprint now lists only the plugins that provide its models, attacks and constraint sets."""
+    monkeypatch.delenv(plugins.DISABLE_AUTOLOAD_ENV, raising=False)
+    monkeypatch.delenv(plugins.ALLOWED_PLUGINS_ENV, raising=False)
+    out = tmp_path / "sweep"
+    args = ["sweep", "--model", "cnn", "--attack", "fgsm", "--eps", "0.1", "-n", "4", "--no-checks", "--out", str(out)]
+    first = CliRunner().invoke(cli, args)  # without the plugin
+    assert first.exit_code == 0, first.output
+    plugins.reload_plugins()  # now with it
+    assert "random_sign" in registry.attacks()
+    resumed = CliRunner().invoke(cli, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert "random_sign" not in json.loads((out / "config.json").read_text())["plugins"]
