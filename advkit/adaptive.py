@@ -105,7 +105,11 @@ class AdaptiveMomentumStep:
         s = self.state
         if "previous" not in s:
             self._allocate(s["count"].shape[0], delta)
-        improved = self._improved if self._improved is not None else torch.ones(len(idx), dtype=torch.bool, device=delta.device)
+        improved = (
+            self._improved
+            if self._improved is not None
+            else torch.ones(len(idx), dtype=torch.bool, device=delta.device)
+        )
         s["best_grad"][idx] = torch.where(_rows(improved, grad), grad, s["best_grad"][idx])
         self._improved = None
         halve = self._halve_at_checkpoint(idx)
@@ -114,7 +118,9 @@ class AdaptiveMomentumStep:
         eta = s["eta"][idx].to(delta.dtype).view(-1, *([1] * (delta.dim() - 1)))
         z = constraint.project(base + eta * direction, x)
         no_momentum = _rows((s["count"][idx] == 0) | halve, delta)
-        momentum = constraint.project(base + self.alpha * (z - base) + (1 - self.alpha) * (base - s["previous"][idx]), x)
+        momentum = constraint.project(
+            base + self.alpha * (z - base) + (1 - self.alpha) * (base - s["previous"][idx]), x
+        )
         s["previous"][idx] = base
         s["count"][idx] += 1
         return torch.where(no_momentum, z, momentum)

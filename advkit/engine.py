@@ -23,180 +23,52 @@ ever kept as the best one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from advkit.constraints import Constraint
-from advkit.criteria import Criterion
-from advkit.models import ModelAdapter
+from advkit.kernel import (  # re-exported: plugins import them from the engine
+    NOISE_STD,
+    START_TO_INIT,
+    EngineResult,
+    Final,
+    GradientStep,
+    Init,
+    Problem,
+    Update,
+    Variable,
+    finite_objective,
+    finite_rows,
+    finite_sums,
+    select,
+    starting_delta,
+    stream_seed,
+    zero_nonfinite_rows,
+)
 from advkit.objectives import Objective
-from advkit.rng import SampleStreams, draw
-from advkit.steps import StepRule
+from advkit.universal import optimize_universal
 
-#: Where optimization starts. "zeros": the input itself (zero perturbation); "random": a random
-#: feasible perturbation; "blank": the zero image of the model's units (clipped to the box);
-#: "noise": Gaussian noise around the middle of the model's range (std 0.1 x range, clipped).
-Init = Literal["zeros", "random", "blank", "noise"]
-#: What is optimized: one perturbation per sample, a whole image per sample (the input is then
-#: only the reference for regularizers such as beta * mse(x_adv, x)), or one perturbation
-#: shared by every sample of the batch (see :mod:`advkit.universal`).
-Variable = Literal["perturbation", "image", "universal"]
-#: What a sample returns at the end: its best evaluated point, or its last point unevaluated.
-Final = Literal["best", "last"]
-NOISE_STD = 0.1
-#: Starting points as image-optimizing attacks name them ("input": the images passed in).
-START_TO_INIT = {"input": "zeros", "noise": "noise", "blank": "blank"}
-
-
-@dataclass
-class Problem:
-    """What to attack: a model, a batch, a threat model, a success criterion and a budget."""
-
-    model: ModelAdapter
-    x: Tensor
-    y: Tensor
-    constraint: Constraint
-    criterion: Criterion
-    target: Tensor | None = None
-    budget: int | None = None  # backward passes per sample, over all steps and restarts
-    generator: torch.Generator | None = None
-    #: Per-sample backward passes spent by the engine, accumulated over every optimize() call
-    #: on this problem (the runner reports the maximum and enforces the budget per sample).
-    backward_counts: Tensor | None = None
-    #: Tensors an attack wants to hand back besides x_adv (e.g. the universal perturbation).
-    artifacts: dict[str, Any] = field(default_factory=dict)
-    #: A warm start (e.g. the result of a smaller eps in a sweep): the first restart of every
-    #: optimize() call starts at this point, projected onto the set, instead of its ``init``.
-    start: Tensor | None = None
-    #: Per-sample count of engine steps whose logits or input gradient had a NaN or inf,
-    #: accumulated over every optimize() call on this problem (None until the engine runs).
-    nonfinite_counts: Tensor | None = None
-
-    @property
-    def n(self) -> int:
-        return self.x.shape[0]
-
-
-@dataclass
-class EngineResult:
-    """The engine's output. Its ``success`` is the engine's own claim; the runner re-checks it."""
-
-    x_adv: Tensor
-    success: Tensor
-    best_objective: Tensor
-    forward_counts: Tensor
-    backward_counts: Tensor
-    #: objective per step (rows) and sample (columns) of the first restart, NaN where a sample
-    #: was not active; only when ``optimize(record=True)``.
-    history: Tensor | None = None
-    #: The shared perturbation, shape (1, *x.shape[1:]), when ``variable="universal"``.
-    shared: Tensor | None = None
-    #: Per-sample steps of this call whose logits or input gradient were not finite.
-    nonfinite_counts: Tensor | None = None
-
-
-class Update(Protocol):
-    """Turns the current (latent) perturbation and its gradient into the next one.
-
-    ``idx`` holds the global indices of the active samples, so a stateful update (momentum,
-    step-size schedules) can keep per-sample state. If it has a ``start(idx, n)`` method,
-    the engine calls it at the beginning of every restart; if it has ``observe(idx, delta, loss)``,
-    the engine reports each evaluated (latent) perturbation and its objective before asking for
-    the next one (adaptive step-size schedules use this).
-    """
-
-    def __call__(self, delta: Tensor, grad: Tensor, x: Tensor, idx: Tensor, constraint: Constraint) -> Tensor: ...
-
-
-def _per_sample(values: Tensor | float, idx: Tensor, like: Tensor) -> Tensor | float:
-    """Per-sample values (e.g. step sizes from per-sample radii) for the active samples, in like's dtype."""
-    if isinstance(values, Tensor) and values.dim() > 0:
-        return values.to(device=like.device)[idx].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
-    if isinstance(values, Tensor):
-        return values.to(device=like.device, dtype=like.dtype)
-    return values
-
-
-def select(constraint: Constraint, idx: Tensor) -> Constraint:
-    """The constraint restricted to the samples ``idx`` (per-sample radii are indexed)."""
-    return constraint.select(idx) if hasattr(constraint, "select") else constraint
-
-
-@dataclass
-class GradientStep:
-    """delta <- project(delta + step_size * rule(grad)); ``step_size`` is a float or a per-sample tensor."""
-
-    rule: StepRule
-    step_size: Tensor | float
-
-    def __call__(self, delta: Tensor, grad: Tensor, x: Tensor, idx: Tensor, constraint: Constraint) -> Tensor:
-        step = _per_sample(self.step_size, idx, delta)
-        return constraint.project(delta + step * self.rule(grad), x)
-
-
-def starting_delta(problem: Problem, x: Tensor, search: Constraint, init: str,
-                   stream: tuple[int, str, tuple] | None = None) -> Tensor:
-    """The first (latent) perturbation for inputs ``x``, projected onto the search set ``search``.
-
-    With ``stream = (seed, label, tags)`` random starts are drawn per sample (see
-    :class:`advkit.rng.SampleStreams`; ``tags``: per-sample labels and targets of ``x``'s rows):
-    each sample's start depends only on the seed, the label and its own content. Without it they
-    are drawn batch-wise from ``problem.generator``.
-    """
-    if init == "zeros":
-        return torch.zeros_like(x)
-    generator = problem.generator
-    if stream is not None and init in ("random", "noise"):
-        generator = SampleStreams(x, stream[0], f"{stream[1]}:{init}", stream[2])
-    if init == "random":
-        return search.random_start(x, generator)
-    low, high = problem.model.bounds
-    if init == "blank":
-        start = torch.zeros_like(x).clamp(low, high)
-    elif init == "noise":
-        noise = draw("randn", x.shape, generator, dtype=x.dtype, device=x.device)
-        start = ((low + high) / 2 + NOISE_STD * (high - low) * noise).clamp(low, high)
-    else:
-        raise ValueError(f"unknown init {init!r}; valid: zeros, random, blank, noise")
-    return search.project(start - x, x)
-
-
-def stream_seed(generator: torch.Generator | None) -> int | None:
-    """One base seed for this optimize() call's per-sample streams, drawn from ``generator``
-    (None without a generator: starts then come batch-wise from the global RNG, as before)."""
-    if generator is None:
-        return None
-    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)[0])
-
-
-def finite_rows(t: Tensor) -> Tensor:
-    """Per-sample: every element of the row is finite (bool (N,))."""
-    return torch.isfinite(t.flatten(1)).all(1)
-
-
-def finite_sums(t: Tensor) -> Tensor:
-    """Per-sample: the row's sum is finite, i.e. no element is NaN or inf (one reduction instead of an
-    elementwise check; a row of finite values whose sum overflows also counts as not finite).
-    Half-precision rows are summed in float32."""
-    wide = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
-    return torch.isfinite(t.flatten(1).sum(1, dtype=wide))
-
-
-def zero_nonfinite_rows(logits: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
-    """Per sample: were the logits finite, and did the step meet a NaN/inf (logits or input gradient)?
-    The gradient rows of such samples are zeroed in place, so they make no step."""
-    finite = finite_rows(logits)
-    bad = ~(finite & finite_sums(grad))
-    grad.masked_fill_(bad.view(-1, *([1] * (grad.dim() - 1))), 0.0)
-    return finite, bad
-
-
-def finite_objective(value: Tensor, finite: Tensor) -> Tensor:
-    """The objective with -inf where the logits were not finite or the value is NaN."""
-    return torch.where(finite & ~torch.isnan(value), value, torch.full_like(value, float("-inf")))
+__all__ = [
+    "NOISE_STD",
+    "START_TO_INIT",
+    "EngineResult",
+    "Final",
+    "GradientStep",
+    "Init",
+    "Problem",
+    "Update",
+    "Variable",
+    "finite_objective",
+    "finite_rows",
+    "finite_sums",
+    "optimize",
+    "select",
+    "starting_delta",
+    "stream_seed",
+    "zero_nonfinite_rows",
+]
 
 
 class _Best:
@@ -255,12 +127,18 @@ def optimize(
     if steps < 0 or restarts < 1:
         raise ValueError(f"steps must be >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
     if variable == "universal":
-        from advkit.universal import optimize_universal
-
         if constraint is not None:
             raise TypeError("constraint= does not apply to variable='universal' (its set is the problem's)")
-        return optimize_universal(problem, update=update, objective=objective, steps=steps, init=init,
-                                  early_stop=early_stop, record=record, **universal_options)
+        return optimize_universal(
+            problem,
+            update=update,
+            objective=objective,
+            steps=steps,
+            init=init,
+            early_stop=early_stop,
+            record=record,
+            **universal_options,
+        )
     if universal_options:
         raise TypeError(f"options {sorted(universal_options)} only apply to variable='universal'")
     if final not in ("best", "last"):
@@ -285,8 +163,14 @@ def optimize(
     nonfinite = torch.zeros(n, dtype=torch.long, device=device)
     seed = stream_seed(problem.generator)  # one draw per call, whatever the batch holds
 
-    def evaluate(idx: Tensor, whole: bool, x_adv: Tensor, logits: Tensor, value: Tensor | None = None,
-                 finite: Tensor | None = None) -> Tensor:
+    def evaluate(
+        idx: Tensor,
+        whole: bool,
+        x_adv: Tensor,
+        logits: Tensor,
+        value: Tensor | None = None,
+        finite: Tensor | None = None,
+    ) -> Tensor:
         """Offer the points to the best-so-far; ``value`` and ``finite``, when given, are the step's own
         (already -inf where the logits were not finite)."""
         y_i = y if whole else y[idx]

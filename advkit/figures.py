@@ -51,8 +51,11 @@ def example_grid(result: AttackResult, class_names: list[str], max_rows: int = 6
         row[1].set_title(f"perturbation, L-inf {float(delta.abs().max()):.3f}", fontsize=10)
         fooled = bool(result.success[i])
         row[2].imshow(to_image(result.x_adv[i], bounds), cmap="gray", vmin=0, vmax=1)
-        row[2].set_title(f"adversarial: {pred} (p={float(result.confidence[i]):.2f}), "
-                         f"{'fooled' if fooled else 'NOT fooled'}", fontsize=10, color="black" if fooled else "firebrick")
+        row[2].set_title(
+            f"adversarial: {pred} (p={float(result.confidence[i]):.2f}), {'fooled' if fooled else 'NOT fooled'}",
+            fontsize=10,
+            color="black" if fooled else "firebrick",
+        )
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -61,13 +64,23 @@ def example_grid(result: AttackResult, class_names: list[str], max_rows: int = 6
                     spine.set_edgecolor("firebrick")
                     spine.set_linewidth(2.5)
     if image is not None:
-        fig.colorbar(image, ax=axes[:, 1].tolist(), location="bottom", fraction=0.04, pad=0.02, shrink=0.9,
-                     label=f"perturbation (model units; range of the model {bounds[1] - bounds[0]:g})")
+        fig.colorbar(
+            image,
+            ax=axes[:, 1].tolist(),
+            location="bottom",
+            fraction=0.04,
+            pad=0.02,
+            shrink=0.9,
+            label=f"perturbation (model units; range of the model {bounds[1] - bounds[0]:g})",
+        )
     n_fooled = int(result.success.sum())
-    fig.suptitle(f"{result.attack} on {result.model}: {result.constraints}\n{n_fooled}/{result.n} fooled "
-                 f"({result.criterion}); shown: "
-                 f"{sum(bool(result.success[i]) for i in rows)} fooled, {sum(not bool(result.success[i]) for i in rows)} "
-                 "not fooled (red)", fontsize=11)
+    fig.suptitle(
+        f"{result.attack} on {result.model}: {result.constraints}\n{n_fooled}/{result.n} fooled "
+        f"({result.criterion}); shown: "
+        f"{sum(bool(result.success[i]) for i in rows)} fooled, {sum(not bool(result.success[i]) for i in rows)} "
+        "not fooled (red)",
+        fontsize=11,
+    )
     return fig
 
 

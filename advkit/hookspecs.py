@@ -7,7 +7,7 @@ fewer arguments than its spec, so these specs can grow without breaking plugins.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 

@@ -14,9 +14,9 @@ model gets a photo right before attacking it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,7 @@ class Preprocessing:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
+    def from_dict(cls, d: dict) -> Preprocessing:
         return cls(
             crop_size=int(d["crop_size"]),
             resize_size=int(d["resize_size"]),
@@ -192,10 +192,18 @@ SAMPLES: dict[str, SamplePhoto] = {
         SamplePhoto("chelsea", "scikit-image: Chelsea the cat", (281, 282, 285), _skimage("chelsea")),
         SamplePhoto("coffee", "scikit-image: a cup of coffee", (967, 968, 504), _skimage("coffee")),
         SamplePhoto("rocket", "scikit-image: a rocket on its launch pad", (657, 744), _skimage("rocket")),
-        SamplePhoto("motorcycle", "scikit-image: a motorcycle (stereo left view)", (665, 670),
-                    _skimage_file("motorcycle_left.png")),
-        SamplePhoto("camera", "scikit-image: the cameraman (grayscale) with his camera on a tripod", (872, 759),
-                    _skimage("camera")),
+        SamplePhoto(
+            "motorcycle",
+            "scikit-image: a motorcycle (stereo left view)",
+            (665, 670),
+            _skimage_file("motorcycle_left.png"),
+        ),
+        SamplePhoto(
+            "camera",
+            "scikit-image: the cameraman (grayscale) with his camera on a tripod",
+            (872, 759),
+            _skimage("camera"),
+        ),
         SamplePhoto("grace_hopper", "matplotlib: Grace Hopper in uniform", (652,), _matplotlib("grace_hopper.jpg")),
     ]
 }
@@ -235,8 +243,13 @@ def _header_size(path: Path) -> tuple[int, int] | None:
 
 
 def _too_large(key: str, size: tuple[int, int] | None, pixels: int | None, limit: int) -> ImageLoadError:
-    shown = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels" if size else f"{pixels:,} pixels" if pixels else \
-        "too many pixels"
+    shown = (
+        f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels"
+        if size
+        else f"{pixels:,} pixels"
+        if pixels
+        else "too many pixels"
+    )
     return ImageLoadError(
         f"image {key!r} is {shown}, above the limit of {limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS, a guard against "
         "decompression bombs); downscale it first, e.g. to at most 4096 pixels a side (ImageMagick: "
@@ -279,8 +292,7 @@ def load_pil(source: str | Path):
                 image.load()
         except Image.DecompressionBombError as error:  # above twice the limit: PIL refuses to even open it
             found = re.search(r"\((\d+) pixels\)", str(error))
-            raise _too_large(key, _header_size(path), int(found.group(1)) if found else None,
-                             limit or 0) from None
+            raise _too_large(key, _header_size(path), int(found.group(1)) if found else None, limit or 0) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             if isinstance(error, ImageLoadError):
                 raise

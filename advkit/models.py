@@ -9,8 +9,8 @@ its first layer) can neither change the caller's tensors nor the attack's state.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -87,7 +87,7 @@ class ModelAdapter:
             return tensor.device
         return torch.device("cpu")
 
-    def to(self, device: str | torch.device) -> "ModelAdapter":
+    def to(self, device: str | torch.device) -> ModelAdapter:
         self.module.to(device)
         return self
 
@@ -121,7 +121,7 @@ class ModelAdapter:
         return None
 
     @contextlib.contextmanager
-    def eval_mode(self) -> Iterator["ModelAdapter"]:
+    def eval_mode(self) -> Iterator[ModelAdapter]:
         """Put every submodule in eval mode; restore each one's own mode afterwards, also on exceptions."""
         modes = [(module, module.training) for module in self.module.modules()]
         self.module.eval()

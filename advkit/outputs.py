@@ -49,8 +49,10 @@ def read_manifest(folder: Path) -> dict:
             raise ValueError("not a manifest")
         return data
     except (OSError, ValueError) as error:
-        raise OutputFolderError(f"{path} is not a readable advkit manifest ({error}); advkit cannot tell which files "
-                                "in that folder it wrote: choose a new folder, or pass --overwrite") from None
+        raise OutputFolderError(
+            f"{path} is not a readable advkit manifest ({error}); advkit cannot tell which files "
+            "in that folder it wrote: choose a new folder, or pass --overwrite"
+        ) from None
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:

@@ -22,10 +22,11 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Integral, Real
-from typing import Any, Callable, Iterable, Literal, Union
+from typing import Any, Literal, Union
 
 from advkit.errors import ParameterError
 
@@ -62,7 +63,9 @@ class Bounds:
         low = self.ge if self.ge is not None else self.gt
         high = self.le if self.le is not None else self.lt
         if low is not None and high is not None:
-            return f"{'[' if self.ge is not None else '('}{_num(low)}, {_num(high)}{']' if self.le is not None else ')'}"
+            return (
+                f"{'[' if self.ge is not None else '('}{_num(low)}, {_num(high)}{']' if self.le is not None else ')'}"
+            )
         if low is not None:
             return f"{'>=' if self.ge is not None else '>'} {_num(low)}"
         if high is not None:
@@ -75,8 +78,12 @@ class Bounds:
             return value in allowed
         if not isinstance(value, Real) or isinstance(value, bool):
             return True
-        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        return (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
 
 
 def _num(value: float) -> str:
@@ -84,9 +91,16 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
 
 
-def param(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
-          le: float | None = None, lt: float | None = None,
-          choices: Iterable[Any] | Callable[[], Iterable[Any]] | None = None, doc: str = "") -> Any:
+def param(
+    default: Any = dataclasses.MISSING,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
+    doc: str = "",
+) -> Any:
     """A dataclass field with a declared range (see the module docstring); ``choices`` may be a callable."""
     bounds = Bounds(ge=ge, gt=gt, le=le, lt=lt, choices=choices, doc=doc)
     return dataclasses.field(default=default, metadata={_META_KEY: bounds})
@@ -206,8 +220,14 @@ class ParamSpec:
 
     def to_dict(self) -> dict:
         default = None if self.default is dataclasses.MISSING else self.default
-        return {"name": self.name, "type": self.type_name, "default": default, "range": self.bounds.describe() or None,
-                "valid": self.describe(), "doc": self.bounds.doc}
+        return {
+            "name": self.name,
+            "type": self.type_name,
+            "default": default,
+            "range": self.bounds.describe() or None,
+            "valid": self.describe(),
+            "doc": self.bounds.doc,
+        }
 
 
 _NO = object()
@@ -279,10 +299,20 @@ def param_specs(cls: type) -> list[ParamSpec]:
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-        specs.append(ParamSpec(owner=owner, name=f.name, hint=hints.get(f.name, Any), default=default,
-                               bounds=f.metadata.get(_META_KEY, Bounds())))
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        )
+        specs.append(
+            ParamSpec(
+                owner=owner,
+                name=f.name,
+                hint=hints.get(f.name, Any),
+                default=default,
+                bounds=f.metadata.get(_META_KEY, Bounds()),
+            )
+        )
     return specs
 
 
@@ -324,13 +354,16 @@ def check_count(value: Any, what: str, *, low: int = 1, high: int | None = None,
         return None
     if isinstance(value, bool) or not isinstance(value, Integral) or value < low or (high is not None and value > high):
         rng = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ParameterError(f"{what} must be an integer {rng if rng.startswith('>') else 'in ' + rng}"
-                             f"{', or None' if optional else ''}, got {value!r}")
+        raise ParameterError(
+            f"{what} must be an integer {rng if rng.startswith('>') else 'in ' + rng}"
+            f"{', or None' if optional else ''}, got {value!r}"
+        )
     return int(value)
 
 
-def check_number(value: Any, what: str, *, ge: float | None = None, lt: float | None = None,
-                 optional: bool = True) -> float | None:
+def check_number(
+    value: Any, what: str, *, ge: float | None = None, lt: float | None = None, optional: bool = True
+) -> float | None:
     """A finite number in [ge, lt); None allowed when ``optional``."""
     if value is None and optional:
         return None
@@ -342,5 +375,17 @@ def check_number(value: Any, what: str, *, ge: float | None = None, lt: float | 
         raise ParameterError(f"{what} must be {spec.describe()}, got {value!r}") from None
 
 
-__all__ = ["MAX_RESTARTS", "MAX_STEPS", "Bounds", "ParamSpec", "check_count", "check_number", "check_seed", "param",
-           "param_specs", "parse_params", "type_name", "validate"]
+__all__ = [
+    "MAX_RESTARTS",
+    "MAX_STEPS",
+    "Bounds",
+    "ParamSpec",
+    "check_count",
+    "check_number",
+    "check_seed",
+    "param",
+    "param_specs",
+    "parse_params",
+    "type_name",
+    "validate",
+]

@@ -13,11 +13,12 @@ import json
 import platform
 import shlex
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 _command: ContextVar[str | None] = ContextVar("advkit_command", default=None)
 
@@ -80,12 +81,15 @@ def provenance_html(record: dict | None) -> str:
         "command": how,
         "versions": f"advkit {record.get('advkit')}, torch {record.get('torch')}, Python {record.get('python')}",
         "machine": f"{record.get('platform')}, {record.get('torch_threads')} torch thread(s), device "
-                   f"{record.get('device') or 'cpu'}",
+        f"{record.get('device') or 'cpu'}",
         "made": record.get("time", ""),
     }
-    body = "\n".join(f"<tr><th>{html.escape(k)}</th><td><code>{html.escape(str(v))}</code></td></tr>"
-                     if k == "command" else f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                     for k, v in rows.items())
+    body = "\n".join(
+        f"<tr><th>{html.escape(k)}</th><td><code>{html.escape(str(v))}</code></td></tr>"
+        if k == "command"
+        else f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in rows.items()
+    )
     return f"<h2>Reproduce</h2>\n<table>{body}</table>"
 
 

@@ -8,9 +8,9 @@ built-in attack, model or constraint set, and cannot make one vanish either.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from advkit import plugins
 from advkit.errors import AdvkitError
@@ -55,9 +55,14 @@ class Conflict:
     def message(self) -> str:
         who = " and ".join(f"plugin {p.name!r} ({p.origin()})" for p in self.plugins)
         third_party = sorted({p.distribution or p.name for p in self.plugins if not p.builtin})
-        fix = (f"uninstall {' or '.join(third_party)}, or leave it out with ADVKIT_PLUGINS (the third-party plugins "
-               "to load, comma-separated) or ADVKIT_DISABLE_PLUGIN_AUTOLOAD=1 (built-ins only)") if third_party else \
-            "rename one of them"
+        fix = (
+            (
+                f"uninstall {' or '.join(third_party)}, or leave it out with ADVKIT_PLUGINS (the third-party plugins "
+                "to load, comma-separated) or ADVKIT_DISABLE_PLUGIN_AUTOLOAD=1 (built-ins only)"
+            )
+            if third_party
+            else "rename one of them"
+        )
         return f"{self.kind} {self.name!r} is registered twice, by {who}; advkit uses neither: {fix}"
 
     def to_dict(self) -> dict:
@@ -126,7 +131,8 @@ def _collect(hook_name: str, kind: str) -> Registrations:
             if not isinstance(name, str) or not name:
                 raise RegistrationError(
                     f"plugin {_info.name!r} ({_info.origin()}) registered a {kind} without a string 'name': {obj!r}; "
-                    "uninstall the plugin, or set ADVKIT_DISABLE_PLUGIN_AUTOLOAD=1 or ADVKIT_PLUGINS=... to skip it")
+                    "uninstall the plugin, or set ADVKIT_DISABLE_PLUGIN_AUTOLOAD=1 or ADVKIT_PLUGINS=... to skip it"
+                )
             owners.setdefault(name, []).append(_info)
             description = getattr(obj, "description", None) or first_docstring_line(obj)
             items.setdefault(name, Registered(name=name, obj=obj, plugin=_info, description=description))
@@ -151,8 +157,10 @@ def _getter(hook_name: str, kind: str) -> tuple[Callable[[], Registrations], Cal
         return items[name]
 
     all_items.__doc__ = f"Every registered {kind}, by name (conflicted names refuse to be looked up)."
-    get.__doc__ = (f"The registered {kind} called ``name`` (UnknownNameError listing the valid names; "
-                   "RegistrationError when two plugins registered it).")
+    get.__doc__ = (
+        f"The registered {kind} called ``name`` (UnknownNameError listing the valid names; "
+        "RegistrationError when two plugins registered it)."
+    )
     return all_items, get
 
 
@@ -174,6 +182,9 @@ def list_plugins() -> list[dict]:
     found = conflicts()
     rows = plugins.list_plugins()
     for row in rows:
-        row["conflicts"] = [f"{c.kind} {c.name!r}: " + ", ".join(f"{p.name} ({p.origin()})" for p in c.plugins)
-                            for c in found if any(p.name == row["name"] for p in c.plugins)]
+        row["conflicts"] = [
+            f"{c.kind} {c.name!r}: " + ", ".join(f"{p.name} ({p.origin()})" for p in c.plugins)
+            for c in found
+            if any(p.name == row["name"] for p in c.plugins)
+        ]
     return rows

@@ -27,12 +27,20 @@ def write_report(result: SweepResult, flags: list[dict], out: Path) -> list[Path
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "results.csv", result.table.to_csv(index=False).encode())
-    atomic_write_json(out / "results.json", {"rows": json.loads(result.table.to_json(orient="records")), "flags": flags})
+    atomic_write_json(
+        out / "results.json", {"rows": json.loads(result.table.to_json(orient="records")), "flags": flags}
+    )
     atomic_write_bytes(out / "success_matrix.csv", result.matrix.to_csv(index=False).encode())
     atomic_write_json(out / "flags.json", flags)
     if not (out / "config.json").exists():
         atomic_write_json(out / "config.json", result.config)
-    return [out / "results.csv", out / "results.json", out / "success_matrix.csv", out / "flags.json", *build_index(out)]
+    return [
+        out / "results.csv",
+        out / "results.json",
+        out / "success_matrix.csv",
+        out / "flags.json",
+        *build_index(out),
+    ]
 
 
 def success_figure(table: pd.DataFrame):
@@ -61,22 +69,36 @@ def success_figure(table: pd.DataFrame):
 
 #: Columns of results.csv that the report needs (the sweep writes more), and those of them that are numbers.
 RESULTS_COLUMNS = ("model", "attack", "eps_01", "n_attacked", "success_rate", "ci_low", "ci_high")
-_NUMERIC_COLUMNS = ("eps_01", "n_attacked", "success_rate", "ci_low", "ci_high", "robust_accuracy", "clean_accuracy",
-                    "mean_linf", "max_linf", "mean_l2")
+_NUMERIC_COLUMNS = (
+    "eps_01",
+    "n_attacked",
+    "success_rate",
+    "ci_low",
+    "ci_high",
+    "robust_accuracy",
+    "clean_accuracy",
+    "mean_linf",
+    "max_linf",
+    "mean_l2",
+)
 _REWRITE = "rerun the `advkit sweep` that made the folder to rewrite it"
 
 
 def read_results(path: Path) -> pd.DataFrame:
     """results.csv as ``write_report`` writes it; :class:`ReportError` naming the file otherwise."""
-    should = (f"it should hold the sweep's table: a header row with at least the columns {', '.join(RESULTS_COLUMNS)}, "
-              "then a row per model, attack and eps")
+    should = (
+        f"it should hold the sweep's table: a header row with at least the columns {', '.join(RESULTS_COLUMNS)}, "
+        "then a row per model, attack and eps"
+    )
     try:
         table = pd.read_csv(path)
     except FileNotFoundError:
         raise ReportError(f"{path} is missing: not an advkit sweep report ({should})") from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
-        raise ReportError(f"{path} is not a readable CSV table ({type(error).__name__}: "
-                          f"{' '.join(str(error).split())[:160]}); {should}; {_REWRITE}") from None
+        raise ReportError(
+            f"{path} is not a readable CSV table ({type(error).__name__}: "
+            f"{' '.join(str(error).split())[:160]}); {should}; {_REWRITE}"
+        ) from None
     missing = [c for c in RESULTS_COLUMNS if c not in table.columns]
     if missing:
         raise ReportError(f"{path} lacks the column(s) {', '.join(missing)}; {should}; {_REWRITE}")
@@ -84,8 +106,10 @@ def read_results(path: Path) -> pd.DataFrame:
         raise ReportError(f"{path} has a header but no rows; {should}; {_REWRITE}")
     for column in _NUMERIC_COLUMNS:
         if column in table.columns and not pd.api.types.is_numeric_dtype(table[column]):
-            bad = next((v for v in table[column] if pd.isna(pd.to_numeric(v, errors="coerce")) and not pd.isna(v)),
-                       table[column].iloc[0])
+            bad = next(
+                (v for v in table[column] if pd.isna(pd.to_numeric(v, errors="coerce")) and not pd.isna(v)),
+                table[column].iloc[0],
+            )
             raise ReportError(f"{path}: column {column} holds {bad!r}, not a number; {should}; {_REWRITE}")
     for column in ("model", "attack", "n_attacked"):
         if table[column].isna().any():
@@ -105,13 +129,16 @@ def _read_json(path: Path, default, should: str):
 
 def _json_kind(value) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__
+    )
 
 
 def read_flags(path: Path) -> list[dict]:
     """flags.json as ``write_report`` writes it (a list of sanity-check objects), [] when absent."""
-    should = ('it should hold the sanity checks as a JSON list of objects, each with a "status" ("flag", "ok" or '
-              '"skipped") and "check", "model", "attack", "reason"')
+    should = (
+        'it should hold the sanity checks as a JSON list of objects, each with a "status" ("flag", "ok" or '
+        '"skipped") and "check", "model", "attack", "reason"'
+    )
     flags = _read_json(path, [], should)
     if not isinstance(flags, list):
         raise ReportError(f"{path} holds {_json_kind(flags)}, not a list; {should}; {_REWRITE}, or remove the file")
@@ -124,8 +151,10 @@ def read_flags(path: Path) -> list[dict]:
 
 def read_config(path: Path) -> dict:
     """config.json as the sweep writes it (its fingerprint object), {} when absent."""
-    should = ("it should hold the sweep's fingerprint: a JSON object with \"spec\" (an object with the attacks, eps, "
-              "n, seed...), \"models\" (model -> weights sha256), \"data\", \"advkit\", \"torch\" and \"plugins\"")
+    should = (
+        'it should hold the sweep\'s fingerprint: a JSON object with "spec" (an object with the attacks, eps, '
+        'n, seed...), "models" (model -> weights sha256), "data", "advkit", "torch" and "plugins"'
+    )
     config = _read_json(path, {}, should)
     if not isinstance(config, dict):
         raise ReportError(f"{path} holds {_json_kind(config)}, not an object; {should}; {_REWRITE}, or remove the file")
@@ -186,9 +215,25 @@ def build_transfer_index(out: Path) -> Path:
     shown = table.copy()
     for column in ("transfer_rate", "ci_low", "ci_high"):
         shown[column] = shown[column].map(lambda v: f"{v:.3f}")
-    facts = {key: summary.get(key) for key in ("sources", "targets", "attack", "attack_params", "constraints", "eps",
-                                                "eps_01", "criterion", "target_class", "n_attacked", "selection",
-                                                "data", "seed", "cell")}
+    facts = {
+        key: summary.get(key)
+        for key in (
+            "sources",
+            "targets",
+            "attack",
+            "attack_params",
+            "constraints",
+            "eps",
+            "eps_01",
+            "criterion",
+            "target_class",
+            "n_attacked",
+            "selection",
+            "data",
+            "seed",
+            "cell",
+        )
+    }
     fact_rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>advkit transfer report</title>
@@ -218,20 +263,37 @@ def _flag_rows(flags: list[dict]) -> str:
     rows = []
     order = {"flag": 0, "ok": 1, "skipped": 2}
     for f in sorted(flags, key=lambda f: order.get(f["status"], 3)):  # flags first; stable within a status
-        cells = "".join(f"<td>{html.escape(str(f.get(k) or ''))}</td>" for k in ("status", "check", "model", "attack", "reason"))
+        cells = "".join(
+            f"<td>{html.escape(str(f.get(k) or ''))}</td>" for k in ("status", "check", "model", "attack", "reason")
+        )
         rows.append(f'<tr style="background:{colors.get(f["status"], "white")}">{cells}</tr>')
     return "\n".join(rows)
 
 
 #: The results table's columns on the page (a 1280-px window shows them without scrolling); results.csv has all.
-INDEX_COLUMNS = ("model", "attack", "eps", "eps_01", "n_attacked", "success_rate", "ci_low", "ci_high",
-                 "robust_accuracy", "backward_passes", "seconds", "inferred")
+INDEX_COLUMNS = (
+    "model",
+    "attack",
+    "eps",
+    "eps_01",
+    "n_attacked",
+    "success_rate",
+    "ci_low",
+    "ci_high",
+    "robust_accuracy",
+    "backward_passes",
+    "seconds",
+    "inferred",
+)
 
 
 def render_html(table: pd.DataFrame, flags: list[dict], config: dict, figures: list[str]) -> str:
     raised = [f for f in flags if f["status"] == "flag"]
-    verdict = (f'<p class="bad">{len(raised)} sanity check(s) raised a flag: read them before trusting the numbers.</p>'
-               if raised else '<p class="good">No sanity check raised a flag.</p>')
+    verdict = (
+        f'<p class="bad">{len(raised)} sanity check(s) raised a flag: read them before trusting the numbers.</p>'
+        if raised
+        else '<p class="good">No sanity check raised a flag.</p>'
+    )
     shown = table[[c for c in INDEX_COLUMNS if c in table]].copy()  # the rest is in results.csv
     for column in ("success_rate", "ci_low", "ci_high", "robust_accuracy", "clean_accuracy", "eps_01"):
         if column in shown:
@@ -247,17 +309,23 @@ def render_html(table: pd.DataFrame, flags: list[dict], config: dict, figures: l
         "constraints": spec.get("constraints", ""),
         "eps (model units)": ", ".join(f"{e:g}" for e in spec.get("eps", [])),
         "samples": f"{spec.get('n')} test samples, class-interleaved; data {config.get('data', {}).get('source', '')} "
-                   f"(sha256 {str(config.get('data', {}).get('sha256', ''))[:12]})",
+        f"(sha256 {str(config.get('data', {}).get('sha256', ''))[:12]})",
         "seed / budget / confidence": f"{spec.get('seed')} / {spec.get('budget')} / {spec.get('confidence')}",
-        "reuse across eps": str(spec.get("reuse")) + (
+        "reuse across eps": str(spec.get("reuse"))
+        + (
             ", descending search (samples not fooled at a larger eps inferred robust: see 'inferred')"
-            if spec.get("search") == "descending" else ""),
+            if spec.get("search") == "descending"
+            else ""
+        ),
         "versions": f"advkit {config.get('advkit')}, torch {config.get('torch')}",
         "plugins": ", ".join(_plugin_text(name, info) for name, info in config.get("plugins", {}).items()),
     }
     fact_rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
-    images = "\n".join(f'<figure><img src="{html.escape(name)}" alt="{html.escape(name)}"><figcaption>{html.escape(name)}'
-                       "</figcaption></figure>" for name in figures)
+    images = "\n".join(
+        f'<figure><img src="{html.escape(name)}" alt="{html.escape(name)}"><figcaption>{html.escape(name)}'
+        "</figcaption></figure>"
+        for name in figures
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>advkit report</title>
 <style>

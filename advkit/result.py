@@ -110,7 +110,9 @@ class AttackResult:
             "misclassified_rate": float(misclassified.float().mean()),
             "robust_accuracy": float(self.robust.float().mean()),
             "mean_confidence": float(self.confidence.mean()),
-            "mean_confidence_success": float(self.confidence[self.success].mean()) if bool(self.success.any()) else None,
+            "mean_confidence_success": float(self.confidence[self.success].mean())
+            if bool(self.success.any())
+            else None,
             "mean_linf": float(linf.mean()),
             "max_linf": float(linf.max()),
             "mean_l2": float(l2.mean()),
@@ -118,7 +120,9 @@ class AttackResult:
             "backward_passes": self.backward_passes,
             "budget": self.budget,
             "max_backward_per_sample": None if self.backward_counts is None else int(self.backward_counts.max()),
-            "mean_backward_per_sample": None if self.backward_counts is None else float(self.backward_counts.float().mean()),
+            "mean_backward_per_sample": None
+            if self.backward_counts is None
+            else float(self.backward_counts.float().mean()),
             "seconds": round(self.seconds, 4),
             "seed": self.seed,
             "constraints": self.constraints,

@@ -59,8 +59,10 @@ class SampleStreams(torch.Generator):
     def __init__(self, x: Tensor, seed: int, stream: str = "", tags: tuple[Tensor | None, ...] = ()) -> None:
         prefix = f"{int(seed)}:{stream}:".encode()
         columns = [sample_digests(x)] + [sample_digests(t.reshape(len(t), -1)) for t in tags if t is not None]
-        keys = [int.from_bytes(hashlib.blake2b(prefix + b"".join(parts), digest_size=8).digest(), "little") & _MASK63
-                for parts in zip(*columns)]
+        keys = [
+            int.from_bytes(hashlib.blake2b(prefix + b"".join(parts), digest_size=8).digest(), "little") & _MASK63
+            for parts in zip(*columns)
+        ]
         self.n = len(keys)
         self.streams = [torch.Generator(device=x.device).manual_seed(k) for k in keys]
         batch_key = hashlib.blake2b(prefix + b"".join(k.to_bytes(8, "little") for k in keys), digest_size=8).digest()

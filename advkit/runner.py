@@ -41,8 +41,14 @@ from advkit.models import ModelAdapter, load_model
 from advkit.params import check_count, check_number, check_seed
 from advkit.registry import get_attack
 from advkit.result import AttackResult
-from advkit.validation import (as_targets, check_constraint, check_eps_in_range, check_inputs, check_labels,
-                               check_outputs)
+from advkit.validation import (
+    as_targets,
+    check_constraint,
+    check_eps_in_range,
+    check_inputs,
+    check_labels,
+    check_outputs,
+)
 
 
 class ThreatModelViolation(AdvkitError, RuntimeError):
@@ -61,13 +67,17 @@ def make_attack(attack: str | Attack, **params: Any) -> Attack:
             raise ParameterError("pass hyperparameters either to the attack instance or to make_attack, not both")
         return attack
     if not isinstance(attack, str):
-        raise ParameterError(f"attack must be a registered name or an advkit.Attack instance, got {type(attack).__name__}")
+        raise ParameterError(
+            f"attack must be a registered name or an advkit.Attack instance, got {type(attack).__name__}"
+        )
     cls = get_attack(attack).obj
     names = {f.name for f in cls.param_fields()}
     unknown = sorted(set(params) - names)
     if unknown:
-        raise ParameterError(f"attack {attack!r} has no parameter(s) {', '.join(unknown)}; its parameters: "
-                             f"{', '.join(sorted(names)) or '(none)'}")
+        raise ParameterError(
+            f"attack {attack!r} has no parameter(s) {', '.join(unknown)}; its parameters: "
+            f"{', '.join(sorted(names)) or '(none)'}"
+        )
     return cls(**params)
 
 
@@ -118,7 +128,9 @@ def threat_model(model: ModelAdapter, constraint: Constraint | None, eps: float 
             raise ParameterError("give a constraint set or eps")
         constraint = LinfBall(eps)
     elif eps is not None:
-        radii = [r for r in (_radius_value(constraint.linf_radius), _radius_value(constraint.l2_radius)) if r is not None]
+        radii = [
+            r for r in (_radius_value(constraint.linf_radius), _radius_value(constraint.l2_radius)) if r is not None
+        ]
         if not bounds_something(constraint):
             raise ThreatModelError(
                 f"eps {eps:g} bounds nothing in the constraint set {constraint.describe()} (it has no L-inf or L2 ball "
@@ -160,8 +172,9 @@ def run_attack(
     """
     model = load_model(model) if isinstance(model, str) else model
     if not isinstance(model, ModelAdapter):
-        raise ParameterError(f"model must be a registered name or an advkit ModelAdapter (see advkit.models), "
-                             f"got {type(model).__name__}")
+        raise ParameterError(
+            f"model must be a registered name or an advkit ModelAdapter (see advkit.models), got {type(model).__name__}"
+        )
     attack = make_attack(attack, **attack_params)
     seed = check_seed(seed)
     budget = check_count(budget, "budget (backward passes per sample)", low=1)
@@ -173,8 +186,10 @@ def run_attack(
     if attack.targeted and target is None:
         raise ParameterError(f"attack {attack.name!r} is targeted: give a target class")
     if target is not None and not attack.accepts_target:
-        raise ParameterError(f"attack {attack.name!r} is untargeted: it ignores target classes, so its success "
-                             "cannot be judged against one; use a targeted attack (e.g. targeted, pgd, apgd_targeted)")
+        raise ParameterError(
+            f"attack {attack.name!r} is untargeted: it ignores target classes, so its success "
+            "cannot be judged against one; use a targeted attack (e.g. targeted, pgd, apgd_targeted)"
+        )
     targets = None if target is None else as_targets(model, target, y)
     if criterion is None:
         level = attack.success_confidence if confidence is None else confidence
@@ -193,16 +208,19 @@ def run_attack(
             stop = min(n, begin + chunk)
             attempt = time.perf_counter()
             try:
-                pieces.append(_attack_rows(model, attack, x, y, targets, constraint, criterion, budget, seed, warm,
-                                           begin, stop))
+                pieces.append(
+                    _attack_rows(model, attack, x, y, targets, constraint, criterion, budget, seed, warm, begin, stop)
+                )
                 begin = stop
                 continue
             except Exception as error:
                 splittable = getattr(attack, "per_sample", True)
                 if not is_out_of_memory(error) or stop - begin <= 1 or not splittable:
                     if is_out_of_memory(error) and not splittable:
-                        error.add_note(f"advkit: attack {attack.name!r} couples the samples of a batch, so the runner "
-                                       "cannot split it; attack fewer samples at once")
+                        error.add_note(
+                            f"advkit: attack {attack.name!r} couples the samples of a batch, so the runner "
+                            "cannot split it; attack fewer samples at once"
+                        )
                     raise
             # out of memory: halve the rows still to do and try again
             retries += 1
@@ -287,9 +305,20 @@ class _Piece:
     history: Tensor | None
 
 
-def _attack_rows(model: ModelAdapter, attack: Attack, x: Tensor, y: Tensor, targets: Tensor | None,
-                 constraint: Constraint, criterion: Criterion, budget: int | None, seed: int, warm: Tensor | None,
-                 begin: int, stop: int) -> _Piece:
+def _attack_rows(
+    model: ModelAdapter,
+    attack: Attack,
+    x: Tensor,
+    y: Tensor,
+    targets: Tensor | None,
+    constraint: Constraint,
+    criterion: Criterion,
+    budget: int | None,
+    seed: int,
+    warm: Tensor | None,
+    begin: int,
+    stop: int,
+) -> _Piece:
     """Attack rows [begin, stop) with a fresh generator, enforce the threat model and re-check (eval mode is on)."""
     whole = begin == 0 and stop == x.shape[0]
     rows = slice(begin, stop)
@@ -321,14 +350,23 @@ def _attack_rows(model: ModelAdapter, attack: Attack, x: Tensor, y: Tensor, targ
     if budget is not None and backward > budget * n:
         raise BudgetExceeded(f"attack {attack.name!r} used {backward} backward passes; budget {budget} x {n} samples")
     if budget is not None and per_sample is not None and int(per_sample.max()) > budget:
-        raise BudgetExceeded(f"attack {attack.name!r} used {int(per_sample.max())} backward passes on one sample; budget {budget}")
+        raise BudgetExceeded(
+            f"attack {attack.name!r} used {int(per_sample.max())} backward passes on one sample; budget {budget}"
+        )
     history = getattr(attack, "history_", None)
     nonfinite = problem.nonfinite_counts
-    return _Piece(x_adv=x_adv, logits=logits, clean_correct=clean_correct, forward=forward, backward=backward,
-                  backward_counts=per_sample,
-                  nonfinite_counts=None if nonfinite is None else nonfinite.detach().cpu(),
-                  artifacts=dict(problem.artifacts), seconds=seconds,
-                  history=history if isinstance(history, Tensor) else None)
+    return _Piece(
+        x_adv=x_adv,
+        logits=logits,
+        clean_correct=clean_correct,
+        forward=forward,
+        backward=backward,
+        backward_counts=per_sample,
+        nonfinite_counts=None if nonfinite is None else nonfinite.detach().cpu(),
+        artifacts=dict(problem.artifacts),
+        seconds=seconds,
+        history=history if isinstance(history, Tensor) else None,
+    )
 
 
 def _merge_history(attack: Attack, pieces: list[_Piece]) -> None:
@@ -358,8 +396,10 @@ def _warm_start(attack: Attack, start: Tensor | None, x: Tensor) -> Tensor | Non
     if start is None:
         return None
     if not isinstance(start, Tensor) or not start.is_floating_point():
-        raise ParameterError(f"start must be a floating-point tensor of x's shape, got {type(start).__name__}"
-                             + (f" of dtype {start.dtype}" if isinstance(start, Tensor) else ""))
+        raise ParameterError(
+            f"start must be a floating-point tensor of x's shape, got {type(start).__name__}"
+            + (f" of dtype {start.dtype}" if isinstance(start, Tensor) else "")
+        )
     if start.shape != x.shape:
         raise ParameterError(f"start has shape {tuple(start.shape)}, expected {tuple(x.shape)}")
     if not bool(torch.isfinite(start).all()):

@@ -40,7 +40,7 @@ __all__ = [
 CONVERT_HINT = (
     "advkit only loads weights saved as safetensors or as a plain state dict (tensors only), never pickled Python "
     "objects (unpickling them could run code); convert the file in the code that made it (where the model is at hand), e.g. "
-    "safetensors.torch.save_file(model.state_dict(), \"model.safetensors\"), and pass that file"
+    'safetensors.torch.save_file(model.state_dict(), "model.safetensors"), and pass that file'
 )
 
 
@@ -55,8 +55,10 @@ def _unpickling_reason(error: BaseException) -> str:
     text = str(error)
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if found:
-        return (f"it holds a pickled Python object ({found.group(1)}), not only tensors (e.g. a whole model saved "
-                "with torch.save(model, path))")
+        return (
+            f"it holds a pickled Python object ({found.group(1)}), not only tensors (e.g. a whole model saved "
+            "with torch.save(model, path))"
+        )
     return "it is not a torch.save file of tensors (a plain pickle of Python objects, or another format)"
 
 
@@ -79,15 +81,21 @@ def _check_state_dict(path: Path, state: object, hint: str) -> dict[str, Tensor]
     if bad:
         shown = ", ".join(f"{k!r}: {_describe(v)}" for k, v in bad[:3]) + (" ..." if len(bad) > 3 else "")
         wrapped = [k for k, v in bad if isinstance(v, dict) and k in ("state_dict", "model", "model_state_dict", "net")]
-        wrapped_hint = (f" (it looks like a training checkpoint: save checkpoint[{wrapped[0]!r}] on its own)"
-                        if wrapped else "")
-        raise _refuse(path, f"it is a dict with {len(bad)} entries that are not name -> tensor ({shown}), "
-                            f"not a plain state dict{wrapped_hint}", hint)
+        wrapped_hint = (
+            f" (it looks like a training checkpoint: save checkpoint[{wrapped[0]!r}] on its own)" if wrapped else ""
+        )
+        raise _refuse(
+            path,
+            f"it is a dict with {len(bad)} entries that are not name -> tensor ({shown}), "
+            f"not a plain state dict{wrapped_hint}",
+            hint,
+        )
     return state  # type: ignore[return-value]
 
 
-def load_state_dict_file(path: str | os.PathLike, *, safetensors_only: bool = False,
-                         hint: str = CONVERT_HINT) -> dict[str, Tensor]:
+def load_state_dict_file(
+    path: str | os.PathLike, *, safetensors_only: bool = False, hint: str = CONVERT_HINT
+) -> dict[str, Tensor]:
     """The state dict in weights file ``path``, on the CPU, read without running any code from it.
 
     Args:
@@ -110,8 +118,9 @@ def load_state_dict_file(path: str | os.PathLike, *, safetensors_only: bool = Fa
             state = safetensors.torch.load_file(str(path), device="cpu")
         except Exception as error:  # SafetensorError, a bad header (ValueError), OSError...
             detail = " ".join(str(error).split())[:200]
-            raise _refuse(path, f"it is not a valid safetensors file ({type(error).__name__}: {detail})",
-                          hint) from None
+            raise _refuse(
+                path, f"it is not a valid safetensors file ({type(error).__name__}: {detail})", hint
+            ) from None
         return _check_state_dict(path, state, hint)
     try:
         with warnings.catch_warnings():
@@ -127,12 +136,15 @@ def load_state_dict_file(path: str | os.PathLike, *, safetensors_only: bool = Fa
     except (RuntimeError, ValueError, OSError, KeyError, IndexError, TypeError, AttributeError) as error:
         # e.g. "PytorchStreamReader failed reading zip archive": a truncated or corrupted torch.save file.
         detail = "; ".join(part for part in re.split(r"\.\s", " ".join(str(error).split()))[:1] if part)[:160]
-        raise _refuse(path, f"it is truncated, corrupted or not a torch.save file ({type(error).__name__}: {detail})",
-                      hint) from None
+        raise _refuse(
+            path, f"it is truncated, corrupted or not a torch.save file ({type(error).__name__}: {detail})", hint
+        ) from None
     return _check_state_dict(path, state, hint)
 
 
-def load_into(module: nn.Module, state: dict[str, Tensor], path: str | os.PathLike, *, what: str = "the model") -> nn.Module:
+def load_into(
+    module: nn.Module, state: dict[str, Tensor], path: str | os.PathLike, *, what: str = "the model"
+) -> nn.Module:
     """``module.load_state_dict(state, strict=True)``; a state dict of another architecture raises
     :class:`WeightsLoadError` naming the file and the first mismatching keys."""
     try:
@@ -146,9 +158,11 @@ def load_into(module: nn.Module, state: dict[str, Tensor], path: str | os.PathLi
         def few(keys: list[str]) -> str:
             return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
 
-        parts = ([f"missing keys {few(missing)}"] if missing else []) + (
-            [f"unexpected keys {few(unexpected)}"] if unexpected else []) + (
-            [f"different shapes for {few(shapes)}"] if shapes else [])
+        parts = (
+            ([f"missing keys {few(missing)}"] if missing else [])
+            + ([f"unexpected keys {few(unexpected)}"] if unexpected else [])
+            + ([f"different shapes for {few(shapes)}"] if shapes else [])
+        )
         detail = "; ".join(parts) or " ".join(str(error).split())[:200]
         raise WeightsLoadError(
             f"weights file {path} does not fit {what}: {detail}; pass a state dict saved from this exact architecture"

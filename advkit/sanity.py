@@ -38,9 +38,17 @@ def check_monotone(result: SweepResult) -> list[dict]:
             stack = torch.stack([result.cells[(ref, attack, e)].success for e in result.spec.eps])
             drops = (stack[:-1] & ~stack[1:]).any(0)
             count = int(drops.sum())
-            flags.append(_flag("monotone in eps", ref, attack, count == 0,
-                               "per-sample success never drops as eps grows" if count == 0
-                               else f"{count} sample(s) fooled at a smaller eps but not at a larger one"))
+            flags.append(
+                _flag(
+                    "monotone in eps",
+                    ref,
+                    attack,
+                    count == 0,
+                    "per-sample success never drops as eps grows"
+                    if count == 0
+                    else f"{count} sample(s) fooled at a smaller eps but not at a larger one",
+                )
+            )
     return flags
 
 
@@ -51,8 +59,17 @@ def _run(result: SweepResult, ref: str, attack: str, eps: float, idx: Tensor, **
     device = model.device
     constraint = sweep_constraint(spec, eps, model)
     merged = {**spec.attack_params.get(attack, {}), **params}
-    out = run_attack(model, attack, result.x[idx].to(device), result.y[idx].to(device), constraint=constraint,
-                     confidence=spec.confidence, budget=None if "steps" in params else spec.budget, seed=spec.seed, **merged)
+    out = run_attack(
+        model,
+        attack,
+        result.x[idx].to(device),
+        result.y[idx].to(device),
+        constraint=constraint,
+        confidence=spec.confidence,
+        budget=None if "steps" in params else spec.budget,
+        seed=spec.seed,
+        **merged,
+    )
     return out.success.cpu()
 
 
@@ -71,9 +88,20 @@ def check_full_range(result: SweepResult) -> list[dict]:
         for attack in result.spec.attacks:
             fooled = int(_run(result, ref, attack, model.range_width, idx).sum()) if len(idx) else 0
             rate = fooled / len(idx) if len(idx) else 1.0
-            flags.append(_flag("full-range eps", ref, attack, rate >= FULL_RANGE_SUCCESS,
-                               f"{fooled}/{len(idx)} fooled at eps = full range {model.range_width:g}"
-                               + ("" if rate >= FULL_RANGE_SUCCESS else f" (expected >= {FULL_RANGE_SUCCESS:.2f}: gradients may be masked)")))
+            flags.append(
+                _flag(
+                    "full-range eps",
+                    ref,
+                    attack,
+                    rate >= FULL_RANGE_SUCCESS,
+                    f"{fooled}/{len(idx)} fooled at eps = full range {model.range_width:g}"
+                    + (
+                        ""
+                        if rate >= FULL_RANGE_SUCCESS
+                        else f" (expected >= {FULL_RANGE_SUCCESS:.2f}: gradients may be masked)"
+                    ),
+                )
+            )
     return flags
 
 
@@ -93,8 +121,15 @@ def check_iterative_beats_single_step(result: SweepResult) -> list[dict]:
                 mine = result.cells[(ref, attack, eps)].success[idx]
                 if int(fgsm.sum()) > int(mine.sum()):
                     worse.append(f"eps {eps:g}: {int(mine.sum())} < FGSM {int(fgsm.sum())}")
-            flags.append(_flag("iterative >= single-step", ref, attack, not worse,
-                               "at least as strong as FGSM at every eps" if not worse else "weaker than FGSM: " + "; ".join(worse)))
+            flags.append(
+                _flag(
+                    "iterative >= single-step",
+                    ref,
+                    attack,
+                    not worse,
+                    "at least as strong as FGSM at every eps" if not worse else "weaker than FGSM: " + "; ".join(worse),
+                )
+            )
     return flags
 
 
@@ -116,9 +151,17 @@ def check_random_noise(result: SweepResult) -> list[dict]:
                 mine = result.cells[(ref, attack, eps)].success[idx]
                 if int(fooled.sum()) > int(mine.sum()):
                     worse.append(f"eps {eps:g}: {int(mine.sum())} < noise {int(fooled.sum())}")
-            flags.append(_flag("white-box >= random noise", ref, attack, not worse,
-                               "stronger than random noise of the same size" if not worse
-                               else "random noise does better: " + "; ".join(worse)))
+            flags.append(
+                _flag(
+                    "white-box >= random noise",
+                    ref,
+                    attack,
+                    not worse,
+                    "stronger than random noise of the same size"
+                    if not worse
+                    else "random noise does better: " + "; ".join(worse),
+                )
+            )
     return flags
 
 
@@ -141,10 +184,20 @@ def check_transfer(result: SweepResult) -> list[dict]:
                     with torch.no_grad():
                         fooled = model.predict(theirs.x_adv[both].to(model.device)).argmax(1).cpu() != result.y[both]
                     if int(fooled.sum()) > int(mine.success[both].sum()):
-                        worse.append(f"from {source} at eps {eps:g}: {int(fooled.sum())} > white-box {int(mine.success[both].sum())}")
-            flags.append(_flag("white-box >= transfer", target, attack, not worse,
-                               "stronger than transfer from the other models" if not worse
-                               else "transfer does better: " + "; ".join(worse)))
+                        worse.append(
+                            f"from {source} at eps {eps:g}: {int(fooled.sum())} > white-box {int(mine.success[both].sum())}"
+                        )
+            flags.append(
+                _flag(
+                    "white-box >= transfer",
+                    target,
+                    attack,
+                    not worse,
+                    "stronger than transfer from the other models"
+                    if not worse
+                    else "transfer does better: " + "; ".join(worse),
+                )
+            )
     return flags
 
 
@@ -183,22 +236,40 @@ def check_more_steps(result: SweepResult) -> list[dict]:
             if "steps" not in params or not isinstance(params["steps"], int):
                 flags.append(_flag("more steps change little", ref, attack, True, "attack has no steps", skipped=True))
                 continue
-            open_eps = [e for e in result.spec.eps if float(result.cells[(ref, attack, e)].success[idx].float().mean()) < 0.99]
+            open_eps = [
+                e for e in result.spec.eps if float(result.cells[(ref, attack, e)].success[idx].float().mean()) < 0.99
+            ]
             if not open_eps or not len(idx):
-                flags.append(_flag("more steps change little", ref, attack, True, "success saturated at every eps", skipped=True))
+                flags.append(
+                    _flag("more steps change little", ref, attack, True, "success saturated at every eps", skipped=True)
+                )
                 continue
             eps = open_eps[-1]
             base = float(_run(result, ref, attack, eps, idx, steps=params["steps"]).float().mean())
             more = float(_run(result, ref, attack, eps, idx, steps=2 * params["steps"]).float().mean())
             gain = more - base
-            flags.append(_flag("more steps change little", ref, attack, gain < MORE_STEPS_GAIN,
-                               f"eps {eps:g}: success {base:.2f} with {params['steps']} steps, {more:.2f} with {2 * params['steps']}"
-                               + ("" if gain < MORE_STEPS_GAIN else " - still rising: the budget was too small")))
+            flags.append(
+                _flag(
+                    "more steps change little",
+                    ref,
+                    attack,
+                    gain < MORE_STEPS_GAIN,
+                    f"eps {eps:g}: success {base:.2f} with {params['steps']} steps, {more:.2f} with {2 * params['steps']}"
+                    + ("" if gain < MORE_STEPS_GAIN else " - still rising: the budget was too small"),
+                )
+            )
     return flags
 
 
-CHECKS = (check_monotone, check_full_range, check_iterative_beats_single_step, check_random_noise, check_transfer,
-          check_gradients, check_more_steps)
+CHECKS = (
+    check_monotone,
+    check_full_range,
+    check_iterative_beats_single_step,
+    check_random_noise,
+    check_transfer,
+    check_gradients,
+    check_more_steps,
+)
 
 
 def run_checks(result: SweepResult) -> list[dict]:

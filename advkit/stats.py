@@ -45,4 +45,3 @@ def wilson_interval(k: Any, n: Any, z: float = 1.96) -> tuple[Any, Any]:
     if scalar:
         return float(low), float(high)
     return low, high
-

@@ -14,8 +14,9 @@ about the attack.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Collection, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -26,8 +27,22 @@ from advkit.transforms import applicable_transforms, apply_transform, describe
 __all__ = ["Survival"]
 
 COLUMNS = [
-    "sample", "image", "transform", "pred", "pred_name", "probability", "target", "target_name", "target_probability",
-    "label", "label_name", "still_fooled", "survived", "clean_pred", "clean_pred_name", "clean_probability",
+    "sample",
+    "image",
+    "transform",
+    "pred",
+    "pred_name",
+    "probability",
+    "target",
+    "target_name",
+    "target_probability",
+    "label",
+    "label_name",
+    "still_fooled",
+    "survived",
+    "clean_pred",
+    "clean_pred_name",
+    "clean_probability",
     "clean_correct",
 ]
 
@@ -104,20 +119,33 @@ class Survival:
                 k = int(pred[i])
                 still_fooled = k == int(target[i]) if target is not None else k != int(labels[i])
                 row = {
-                    "sample": i, "image": names[i], "transform": transform, "pred": k, "pred_name": classes[k],
+                    "sample": i,
+                    "image": names[i],
+                    "transform": transform,
+                    "pred": k,
+                    "pred_name": classes[k],
                     "probability": float(p[i]),
                     "target": None if target is None else int(target[i]),
                     "target_name": None if target is None else classes[int(target[i])],
                     "target_probability": None if target is None else float(probs[i, int(target[i])]),
                     "label": None if labels is None else int(labels[i]),
                     "label_name": None if labels is None else classes[int(labels[i])],
-                    "still_fooled": bool(still_fooled), "survived": bool(still_fooled),
-                    "clean_pred": None, "clean_pred_name": None, "clean_probability": None, "clean_correct": None,
+                    "still_fooled": bool(still_fooled),
+                    "survived": bool(still_fooled),
+                    "clean_pred": None,
+                    "clean_pred_name": None,
+                    "clean_probability": None,
+                    "clean_correct": None,
                 }
                 if clean is not None:
                     c = int(clean_pred[i])
-                    row.update(clean_pred=c, clean_pred_name=classes[c], clean_probability=float(clean_p[i]),
-                               clean_correct=c in accepted[i], survived=bool(still_fooled) and c in accepted[i])
+                    row.update(
+                        clean_pred=c,
+                        clean_pred_name=classes[c],
+                        clean_probability=float(clean_p[i]),
+                        clean_correct=c in accepted[i],
+                        survived=bool(still_fooled) and c in accepted[i],
+                    )
                 rows.append(row)
         frame = pd.DataFrame(rows, columns=COLUMNS)
         return frame.sort_values(["sample"], kind="stable").reset_index(drop=True)

@@ -60,7 +60,6 @@ from advkit.models import ModelAdapter
 from advkit.stats import wilson_interval
 from advkit.validation import check_eps_in_range
 
-
 SEARCHES = ("ascending", "descending")
 
 #: Significant digits of the eps in the table and the success matrix (``f"{eps:g}"``): eps of one sweep must differ in them.
@@ -116,7 +115,8 @@ class SweepSpec:
             if f"{a:.{EPS_DIGITS}g}" == f"{b:.{EPS_DIGITS}g}":
                 raise ParameterError(
                     f"eps {a!r} and {b!r} are the same to {EPS_DIGITS} significant digits ({a:.{EPS_DIGITS}g}), so the "
-                    "table and the success matrix could not tell them apart; keep one of them")
+                    "table and the success matrix could not tell them apart; keep one of them"
+                )
         self.eps = eps
         parsed: dict[tuple, str] = {}  # (name, options with their types) -> the first reference naming them
         for ref in self.models:
@@ -240,14 +240,16 @@ def fingerprint(spec: SweepSpec, models: dict[str, ModelAdapter], x: Tensor, y: 
     """Everything that decides the results: weights, data, attacks with parameters, seed, versions (as JSON values)."""
     from advkit import __version__
 
-    return _jsonable({
-        "spec": asdict(spec),
-        "models": {ref: model_fingerprint(m) for ref, m in models.items()},
-        "data": {"source": source, "n": int(len(y)), "sha256": tensor_digest(x, y)},
-        "advkit": __version__,
-        "torch": torch.__version__,
-        "plugins": sweep_plugins(spec),
-    })
+    return _jsonable(
+        {
+            "spec": asdict(spec),
+            "models": {ref: model_fingerprint(m) for ref, m in models.items()},
+            "data": {"source": source, "n": int(len(y)), "sha256": tensor_digest(x, y)},
+            "advkit": __version__,
+            "torch": torch.__version__,
+            "plugins": sweep_plugins(spec),
+        }
+    )
 
 
 def _jsonable(obj: Any) -> Any:
@@ -273,7 +275,7 @@ def _short(value: Any) -> str:
     if value is _ABSENT:
         return "(absent)"
     text = json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= _SHORT else f"{text[:_SHORT - 16]}...{text[-13:]}"
+    return text if len(text) <= _SHORT else f"{text[: _SHORT - 16]}...{text[-13:]}"
 
 
 def config_changes(old: Any, new: Any) -> list[str]:
@@ -289,8 +291,11 @@ def config_changes(old: Any, new: Any) -> list[str]:
             keys = list(dict.fromkeys([*(b if b is not _ABSENT else {}), *(a if a is not _ABSENT else {})]))
             if keys:
                 for k in keys:
-                    walk(a.get(k, _ABSENT) if a is not _ABSENT else _ABSENT,
-                         b.get(k, _ABSENT) if b is not _ABSENT else _ABSENT, f"{path}.{k}" if path else str(k))
+                    walk(
+                        a.get(k, _ABSENT) if a is not _ABSENT else _ABSENT,
+                        b.get(k, _ABSENT) if b is not _ABSENT else _ABSENT,
+                        f"{path}.{k}" if path else str(k),
+                    )
                 return
         changes.append(f"{path or '(the whole configuration)'}: {_short(a)} -> {_short(b)}")
 
@@ -322,7 +327,9 @@ def cell_key(model: str, attack: str, eps: float) -> str:
 CELL_TENSORS = ("attacked", "success", "pred", "linf", "l2", "x_adv")
 CELL_COUNTS = ("forward", "backward", "carried", "inferred")
 #: The keys of a cell's JSON file, exactly.
-CELL_META_KEYS = frozenset({"model", "attack", "eps", *CELL_COUNTS, "seconds", "fingerprint", "config", "tensors_sha256"})
+CELL_META_KEYS = frozenset(
+    {"model", "attack", "eps", *CELL_COUNTS, "seconds", "fingerprint", "config", "tensors_sha256"}
+)
 
 
 @dataclass
@@ -359,13 +366,24 @@ class Cell:
         data = save({k: getattr(self, k).contiguous() for k in CELL_TENSORS})
         atomic_write_bytes(tensor_path, data)
         meta = {k: getattr(self, k) for k in ("model", "attack", "eps", *CELL_COUNTS, "seconds")}
-        meta.update(fingerprint=config_digest(config), config=_jsonable(config),
-                    tensors_sha256=hashlib.sha256(data).hexdigest())
+        meta.update(
+            fingerprint=config_digest(config), config=_jsonable(config), tensors_sha256=hashlib.sha256(data).hexdigest()
+        )
         atomic_write_json(meta_path, meta)
 
     @classmethod
-    def load(cls, folder: Path, config: dict, spec: SweepSpec, model: ModelAdapter, attack: str, eps: float, x: Tensor,
-             y: Tensor, clean_pred: Tensor) -> Cell | None:
+    def load(
+        cls,
+        folder: Path,
+        config: dict,
+        spec: SweepSpec,
+        model: ModelAdapter,
+        attack: str,
+        eps: float,
+        x: Tensor,
+        y: Tensor,
+        clean_pred: Tensor,
+    ) -> Cell | None:
         """The finished cell (model.name, attack, eps) of this configuration in ``folder``, fully checked, or None if it
         is not finished there; a cell that cannot be trusted raises :class:`SweepStoreError` naming its file.
 
@@ -380,7 +398,8 @@ class Cell:
 def _untrusted(path: Path, problem: str, meta_path: Path, tensor_path: Path) -> SweepStoreError:
     return SweepStoreError(
         f"sweep cell file {path} {problem}; delete {meta_path.name} and {tensor_path.name} in {meta_path.parent} to "
-        "compute that cell again, or use a new --out folder")
+        "compute that cell again, or use a new --out folder"
+    )
 
 
 def read_cell_meta(meta_path: Path, tensor_path: Path, config: dict) -> dict:
@@ -389,22 +408,30 @@ def read_cell_meta(meta_path: Path, tensor_path: Path, config: dict) -> dict:
     try:
         meta = json.loads(meta_path.read_bytes().decode())
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise _untrusted(meta_path, f"is not readable JSON (truncated or corrupt: {error})", meta_path,
-                         tensor_path) from None
+        raise _untrusted(
+            meta_path, f"is not readable JSON (truncated or corrupt: {error})", meta_path, tensor_path
+        ) from None
     if not isinstance(meta, dict):
-        raise _untrusted(meta_path, f"holds a {type(meta).__name__}, not a sweep cell's JSON object", meta_path,
-                         tensor_path)
+        raise _untrusted(
+            meta_path, f"holds a {type(meta).__name__}, not a sweep cell's JSON object", meta_path, tensor_path
+        )
     if not isinstance(meta.get("fingerprint"), str) or not isinstance(meta.get("config"), dict):
-        raise _untrusted(meta_path, "carries no configuration fingerprint (written by an older advkit, or not a sweep "
-                         "cell)", meta_path, tensor_path)
+        raise _untrusted(
+            meta_path,
+            "carries no configuration fingerprint (written by an older advkit, or not a sweep cell)",
+            meta_path,
+            tensor_path,
+        )
     if config_digest(meta["config"]) != meta["fingerprint"]:
-        raise _untrusted(meta_path, "holds a configuration that does not match its own fingerprint (edited?)",
-                         meta_path, tensor_path)
+        raise _untrusted(
+            meta_path, "holds a configuration that does not match its own fingerprint (edited?)", meta_path, tensor_path
+        )
     if meta["fingerprint"] != config_digest(config):
         raise SweepConfigMismatch(
             f"sweep cell file {meta_path} was written by a sweep with a different configuration (changed: "
             f"{describe_changes(meta['config'], config)}); use a new --out folder, or delete the old cells to compute "
-            "them again")
+            "them again"
+        )
     return meta
 
 
@@ -412,8 +439,18 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _verified_cell(meta: dict, meta_path: Path, tensor_path: Path, spec: SweepSpec, model: ModelAdapter, attack: str,
-                   eps: float, x: Tensor, y: Tensor, clean_pred: Tensor) -> Cell:
+def _verified_cell(
+    meta: dict,
+    meta_path: Path,
+    tensor_path: Path,
+    spec: SweepSpec,
+    model: ModelAdapter,
+    attack: str,
+    eps: float,
+    x: Tensor,
+    y: Tensor,
+    clean_pred: Tensor,
+) -> Cell:
     """The cell, built only once every check passed."""
     from safetensors import SafetensorError
     from safetensors.torch import load
@@ -424,8 +461,17 @@ def _verified_cell(meta: dict, meta_path: Path, tensor_path: Path, spec: SweepSp
     keys = set(meta)
     if keys != CELL_META_KEYS:
         missing, extra = sorted(CELL_META_KEYS - keys), sorted(keys - CELL_META_KEYS)
-        raise refuse("; ".join(filter(None, [missing and f"lacks the key(s) {', '.join(missing)}",
-                                             extra and f"has unexpected key(s) {', '.join(extra)}"])))
+        raise refuse(
+            "; ".join(
+                filter(
+                    None,
+                    [
+                        missing and f"lacks the key(s) {', '.join(missing)}",
+                        extra and f"has unexpected key(s) {', '.join(extra)}",
+                    ],
+                )
+            )
+        )
     for key, want in (("model", model.name), ("attack", attack)):
         if meta[key] != want:
             raise refuse(f"is for {key} {meta[key]!r}, not {want!r}")
@@ -447,19 +493,27 @@ def _verified_cell(meta: dict, meta_path: Path, tensor_path: Path, spec: SweepSp
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise refuse(f"cannot be read (truncated or corrupt: {error})", tensor_path) from None
     if hashlib.sha256(data).hexdigest() != meta["tensors_sha256"]:
-        raise refuse(f"does not match the sha256 recorded in {meta_path.name} (modified after it was written)",
-                     tensor_path)
+        raise refuse(
+            f"does not match the sha256 recorded in {meta_path.name} (modified after it was written)", tensor_path
+        )
     if set(tensors) != set(CELL_TENSORS):
         raise refuse(f"holds tensors {sorted(tensors)}; expected exactly {sorted(CELL_TENSORS)}", tensor_path)
     n = len(y)
-    shapes = {"attacked": ((n,), "bool"), "success": ((n,), "bool"), "pred": ((n,), "int64"), "linf": ((n,), "float"),
-              "l2": ((n,), "float"), "x_adv": ((n, *x.shape[1:]), str(x.dtype).removeprefix("torch."))}
+    shapes = {
+        "attacked": ((n,), "bool"),
+        "success": ((n,), "bool"),
+        "pred": ((n,), "int64"),
+        "linf": ((n,), "float"),
+        "l2": ((n,), "float"),
+        "x_adv": ((n, *x.shape[1:]), str(x.dtype).removeprefix("torch.")),
+    }
     for key, (shape, kind) in shapes.items():
         t = tensors[key]
         ok = t.is_floating_point() if kind == "float" else str(t.dtype).removeprefix("torch.") == kind
         if not ok or tuple(t.shape) != shape:
-            raise refuse(f"holds {key} of dtype {t.dtype} and shape {tuple(t.shape)}; expected {kind} {shape}",
-                         tensor_path)
+            raise refuse(
+                f"holds {key} of dtype {t.dtype} and shape {tuple(t.shape)}; expected {kind} {shape}", tensor_path
+            )
     attacked, success, pred, x_adv = (tensors[k] for k in ("attacked", "success", "pred", "x_adv"))
     x_cpu, y_cpu, clean_cpu = x.detach().cpu(), y.detach().cpu(), clean_pred.detach().cpu()
     if not torch.equal(attacked, clean_cpu == y_cpu):
@@ -473,20 +527,26 @@ def _verified_cell(meta: dict, meta_path: Path, tensor_path: Path, spec: SweepSp
     constraint = sweep_constraint(spec, eps, model)
     inside = constraint.contains((x_adv.to(x.device) - x), x)
     if not bool(inside.all()):
-        raise refuse(f"holds {int((~inside).sum())} adversarial point(s) outside the threat model "
-                     f"({constraint.describe()}) at eps {eps:g}", tensor_path)
+        raise refuse(
+            f"holds {int((~inside).sum())} adversarial point(s) outside the threat model "
+            f"({constraint.describe()}) at eps {eps:g}",
+            tensor_path,
+        )
     delta = (x_adv - x_cpu).flatten(1)
     for key, norm in (("linf", delta.abs().amax(1)), ("l2", delta.norm(dim=1))):
         t = tensors[key]
         if not bool(t[~attacked].isnan().all()) or not torch.allclose(
-                t[attacked].double(), norm[attacked].double(), rtol=1e-4, atol=1e-6):
+            t[attacked].double(), norm[attacked].double(), rtol=1e-4, atol=1e-6
+        ):
             raise refuse(f"holds {key} distances that are not those of its adversarial points", tensor_path)
     n_attacked = int(attacked.sum())
     if meta["carried"] + meta["inferred"] > n_attacked:
-        raise refuse(f"counts {meta['carried']} carried and {meta['inferred']} inferred of {n_attacked} attacked "
-                     "samples")
-    return Cell(model=model.name, attack=attack, eps=eps, **tensors, **{k: meta[k] for k in CELL_COUNTS},
-                seconds=float(seconds))
+        raise refuse(
+            f"counts {meta['carried']} carried and {meta['inferred']} inferred of {n_attacked} attacked samples"
+        )
+    return Cell(
+        model=model.name, attack=attack, eps=eps, **tensors, **{k: meta[k] for k in CELL_COUNTS}, seconds=float(seconds)
+    )
 
 
 # ----------------------------------------------------------------------------- running
@@ -507,8 +567,16 @@ def sweep_constraint(spec: SweepSpec, eps: float, model: ModelAdapter):
     return build_constraints(spec.constraints, eps=eps, bounds=model.bounds, registry=registry.constraints())
 
 
-def run_cell(spec: SweepSpec, model: ModelAdapter, attack: str, eps: float, x: Tensor, y: Tensor,
-             previous: Cell | None, clean_pred: Tensor | None = None) -> Cell:
+def run_cell(
+    spec: SweepSpec,
+    model: ModelAdapter,
+    attack: str,
+    eps: float,
+    x: Tensor,
+    y: Tensor,
+    previous: Cell | None,
+    clean_pred: Tensor | None = None,
+) -> Cell:
     """Attack the correctly classified samples at ``eps``, reusing ``previous`` (the cell of the neighbouring eps
     already run: smaller in an ascending search, larger in a descending one) when allowed.
 
@@ -554,8 +622,18 @@ def run_cell(spec: SweepSpec, model: ModelAdapter, attack: str, eps: float, x: T
         # ascending: start from the smaller eps' point; descending: from the attack's own start, so that for a
         # deterministic attack every sample fooled at the larger eps gets exactly the attack an independent run would make
         warm = start[todo] if reuse and spec.search == "ascending" else None
-        result = run_attack(model, attack, x[todo], y[todo], constraint=constraint, confidence=spec.confidence,
-                            budget=spec.budget, seed=spec.seed, start=warm, **spec.attack_params.get(attack, {}))
+        result = run_attack(
+            model,
+            attack,
+            x[todo],
+            y[todo],
+            constraint=constraint,
+            confidence=spec.confidence,
+            budget=spec.budget,
+            seed=spec.seed,
+            start=warm,
+            **spec.attack_params.get(attack, {}),
+        )
         x_adv[todo] = result.x_adv
         success[todo] = result.success
         pred[todo] = result.pred
@@ -565,10 +643,22 @@ def run_cell(spec: SweepSpec, model: ModelAdapter, attack: str, eps: float, x: T
     nan = torch.full((n,), float("nan"), device=device)
     if bool(inferred.any()):
         pred[inferred] = model.predict(x_adv[inferred]).argmax(1)
-    return Cell(model=model.name, attack=attack, eps=eps, attacked=attacked.cpu(), success=success.cpu(), pred=pred.cpu(),
-                linf=torch.where(attacked, delta.abs().amax(1), nan).cpu(), l2=torch.where(attacked, delta.norm(dim=1), nan).cpu(),
-                x_adv=x_adv.detach().cpu(), forward=forward, backward=backward,
-                seconds=round(time.perf_counter() - start_time, 4), carried=int(carry.sum()), inferred=int(inferred.sum()))
+    return Cell(
+        model=model.name,
+        attack=attack,
+        eps=eps,
+        attacked=attacked.cpu(),
+        success=success.cpu(),
+        pred=pred.cpu(),
+        linf=torch.where(attacked, delta.abs().amax(1), nan).cpu(),
+        l2=torch.where(attacked, delta.norm(dim=1), nan).cpu(),
+        x_adv=x_adv.detach().cpu(),
+        forward=forward,
+        backward=backward,
+        seconds=round(time.perf_counter() - start_time, 4),
+        carried=int(carry.sum()),
+        inferred=int(inferred.sum()),
+    )
 
 
 @dataclass
@@ -591,8 +681,15 @@ def check_sweep_eps(spec: SweepSpec, models: dict[str, ModelAdapter]) -> None:
             check_eps_in_range(model, sweep_constraint(spec, eps, model))
 
 
-def run_sweep(spec: SweepSpec, out: Path | None = None, *, device: str = "cpu", progress: bool = True,
-              data: tuple[Tensor, Tensor, str] | None = None, overwrite: bool = False) -> SweepResult:
+def run_sweep(
+    spec: SweepSpec,
+    out: Path | None = None,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+    data: tuple[Tensor, Tensor, str] | None = None,
+    overwrite: bool = False,
+) -> SweepResult:
     """Run (or resume, when ``out`` holds finished cells of the same configuration) the whole sweep.
 
     Refuses an eps beyond a model's range before ``out`` is touched; refuses (:class:`SweepStoreError`) an ``out``
@@ -626,8 +723,17 @@ def run_sweep(spec: SweepSpec, out: Path | None = None, *, device: str = "cpu", 
         raise
     table = results_table(spec, models, cells)
     matrix = success_matrix(spec, cells, sample_index)
-    return SweepResult(spec=spec, table=table, matrix=matrix, cells=cells, sample_index=sample_index, x=x.cpu(), y=y.cpu(),
-                       config=config, models=models)
+    return SweepResult(
+        spec=spec,
+        table=table,
+        matrix=matrix,
+        cells=cells,
+        sample_index=sample_index,
+        x=x.cpu(),
+        y=y.cpu(),
+        config=config,
+        models=models,
+    )
 
 
 def prepare_out(out: Path, config: dict, overwrite: bool = False, device: Any = None) -> Path | None:
@@ -654,14 +760,19 @@ def prepare_out(out: Path, config: dict, overwrite: bool = False, device: Any = 
         except (OSError, UnicodeDecodeError, ValueError) as error:
             raise SweepStoreError(
                 f"{config_path} is not readable JSON (truncated or corrupt: {error}); delete it (each finished cell "
-                "carries its own configuration, so the sweep can resume without it) or use a new --out folder") from None
+                "carries its own configuration, so the sweep can resume without it) or use a new --out folder"
+            ) from None
         if not isinstance(old, dict):
-            raise SweepStoreError(f"{config_path} holds a {type(old).__name__}, not a sweep configuration; delete it or "
-                                  "use a new --out folder")
+            raise SweepStoreError(
+                f"{config_path} holds a {type(old).__name__}, not a sweep configuration; delete it or "
+                "use a new --out folder"
+            )
         old.pop("provenance", None)  # how the first run was started: not part of the configuration
         if canonical_json(old) != canonical_json(config):
-            raise SweepConfigMismatch(f"{out} holds a sweep with a different configuration (changed: "
-                                      f"{describe_changes(old, config)}); use a new --out folder or delete the old one")
+            raise SweepConfigMismatch(
+                f"{out} holds a sweep with a different configuration (changed: "
+                f"{describe_changes(old, config)}); use a new --out folder or delete the old one"
+            )
     else:
         if cells_dir.is_dir():
             for meta_path in sorted(cells_dir.glob("*.json")):
@@ -676,17 +787,28 @@ def prepare_out(out: Path, config: dict, overwrite: bool = False, device: Any = 
     return written
 
 
-def _run_cells(spec: SweepSpec, models: dict[str, ModelAdapter], x: Tensor, y: Tensor, cells_dir: Path | None,
-               config: dict, progress: bool) -> dict[tuple[str, str, float], Cell]:
+def _run_cells(
+    spec: SweepSpec,
+    models: dict[str, ModelAdapter],
+    x: Tensor,
+    y: Tensor,
+    cells_dir: Path | None,
+    config: dict,
+    progress: bool,
+) -> dict[tuple[str, str, float], Cell]:
     """Every (model, attack, eps) cell in order, each loaded (and verified) from ``cells_dir`` if finished there, else
     run and saved."""
     from tqdm.auto import tqdm
 
     cells: dict[tuple[str, str, float], Cell] = {}
-    clean_preds = {ref: models[ref].predict(x).argmax(1) for ref in spec.models}  # once per model: runs and checks use them
+    clean_preds = {
+        ref: models[ref].predict(x).argmax(1) for ref in spec.models
+    }  # once per model: runs and checks use them
     order = spec.eps if spec.search == "ascending" else spec.eps[::-1]
     jobs = [(ref, attack, eps) for ref in spec.models for attack in spec.attacks for eps in order]
-    bar = tqdm(jobs, desc="sweep", unit="cell", file=sys.stderr, disable=None if progress else True)  # None: off when not a TTY
+    bar = tqdm(
+        jobs, desc="sweep", unit="cell", file=sys.stderr, disable=None if progress else True
+    )  # None: off when not a TTY
     for ref, attack, eps in bar:
         bar.set_postfix_str(f"{ref} {attack} eps={eps:g}")
         previous = cells.get((ref, attack, _previous_eps(order, eps)))
@@ -710,20 +832,43 @@ def _previous_eps(eps_list: list[float], eps: float) -> float | None:
 # ----------------------------------------------------------------------------- tables
 
 
-def _row(model: ModelAdapter, attack: str, eps: float, attacked: Tensor, success: Tensor, linf: Tensor, l2: Tensor,
-         forward: int, backward: int, seconds: float, carried: int, inferred: int = 0) -> dict:
+def _row(
+    model: ModelAdapter,
+    attack: str,
+    eps: float,
+    attacked: Tensor,
+    success: Tensor,
+    linf: Tensor,
+    l2: Tensor,
+    forward: int,
+    backward: int,
+    seconds: float,
+    carried: int,
+    inferred: int = 0,
+) -> dict:
     n, n_attacked, fooled = len(attacked), int(attacked.sum()), int(success.sum())
     low, high = wilson_interval(fooled, n_attacked)
     fooled_linf = linf[success]
     return {
-        "model": model.name, "attack": attack, "eps": eps, "eps_01": eps / model.range_width, "n": n,
-        "n_attacked": n_attacked, "clean_accuracy": n_attacked / n if n else float("nan"), "n_fooled": fooled,
-        "success_rate": fooled / n_attacked if n_attacked else float("nan"), "ci_low": low, "ci_high": high,
+        "model": model.name,
+        "attack": attack,
+        "eps": eps,
+        "eps_01": eps / model.range_width,
+        "n": n,
+        "n_attacked": n_attacked,
+        "clean_accuracy": n_attacked / n if n else float("nan"),
+        "n_fooled": fooled,
+        "success_rate": fooled / n_attacked if n_attacked else float("nan"),
+        "ci_low": low,
+        "ci_high": high,
         "robust_accuracy": (n_attacked - fooled) / n if n else float("nan"),
         "mean_linf": float(fooled_linf.mean()) if fooled else float("nan"),
         "max_linf": float(fooled_linf.max()) if fooled else float("nan"),
         "mean_l2": float(l2[success].mean()) if fooled else float("nan"),
-        "forward_passes": forward, "backward_passes": backward, "seconds": seconds, "carried": carried,
+        "forward_passes": forward,
+        "backward_passes": backward,
+        "seconds": seconds,
+        "carried": carried,
         "inferred": inferred,
     }
 
@@ -735,15 +880,45 @@ def results_table(spec: SweepSpec, models: dict[str, ModelAdapter], cells: dict)
         for eps in spec.eps:
             group = [cells[(ref, a, eps)] for a in spec.attacks]
             for c in group:
-                rows.append(_row(models[ref], c.attack, eps, c.attacked, c.success, c.linf, c.l2, c.forward, c.backward,
-                                 c.seconds, c.carried, c.inferred))
+                rows.append(
+                    _row(
+                        models[ref],
+                        c.attack,
+                        eps,
+                        c.attacked,
+                        c.success,
+                        c.linf,
+                        c.l2,
+                        c.forward,
+                        c.backward,
+                        c.seconds,
+                        c.carried,
+                        c.inferred,
+                    )
+                )
             if len(group) > 1:
                 any_success = torch.stack([c.success for c in group]).any(0)
-                linf = torch.stack([torch.where(c.success, c.linf, torch.full_like(c.linf, float("inf"))) for c in group]).amin(0)
-                l2 = torch.stack([torch.where(c.success, c.l2, torch.full_like(c.l2, float("inf"))) for c in group]).amin(0)
-                rows.append(_row(models[ref], "worst-case", eps, group[0].attacked, any_success, linf, l2,
-                                 sum(c.forward for c in group), sum(c.backward for c in group),
-                                 round(sum(c.seconds for c in group), 4), 0))
+                linf = torch.stack(
+                    [torch.where(c.success, c.linf, torch.full_like(c.linf, float("inf"))) for c in group]
+                ).amin(0)
+                l2 = torch.stack(
+                    [torch.where(c.success, c.l2, torch.full_like(c.l2, float("inf"))) for c in group]
+                ).amin(0)
+                rows.append(
+                    _row(
+                        models[ref],
+                        "worst-case",
+                        eps,
+                        group[0].attacked,
+                        any_success,
+                        linf,
+                        l2,
+                        sum(c.forward for c in group),
+                        sum(c.backward for c in group),
+                        round(sum(c.seconds for c in group), 4),
+                        0,
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -755,7 +930,9 @@ def success_matrix(spec: SweepSpec, cells: dict, sample_index: Tensor) -> pd.Dat
         for attack in spec.attacks:
             for eps in spec.eps:
                 c = cells[(ref, attack, eps)]
-                columns[f"{attack}@{eps:g}"] = [int(s) if a else None for s, a in zip(c.success.tolist(), c.attacked.tolist())]
+                columns[f"{attack}@{eps:g}"] = [
+                    int(s) if a else None for s, a in zip(c.success.tolist(), c.attacked.tolist())
+                ]
         frame = pd.DataFrame(columns)
         frame.insert(0, "test_index", sample_index.tolist())
         frame.insert(0, "model", ref)

@@ -35,8 +35,17 @@ __all__ = ["TransferResult", "check_compatible", "select_common_correct", "trans
 
 #: Columns of :attr:`TransferResult.table` (targeted runs add target_class, n_target_hit, target_hit_rate).
 COLUMNS = [
-    "source", "target", "attack", "eps", "n_attacked", "n_source_fooled", "n_target_fooled",
-    "transfer_rate", "ci_low", "ci_high", "white_box",
+    "source",
+    "target",
+    "attack",
+    "eps",
+    "n_attacked",
+    "n_source_fooled",
+    "n_target_fooled",
+    "transfer_rate",
+    "ci_low",
+    "ci_high",
+    "white_box",
 ]
 
 
@@ -81,7 +90,9 @@ class TransferResult:
 
     def counts(self) -> pd.DataFrame:
         """``k/n`` strings in the matrix layout (n = the source's successful examples)."""
-        cells = self.table.assign(kn=self.table.n_target_fooled.astype(str) + "/" + self.table.n_source_fooled.astype(str))
+        cells = self.table.assign(
+            kn=self.table.n_target_fooled.astype(str) + "/" + self.table.n_source_fooled.astype(str)
+        )
         return cells.pivot(index="source", columns="target", values="kn").loc[self.sources, self.targets]
 
     def summary(self) -> dict:
@@ -89,8 +100,20 @@ class TransferResult:
         sources = {}
         for name, result in self.results.items():
             s = result.summary()
-            sources[name] = {k: s[k] for k in ("success_rate", "n_success", "mean_linf", "max_linf", "mean_l2",
-                                                 "forward_passes", "backward_passes", "seconds", "plugin")}
+            sources[name] = {
+                k: s[k]
+                for k in (
+                    "success_rate",
+                    "n_success",
+                    "mean_linf",
+                    "max_linf",
+                    "mean_l2",
+                    "forward_passes",
+                    "backward_passes",
+                    "seconds",
+                    "plugin",
+                )
+            }
         any_result = next(iter(self.results.values()))
         matrix = {s: {t: _none_if_nan(self.matrix.loc[s, t]) for t in self.targets} for s in self.sources}
         return {
@@ -109,9 +132,9 @@ class TransferResult:
             "n_candidates": self.n_candidates,
             "n_common_correct": self.n_common_correct,
             "selection": "the first n samples (in the order given) that every model classifies correctly; "
-                         "all sources attack the same samples",
+            "all sources attack the same samples",
             "cell": "share of the source's successful (re-checked) adversarial examples that the target misclassifies "
-                    "(pred != y), with a 95% Wilson interval; the diagonal is white-box (1.0 by construction)",
+            "(pred != y), with a 95% Wilson interval; the diagonal is white-box (1.0 by construction)",
             "source_attacks": sources,
             "matrix": matrix,
             "cells": [{k: _none_if_nan(v) for k, v in row.items()} for row in self.table.to_dict(orient="records")],
@@ -236,14 +259,23 @@ def transfer_matrix(
             progress(f"attacking {source.name} with {attack} on {len(y_sel)} samples")
         device = source.device
         result = run_attack(
-            source, make_attack(attack, **attack_params), x_sel.to(device), y_sel.to(device),
-            constraint=_constraint_for(source, constraints, eps), eps=eps, target=target_class,
-            confidence=confidence, budget=budget, seed=seed,
+            source,
+            make_attack(attack, **attack_params),
+            x_sel.to(device),
+            y_sel.to(device),
+            constraint=_constraint_for(source, constraints, eps),
+            eps=eps,
+            target=target_class,
+            confidence=confidence,
+            budget=budget,
+            seed=seed,
         )
         ok = result.success.cpu()
         results[source.name], success[source.name] = result, ok
         if progress:
-            progress(f"  {source.name}: {int(ok.sum())}/{len(ok)} fooled; feeding them to {', '.join(t.name for t in targets)}")
+            progress(
+                f"  {source.name}: {int(ok.sum())}/{len(ok)} fooled; feeding them to {', '.join(t.name for t in targets)}"
+            )
         x_adv = result.x_adv.detach()
         for target in targets:
             pred = target.predict(x_adv.to(target.device)).argmax(1).cpu()
@@ -252,14 +284,23 @@ def transfer_matrix(
             k, m = int(hit.sum()), int(ok.sum())
             low, high = wilson_interval(k, m)
             row = {
-                "source": source.name, "target": target.name, "attack": result.attack, "eps": result.eps,
-                "n_attacked": len(y_sel), "n_source_fooled": m, "n_target_fooled": k,
-                "transfer_rate": k / m if m else math.nan, "ci_low": low, "ci_high": high,
+                "source": source.name,
+                "target": target.name,
+                "attack": result.attack,
+                "eps": result.eps,
+                "n_attacked": len(y_sel),
+                "n_source_fooled": m,
+                "n_target_fooled": k,
+                "transfer_rate": k / m if m else math.nan,
+                "ci_low": low,
+                "ci_high": high,
                 "white_box": target is source,
             }
             if target_class is not None:
                 reached = int((ok & (pred == target_class)).sum())
-                row.update(target_class=target_class, n_target_hit=reached, target_hit_rate=reached / m if m else math.nan)
+                row.update(
+                    target_class=target_class, n_target_hit=reached, target_hit_rate=reached / m if m else math.nan
+                )
             rows.append(row)
 
     table = pd.DataFrame(rows)
@@ -267,11 +308,25 @@ def transfer_matrix(
     matrix = matrix.loc[[s.name for s in sources], [t.name for t in targets]]
     first = next(iter(results.values()))
     return TransferResult(
-        table=table, matrix=matrix, sources=[s.name for s in sources], targets=[t.name for t in targets],
-        attack=first.attack, eps=first.eps, constraints=first.constraints, criterion=first.criterion,
-        target_class=target_class, seed=seed, indices=indices, x=x_sel, y=y_sel, results=results,
-        source_success=success, target_pred=preds, target_fooled=fooled,
-        n_candidates=int(pool.numel()), n_common_correct=n_common,
+        table=table,
+        matrix=matrix,
+        sources=[s.name for s in sources],
+        targets=[t.name for t in targets],
+        attack=first.attack,
+        eps=first.eps,
+        constraints=first.constraints,
+        criterion=first.criterion,
+        target_class=target_class,
+        seed=seed,
+        indices=indices,
+        x=x_sel,
+        y=y_sel,
+        results=results,
+        source_success=success,
+        target_pred=preds,
+        target_fooled=fooled,
+        n_candidates=int(pool.numel()),
+        n_common_correct=n_common,
     )
 
 
@@ -286,7 +341,9 @@ def transfer_figure(result: TransferResult, title: str | None = None):
     hits = None
     if "n_target_hit" in cells.columns:
         hits = np.array([[int(cells.loc[(s, t), "n_target_hit"]) for t in result.targets] for s in result.sources])
-    cis = np.array([[(cells.loc[(s, t), "ci_low"], cells.loc[(s, t), "ci_high"]) for t in result.targets] for s in result.sources])
+    cis = np.array(
+        [[(cells.loc[(s, t), "ci_low"], cells.loc[(s, t), "ci_high"]) for t in result.targets] for s in result.sources]
+    )
     n_rows, n_cols = values.shape
     fig = Figure(figsize=(max(7.0, 1.5 * n_cols + 2.8), max(3.6, 1.15 * n_rows + 2.2)), layout="constrained")
     ax = fig.add_subplot()

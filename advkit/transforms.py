@@ -14,7 +14,7 @@ shape in the same bounds, using ``torchvision.transforms.v2.functional``:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from torch import Tensor
 

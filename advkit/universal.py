@@ -18,10 +18,11 @@ import torch
 from torch import Tensor
 
 from advkit.constraints import Box, Constraint, Intersection
+from advkit.kernel import EngineResult, finite_objective, finite_rows, starting_delta, zero_nonfinite_rows
 from advkit.objectives import Objective
 
 if TYPE_CHECKING:
-    from advkit.engine import EngineResult, Problem, Update
+    from advkit.kernel import EngineResult, Problem, Update
 
 
 def shared_part(constraint: Constraint) -> Constraint:
@@ -45,8 +46,9 @@ def apply_shared(perturbation: Tensor, x: Tensor, constraint: Constraint) -> Ten
     return x + constraint.project(delta, x)
 
 
-def fooling_rate(model, perturbation: Tensor, x: Tensor, y: Tensor, constraint: Constraint,
-                 target: Tensor | int | None = None) -> tuple[float, Tensor]:
+def fooling_rate(
+    model, perturbation: Tensor, x: Tensor, y: Tensor, constraint: Constraint, target: Tensor | int | None = None
+) -> tuple[float, Tensor]:
     """Share of inputs (and the per-sample mask) whose fresh prediction with the perturbation is
     wrong (untargeted) or the target class (targeted)."""
     with torch.no_grad():
@@ -72,7 +74,6 @@ def optimize_universal(
     ``batch_size`` samples a minibatch per step (cycling through a seeded permutation); with
     ``early_stop`` the loop ends once a share ``stop_rate`` of the batch is successful.
     """
-    from advkit.engine import EngineResult, finite_objective, finite_rows, starting_delta, zero_nonfinite_rows
 
     model, x, y, target = problem.model, problem.x, problem.y, problem.target
     n, device = problem.n, x.device
@@ -99,9 +100,13 @@ def optimize_universal(
 
     zero_idx = torch.zeros(1, dtype=torch.long, device=device)  # the update's state index for u
     epoch = -(-n // size)  # steps per pass over the batch
-    best = {"u": u, "success": torch.zeros(n, dtype=torch.bool, device=device),
-            "value": torch.full((n,), float("-inf"), device=device),
-            "count": torch.tensor(-1, device=device), "mean": torch.tensor(float("-inf"), device=device)}
+    best = {
+        "u": u,
+        "success": torch.zeros(n, dtype=torch.bool, device=device),
+        "value": torch.full((n,), float("-inf"), device=device),
+        "count": torch.tensor(-1, device=device),
+        "mean": torch.tensor(float("-inf"), device=device),
+    }
 
     def feasible_point(latent: Tensor) -> Tensor:
         return latent if shared.convex else shared.project(latent, reference)

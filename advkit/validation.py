@@ -8,8 +8,15 @@ from torch import Tensor
 from advkit.errors import InputValidationError, ThreatModelError
 from advkit.models import ModelAdapter
 
-__all__ = ["InputValidationError", "as_targets", "check_constraint", "check_eps_in_range", "check_inputs",
-           "check_labels", "check_outputs"]
+__all__ = [
+    "InputValidationError",
+    "as_targets",
+    "check_constraint",
+    "check_eps_in_range",
+    "check_inputs",
+    "check_labels",
+    "check_outputs",
+]
 
 
 def check_inputs(model: ModelAdapter, x: Tensor, atol: float = 1e-6) -> None:
@@ -25,12 +32,18 @@ def check_inputs(model: ModelAdapter, x: Tensor, atol: float = 1e-6) -> None:
         hint = ""
         if x.dim() == len(expected) + 1 and tuple(x.shape[1:]) == expected[1:] + expected[:1]:
             hint = " (channels-last? permute to channels-first with x.permute(0, 3, 1, 2))"
-        raise InputValidationError(f"inputs must have shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}{hint}")
+        raise InputValidationError(
+            f"inputs must have shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}{hint}"
+        )
     if x.shape[0] == 0:
         raise InputValidationError("inputs are empty (N = 0)")
     if model.dtype is not None and x.dtype != model.dtype:
-        cast = {torch.float32: "x.float()", torch.float64: "x.double()", torch.float16: "x.half()",
-                torch.bfloat16: "x.bfloat16()"}.get(model.dtype, f"x.to({model.dtype})")
+        cast = {
+            torch.float32: "x.float()",
+            torch.float64: "x.double()",
+            torch.float16: "x.half()",
+            torch.bfloat16: "x.bfloat16()",
+        }.get(model.dtype, f"x.to({model.dtype})")
         raise InputValidationError(
             f"inputs are {x.dtype} but model {model.name!r} computes in {model.dtype}; convert them ({cast}) or the "
             "model (module.to(x.dtype)) so both agree"
@@ -51,7 +64,9 @@ def check_labels(model: ModelAdapter, y: Tensor, n: int, what: str = "labels") -
     if not isinstance(y, Tensor):
         raise InputValidationError(f"{what} must be a torch.Tensor, got {type(y).__name__}")
     if y.dim() == 2 and y.shape == (n, model.num_classes):
-        raise InputValidationError(f"{what} look one-hot (shape {tuple(y.shape)}); pass class indices, e.g. y.argmax(1)")
+        raise InputValidationError(
+            f"{what} look one-hot (shape {tuple(y.shape)}); pass class indices, e.g. y.argmax(1)"
+        )
     if y.dtype != torch.long:
         raise InputValidationError(f"{what} must be class indices of dtype torch.int64, got {y.dtype}")
     if y.shape != (n,):
@@ -104,7 +119,7 @@ def check_eps_in_range(model: ModelAdapter, constraint) -> None:
     dim = 1
     for size in model.input_shape:
         dim *= int(size)
-    diameter = width * dim ** 0.5
+    diameter = width * dim**0.5
     if l2 is not None and l2 > diameter * (1 + 1e-9):
         raise ThreatModelError(
             f"L2 eps {l2:g} exceeds the diameter of the box of model {model.name!r} (width {width:g} x sqrt({dim}) = "
@@ -150,8 +165,11 @@ def check_outputs(model: ModelAdapter, x: Tensor, atol: float = 1e-4) -> None:
             f"model {model.name!r} returned shape {tuple(out.shape)} for {rows} input(s); expected logits of shape "
             f"({rows}, {model.num_classes}) (one score per class)"
         )
-    same = (isinstance(again, Tensor) and again.shape == out.shape
-            and (torch.equal(out, again) or torch.allclose(out, again, atol=REPEAT_ATOL, rtol=REPEAT_RTOL, equal_nan=True)))
+    same = (
+        isinstance(again, Tensor)
+        and again.shape == out.shape
+        and (torch.equal(out, again) or torch.allclose(out, again, atol=REPEAT_ATOL, rtol=REPEAT_RTOL, equal_nan=True))
+    )
     if not same and not model.metadata.get("stochastic"):
         raise InputValidationError(
             f"model {model.name!r} gives different outputs for the same input in eval mode (dropout or noise still "

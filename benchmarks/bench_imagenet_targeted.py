@@ -24,12 +24,11 @@ from fractions import Fraction
 
 import pandas as pd
 import torch
+from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
 
 from advkit.images import load_image, resolve_class
 from advkit.models import load_model
 from advkit.runner import run_attack
-
-from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
 
 
 def raw_step_seconds(model, x: torch.Tensor, target: int, n: int = 10) -> float:
@@ -76,23 +75,27 @@ def main() -> None:
         raw = raw_step_seconds(model, x, target)
         attack_s = statistics.median(seconds)
         steps = result.backward_passes
-        rows.append({
-            "photo": name,
-            "before": f"{model.class_names[int(y)]}",
-            "after": f"{model.class_names[int(result.pred[0])]} {float(result.confidence[0]):.2f}",
-            "success": bool(result.success[0]),
-            "L-inf (/255)": round(float(result.linf()[0]) * 255, 2),
-            "steps": steps,
-            "attack s": round(attack_s, 2),
-            "min s": round(min(seconds), 2),
-            "s/step": round(attack_s / max(steps, 1), 3),
-            "raw s/step": round(raw, 3),
-            f"worst case s ({args.steps} raw steps)": round(raw * args.steps, 1),
-        })
-    print(f"{args.model} on {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}; model load {load_seconds:.1f} s; "
-          f"targeted -> {target} '{model.class_names[target]}', L-inf {args.eps}, step eps/10, <= {args.steps} steps, "
-          f"median of {args.repeats}")
+        rows.append(
+            {
+                "photo": name,
+                "before": f"{model.class_names[int(y)]}",
+                "after": f"{model.class_names[int(result.pred[0])]} {float(result.confidence[0]):.2f}",
+                "success": bool(result.success[0]),
+                "L-inf (/255)": round(float(result.linf()[0]) * 255, 2),
+                "steps": steps,
+                "attack s": round(attack_s, 2),
+                "min s": round(min(seconds), 2),
+                "s/step": round(attack_s / max(steps, 1), 3),
+                "raw s/step": round(raw, 3),
+                f"worst case s ({args.steps} raw steps)": round(raw * args.steps, 1),
+            }
+        )
+    print(
+        f"{args.model} on {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}; model load {load_seconds:.1f} s; "
+        f"targeted -> {target} '{model.class_names[target]}', L-inf {args.eps}, step eps/10, <= {args.steps} steps, "
+        f"median of {args.repeats}"
+    )
     frame = pd.DataFrame(rows)
     print(frame.to_string(index=False))
     print(f"max attack time per photo: {frame['attack s'].max():.2f} s (goal: < 60 s)")

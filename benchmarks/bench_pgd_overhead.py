@@ -16,13 +16,12 @@ import time
 
 import torch
 import torch.nn.functional as F
+from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
 
 from advkit.commands.attack import select_correct
 from advkit.data import load_mnist
 from advkit.models import load_model
 from advkit.runner import run_attack
-
-from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
 
 
 def plain_pgd(module, x, y, eps, alpha, steps, low, high):
@@ -80,12 +79,18 @@ def main() -> None:
     t_advkit, t_plain = statistics.median(advkit_times), statistics.median(plain_times)
     with torch.no_grad():
         plain_fooled = float((model.module(plain_x).argmax(1) != y).float().mean())
-    print(f"PGD, model {args.model}, batch {args.n}, {args.steps} steps, eps {args.eps}, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}, median of {args.repeats}")
-    print(f"  plain PyTorch loop  {t_plain:8.3f} s   forward {args.steps * args.n:6d}  backward {args.steps * args.n:6d}  "
-          f"success {plain_fooled:.3f}")
-    print(f"  advkit pgd          {t_advkit:8.3f} s   forward {result.forward_passes:6d}  backward {result.backward_passes:6d}  "
-          f"success {result.raw_success_rate:.3f}")  # over all digits, as the plain loop counts
+    print(
+        f"PGD, model {args.model}, batch {args.n}, {args.steps} steps, eps {args.eps}, device {args.device}, "
+        f"torch threads {torch.get_num_threads()}, median of {args.repeats}"
+    )
+    print(
+        f"  plain PyTorch loop  {t_plain:8.3f} s   forward {args.steps * args.n:6d}  backward {args.steps * args.n:6d}  "
+        f"success {plain_fooled:.3f}"
+    )
+    print(
+        f"  advkit pgd          {t_advkit:8.3f} s   forward {result.forward_passes:6d}  backward {result.backward_passes:6d}  "
+        f"success {result.raw_success_rate:.3f}"
+    )  # over all digits, as the plain loop counts
     print(f"  ratio advkit / plain = {t_advkit / t_plain:.3f}  (target <= 1.05)")
 
     bnn = load_model("bnn", device=args.device)
@@ -95,8 +100,10 @@ def main() -> None:
     res = run_attack(bnn, "untargeted", xb, yb, eps=0.1, steps=budget_steps)
     budget = budget_steps * len(idx)
     print(f"untargeted (S2 settings), bnn, eps 0.1, {len(idx)} digits, at most {budget_steps} steps each:")
-    print(f"  backward passes used {res.backward_passes} of a budget of {budget}: saved {budget - res.backward_passes} "
-          f"({100 * (budget - res.backward_passes) / budget:.1f}%) by early stopping; success {res.success_rate:.2f}")
+    print(
+        f"  backward passes used {res.backward_passes} of a budget of {budget}: saved {budget - res.backward_passes} "
+        f"({100 * (budget - res.backward_passes) / budget:.1f}%) by early stopping; success {res.success_rate:.2f}"
+    )
 
 
 if __name__ == "__main__":

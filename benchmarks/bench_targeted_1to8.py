@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 
 import pandas as pd
+from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
 
 from advkit.commands.attack import select_correct
 from advkit.data import load_mnist
 from advkit.models import load_model
 from advkit.runner import run_attack
-
-from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
 
 
 def main() -> None:
@@ -50,7 +49,9 @@ def main() -> None:
                 row[f"{attack} passes/digit"] = round(result.backward_passes / len(x), 1)
                 row[f"{attack} max passes"] = result.summary()["max_backward_per_sample"]
             if args.reference_steps:
-                result = run_attack(model, "targeted", x, y, eps=eps, target=8, confidence=0.0, steps=args.reference_steps)
+                result = run_attack(
+                    model, "targeted", x, y, eps=eps, target=8, confidence=0.0, steps=args.reference_steps
+                )
                 row[f"targeted x{args.reference_steps} steps"] = round(result.success_rate, 2)
             rows.append(row)
     print(pd.DataFrame(rows).to_string(index=False))

@@ -17,8 +17,12 @@ import torch
 def add_threads_argument(parser: argparse.ArgumentParser, default: int = 2) -> None:
     """``--threads N`` (default ``$ADVKIT_THREADS``, else ``default``)."""
     env = os.environ.get("ADVKIT_THREADS")
-    parser.add_argument("--threads", type=int, default=int(env) if env else default,
-                        help=f"torch threads (default $ADVKIT_THREADS, else {default})")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(env) if env else default,
+        help=f"torch threads (default $ADVKIT_THREADS, else {default})",
+    )
 
 
 def load_line() -> str:
@@ -30,5 +34,7 @@ def machine_line(threads: int | None = None) -> str:
     """Set torch's threads (if given) and describe the machine: threads, load, CPU, versions."""
     if threads is not None:
         torch.set_num_threads(threads)
-    return (f"machine: {platform.machine()} {platform.processor() or ''}".rstrip() + f", {load_line()}, torch threads "
-            f"{torch.get_num_threads()}, torch {torch.__version__}, Python {platform.python_version()}")
+    return (
+        f"machine: {platform.machine()} {platform.processor() or ''}".rstrip() + f", {load_line()}, torch threads "
+        f"{torch.get_num_threads()}, torch {torch.__version__}, Python {platform.python_version()}"
+    )

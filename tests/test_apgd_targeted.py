@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advkit.constraints import LinfBall
-from advkit.runner import run_attack
 from advkit.adaptive import AdaptiveMomentumStep, checkpoints
-from advkit_plugins.apgd_targeted import targeted_dlr
+from advkit.constraints import LinfBall
+from advkit.plugins.builtin.apgd_targeted import targeted_dlr
+from advkit.runner import run_attack
 
 
 @pytest.mark.parametrize("eps", [0.2, 0.25])

@@ -20,8 +20,24 @@ def test_main_command_json():
     result = invoke("attack", "--model", "bnn", "--eps", "0.1", "-n", "20", "--json")
     assert result.exit_code == 0, result.output
     s = json.loads(result.output)
-    for key in ["model", "attack", "eps", "bounds", "n", "success_rate", "mean_confidence", "mean_linf", "max_linf",
-                "mean_l2", "forward_passes", "backward_passes", "seconds", "seed", "constraints", "plugin"]:
+    for key in [
+        "model",
+        "attack",
+        "eps",
+        "bounds",
+        "n",
+        "success_rate",
+        "mean_confidence",
+        "mean_linf",
+        "max_linf",
+        "mean_l2",
+        "forward_passes",
+        "backward_passes",
+        "seconds",
+        "seed",
+        "constraints",
+        "plugin",
+    ]:
         assert key in s
     assert s["model"] == "bnn" and s["attack"] == "untargeted" and s["n"] == 20
     assert s["bounds"] == [-1.0, 1.0] and s["eps_01"] == pytest.approx(0.05)
@@ -40,8 +56,22 @@ def test_human_summary_states_eps_on_both_scales():
 
 def test_out_writes_examples_and_grid(tmp_path):
     out = tmp_path / "run"
-    result = invoke("attack", "--model", "cnn", "--eps", "0.3", "-n", "6", "--attack", "pgd", "--steps", "10",
-                    "--out", str(out), "--json")
+    result = invoke(
+        "attack",
+        "--model",
+        "cnn",
+        "--eps",
+        "0.3",
+        "-n",
+        "6",
+        "--attack",
+        "pgd",
+        "--steps",
+        "10",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     tensors = load_file(str(out / "examples.safetensors"))
     assert set(tensors) == {"x", "x_adv", "y", "pred", "confidence", "success"}
@@ -51,16 +81,48 @@ def test_out_writes_examples_and_grid(tmp_path):
 
 
 def test_targeted_with_class_and_label_and_constraints():
-    result = invoke("attack", "--model", "cnn", "--attack", "targeted", "--eps", "0.5", "--label", "1", "--target", "8",
-                    "--constraints", "linf,nonneg,box", "-n", "5", "--json")
+    result = invoke(
+        "attack",
+        "--model",
+        "cnn",
+        "--attack",
+        "targeted",
+        "--eps",
+        "0.5",
+        "--label",
+        "1",
+        "--target",
+        "8",
+        "--constraints",
+        "linf,nonneg,box",
+        "-n",
+        "5",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     s = json.loads(result.output)
     assert s["target"] == 8 and "nonneg" in s["constraints"]
 
 
 def test_param_and_budget_options():
-    result = invoke("attack", "--model", "cnn", "--attack", "pgd", "--eps", "0.2", "-n", "4", "-p", "restarts=2",
-                    "--steps", "5", "--budget", "7", "--json")
+    result = invoke(
+        "attack",
+        "--model",
+        "cnn",
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.2",
+        "-n",
+        "4",
+        "-p",
+        "restarts=2",
+        "--steps",
+        "5",
+        "--budget",
+        "7",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     s = json.loads(result.output)
     assert s["attack_params"]["restarts"] == 2 and s["backward_passes"] <= 7 * 4
@@ -78,7 +140,10 @@ BAD = [
     (["--model", "bnn", "--eps", "3"], "exceeds the range"),
     (["--model", "bnn", "--eps", "abc"], "not a number"),
     (["--model", "bnn", "--eps", "0.1", "--attack", "targeted", "--target", "10"], "out of range"),
-    (["--model", "bnn", "--eps", "0.1", "--attack", "targeted", "--target", "3", "--label", "3"], "equals the true label"),
+    (
+        ["--model", "bnn", "--eps", "0.1", "--attack", "targeted", "--target", "3", "--label", "3"],
+        "equals the true label",
+    ),
     (["--model", "bnn", "--eps", "0.1", "--attack", "targeted"], "give --target"),
     (["--model", "bnn", "--eps", "0.1", "-n", "0"], "Invalid value for '-n' / '--n': 0 is not in the range x>=1"),
     (["--model", "bnn", "--eps", "0.1", "--constraints", "linf,bogus"], "valid"),
@@ -154,7 +219,12 @@ def test_a_script_next_to_a_clone_named_advkit_gets_a_message(tmp_path):
     from pathlib import Path
 
     (tmp_path / "advkit").symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
-    run = subprocess.run([sys.executable, "-c", "from advkit.runner import run_attack"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", "from advkit.runner import run_attack"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode != 0
     assert "found the advkit repository folder" in run.stderr and "not the advkit package" in run.stderr

@@ -24,33 +24,82 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 #: Numbers as a user may type them: plain, huge, tiny, signed zero, nan, inf, fractions, garbage.
 NUMBER = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.sampled_from(["0", "-0", "-0.0", "1e308", "1e-320", "5e-324", "nan", "-inf", "inf", "8/255", "1/0", "0/0",
-                     "0.1", "0.3", "2", "3", "-1", "1e400", "0x10", "", " ", "abc", "٣"]),
+    st.sampled_from(
+        [
+            "0",
+            "-0",
+            "-0.0",
+            "1e308",
+            "1e-320",
+            "5e-324",
+            "nan",
+            "-inf",
+            "inf",
+            "8/255",
+            "1/0",
+            "0/0",
+            "0.1",
+            "0.3",
+            "2",
+            "3",
+            "-1",
+            "1e400",
+            "0x10",
+            "",
+            " ",
+            "abc",
+            "٣",
+        ]
+    ),
     st.integers(-10, 10).map(str),
     st.text(max_size=6),
 )
 COUNT = st.one_of(st.integers(-3, 4).map(str), st.sampled_from(["99999999999999999999", "2.5", "1e3", "", "x", "-0"]))
 SEED = st.one_of(st.sampled_from(["0", "-1", str(2**64), str(2**64 - 1), "1.5", "s"]), st.integers(0, 5).map(str))
-CONSTRAINTS = st.one_of(st.sampled_from(["linf", "linf,box", "l2", "nonneg", "box", "", "linf,nonneg", "binary",
-                                         "linf,binary", "bogus", "linf,,", ",", "linf,l2,nonneg,box,binary"]),
-                        st.text(max_size=8))
-ATTACKS = st.sampled_from(["untargeted", "targeted", "pgd", "fgsm", "apgd", "binary", "noise", "apgd_targeted", "nope",
-                           "universal"])
-PARAM_KEYS = st.sampled_from(["steps", "step_size", "restarts", "confidence", "random_start", "step_rule", "loss",
-                              "value", "nope", "", "steps "])
-NAME = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1,
-               max_size=8).filter(lambda t: t not in (".", ".."))
+CONSTRAINTS = st.one_of(
+    st.sampled_from(
+        [
+            "linf",
+            "linf,box",
+            "l2",
+            "nonneg",
+            "box",
+            "",
+            "linf,nonneg",
+            "binary",
+            "linf,binary",
+            "bogus",
+            "linf,,",
+            ",",
+            "linf,l2,nonneg,box,binary",
+        ]
+    ),
+    st.text(max_size=8),
+)
+ATTACKS = st.sampled_from(
+    ["untargeted", "targeted", "pgd", "fgsm", "apgd", "binary", "noise", "apgd_targeted", "nope", "universal"]
+)
+PARAM_KEYS = st.sampled_from(
+    ["steps", "step_size", "restarts", "confidence", "random_start", "step_rule", "loss", "value", "nope", "", "steps "]
+)
+NAME = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=8
+).filter(lambda t: t not in (".", ".."))
 
 
 #: Each option of ``advkit attack`` with sensible values and hostile ones.
 ATTACK_OPTIONS = {
     "--model": (st.sampled_from(["cnn", "bnn"]), st.sampled_from(["nope", "", "cnn:x=1"])),
     "--eps": (st.sampled_from(["0.1", "0.3", "8/255", "2", "0", "-0", "1e-320"]), NUMBER),
-    "--attack": (st.sampled_from(["untargeted", "pgd", "fgsm", "apgd", "binary", "targeted", "apgd_targeted", "noise"]),
-                 ATTACKS | st.text(max_size=5)),
+    "--attack": (
+        st.sampled_from(["untargeted", "pgd", "fgsm", "apgd", "binary", "targeted", "apgd_targeted", "noise"]),
+        ATTACKS | st.text(max_size=5),
+    ),
     "-n": (st.sampled_from(["1", "2", "3"]), COUNT),
-    "--constraints": (st.sampled_from(["linf", "linf,box", "l2", "linf,nonneg,box", "binary", "linf,binary"]),
-                      CONSTRAINTS),
+    "--constraints": (
+        st.sampled_from(["linf", "linf,box", "l2", "linf,nonneg,box", "binary", "linf,binary"]),
+        CONSTRAINTS,
+    ),
     "--steps": (st.sampled_from(["1", "2", "3"]), COUNT),
     "--step-size": (st.sampled_from(["0.01", "1/255", "0.5"]), NUMBER),
     "--seed": (st.sampled_from(["0", "7", str(2**64 - 1)]), SEED),
@@ -58,8 +107,10 @@ ATTACK_OPTIONS = {
     "--confidence": (st.sampled_from(["0", "0.5", "0.99"]), NUMBER),
     "--target": (st.sampled_from(["3", "7", "eight"]), NUMBER),
     "--label": (st.sampled_from(["1", "4"]), COUNT),
-    "-p": (st.sampled_from(["restarts=1", "step_rule=sign", "random_start=false", "confidence=0.5"]),
-           st.tuples(PARAM_KEYS, NUMBER).map("=".join)),
+    "-p": (
+        st.sampled_from(["restarts=1", "step_rule=sign", "random_start=false", "confidence=0.5"]),
+        st.tuples(PARAM_KEYS, NUMBER).map("=".join),
+    ),
 }
 #: Options always given (the rest only sometimes).
 ALWAYS = ("--model", "--eps", "--attack", "-n", "--steps")
@@ -135,12 +186,28 @@ def sweep_command(draw) -> list[str]:
     eps = draw(st.lists(st.sampled_from(["0.1", "0.2", "8/255", "0"]), min_size=1, max_size=3, unique=True))
     if hostile == "eps":
         eps[draw(st.integers(0, len(eps) - 1))] = draw(NUMBER | st.sampled_from(["8/255,0.0313725", "0.1,0.1"]))
-    model = (draw(st.sampled_from(["cnn:bogus=1", "bnn:straight_through=maybe", "bnn:a=1,a=2", "nope", "cnn,cnn"]))
-             if hostile == "model" else draw(st.sampled_from(["cnn", "bnn:straight_through=false"])))
+    model = (
+        draw(st.sampled_from(["cnn:bogus=1", "bnn:straight_through=maybe", "bnn:a=1,a=2", "nope", "cnn,cnn"]))
+        if hostile == "model"
+        else draw(st.sampled_from(["cnn", "bnn:straight_through=false"]))
+    )
     attack = draw(ATTACKS) if hostile == "attack" else draw(st.sampled_from(["fgsm", "pgd"]))
     out = Path(tempfile.mkdtemp(prefix="advkit fuzz ")) / draw(NAME)
-    args = ["sweep", "--model", model, "--attack", attack, "--eps", ",".join(eps), "--no-checks", "--out", str(out),
-            "--json", "-n", draw(COUNT) if hostile == "n" else "2"]
+    args = [
+        "sweep",
+        "--model",
+        model,
+        "--attack",
+        attack,
+        "--eps",
+        ",".join(eps),
+        "--no-checks",
+        "--out",
+        str(out),
+        "--json",
+        "-n",
+        draw(COUNT) if hostile == "n" else "2",
+    ]
     if hostile == "constraints" or draw(st.booleans()):
         args += ["--constraints", draw(CONSTRAINTS) if hostile == "constraints" else "linf"]
     if attack == "pgd":

@@ -66,8 +66,9 @@ def test_attack_conformance(name, threat, zoo_cnn, digits):
     expected = ((pred == target) if target is not None else (pred != y)) & (conf >= level)
     assert torch.equal(result.success, expected)
     # same seed, same result
-    again = run_attack(zoo_cnn, make_attack(name, **fast(name)), x, y, constraint=THREAT_MODELS[threat](), target=target,
-                       seed=3)
+    again = run_attack(
+        zoo_cnn, make_attack(name, **fast(name)), x, y, constraint=THREAT_MODELS[threat](), target=target, seed=3
+    )
     assert torch.equal(again.x_adv, result.x_adv)
 
 

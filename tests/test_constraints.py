@@ -96,7 +96,9 @@ def interval_by_hand(spec: str, x: torch.Tensor, eps, bounds) -> tuple[torch.Ten
     return lo, hi
 
 
-def assert_feasible_by_hand(spec: str, p: torch.Tensor, x: torch.Tensor, eps, bounds, value, atol: float = 1e-6) -> None:
+def assert_feasible_by_hand(
+    spec: str, p: torch.Tensor, x: torch.Tensor, eps, bounds, value, atol: float = 1e-6
+) -> None:
     names = spec.split("&")
     if "linf" in names:
         assert bool((p.abs() <= radius_b(eps, p) + atol).all())
@@ -261,7 +263,11 @@ def binary_reference(delta, x, eps, bounds, value, spec) -> torch.Tensor:
     ok_el = (pts[None] >= lo[:, None]) & (pts[None] <= hi[:, None])  # (N, 2^n, n)
     feasible &= ok_el.all(dim=2)
     if "l2" in names:
-        r = eps.double() if isinstance(eps, torch.Tensor) else torch.full((delta.shape[0],), float(eps), dtype=torch.float64)
+        r = (
+            eps.double()
+            if isinstance(eps, torch.Tensor)
+            else torch.full((delta.shape[0],), float(eps), dtype=torch.float64)
+        )
         k = torch.floor((r / abs(value)) ** 2 + 1e-9)
         feasible &= assignments.sum(dim=1)[None] <= k[:, None]
     dist = ((d[:, None, :] - points[None]) ** 2).sum(dim=2)
@@ -297,7 +303,9 @@ def test_binary_l2_keeps_the_largest_gains():
     delta = torch.tensor([[0.9, 0.6, 1.0, 0.2, 0.7]])
     assert torch.equal(c.project(delta, torch.zeros_like(delta)), torch.tensor([[1.0, 0.0, 1.0, 0.0, 0.0]]))
     # float rounding: (0.3 / 0.1)^2 = 8.999999999999998 still allows 9 elements
-    out = (Binary(0.1) & L2Ball(0.3)).project(torch.ones(1, 12, dtype=torch.float64), torch.zeros(1, 12, dtype=torch.float64))
+    out = (Binary(0.1) & L2Ball(0.3)).project(
+        torch.ones(1, 12, dtype=torch.float64), torch.zeros(1, 12, dtype=torch.float64)
+    )
     assert int((out != 0).sum()) == 9
 
 
@@ -396,7 +404,9 @@ def test_from_options_and_build_constraints():
     assert c.describe() == "linf(eps=0.1) & nonneg & box(0, 1)"
     assert build_constraints([], eps=None, bounds=(0.0, 1.0)).describe() == "box(0, 1)"  # unbounded, asked for
     assert build_constraints(["nonneg"], eps=None, bounds=(0.0, 1.0)).describe() == "nonneg & box(0, 1)"
-    assert build_constraints(["box", "linf", "linf"], eps=0.1, bounds=(0.0, 1.0)).describe() == "box(0, 1) & linf(eps=0.1)"
+    assert (
+        build_constraints(["box", "linf", "linf"], eps=0.1, bounds=(0.0, 1.0)).describe() == "box(0, 1) & linf(eps=0.1)"
+    )
     with pytest.raises(ValueError) as err:
         build_constraints(["linf", "l3"], eps=0.1, bounds=(0.0, 1.0))
     for name in CONSTRAINT_TYPES:
@@ -453,7 +463,11 @@ def test_custom_constraint_falls_back_to_dykstra():
     assert bool(c.contains(p, x, atol=1e-4).all())
     assert bool((p.abs() <= 0.2 + 1e-6).all())  # the exact part is projected last
     # Dykstra converges to the true projection: check the variational inequality with feasible points
-    qs = [torch.zeros_like(x), c.project(torch.randn(3, 1, 4, 4), x), c.random_start(x, torch.Generator().manual_seed(1))]
+    qs = [
+        torch.zeros_like(x),
+        c.project(torch.randn(3, 1, 4, 4), x),
+        c.random_start(x, torch.Generator().manual_seed(1)),
+    ]
     assert_variational_inequality(delta, p, qs, 1e-3)
     alone = Intersection(SumAtMost(0.5))
     assert torch.equal(alone.project(delta, x), SumAtMost(0.5).project(delta, x))

@@ -24,8 +24,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def exact_model(tiny_model):
-    return ModelAdapter(OneAtATime(tiny_model.module), name="tiny-1x1", bounds=tiny_model.bounds,
-                        input_shape=tiny_model.input_shape, class_names=tiny_model.class_names)
+    return ModelAdapter(
+        OneAtATime(tiny_model.module),
+        name="tiny-1x1",
+        bounds=tiny_model.bounds,
+        input_shape=tiny_model.input_shape,
+        class_names=tiny_model.class_names,
+    )
 
 
 ATTACKS = sorted(registry.attacks())
@@ -63,10 +68,13 @@ def test_batch_gives_the_same_per_sample_results_as_its_slices(exact_model, tiny
     whole = run(exact_model, name, params, constraint, x, y, budget=budget)
     order = torch.tensor([4, 1, 5, 0, 3, 2])
     shuffled = run(exact_model, name, params, constraint, x[order], y[order], budget=budget)
-    pieces = [run(exact_model, name, params, constraint, x[s], y[s], budget=budget)
-              for s in (slice(0, 1), slice(1, 3), slice(3, 6))]
-    for other, rows in [(shuffled, order)] + [(p, torch.arange(6)[s]) for p, s in
-                                              zip(pieces, (slice(0, 1), slice(1, 3), slice(3, 6)))]:
+    pieces = [
+        run(exact_model, name, params, constraint, x[s], y[s], budget=budget)
+        for s in (slice(0, 1), slice(1, 3), slice(3, 6))
+    ]
+    for other, rows in [(shuffled, order)] + [
+        (p, torch.arange(6)[s]) for p, s in zip(pieces, (slice(0, 1), slice(1, 3), slice(3, 6)))
+    ]:
         assert torch.equal(other.x_adv, whole.x_adv[rows]), config
         assert torch.equal(other.success, whole.success[rows])
         if whole.backward_counts is not None:
@@ -124,6 +132,8 @@ def test_sample_streams_depend_only_on_seed_stream_and_content():
     first, second = streams.randn((5, 2)), streams.randn((5, 2))
     assert not torch.equal(first, second)  # each sample's stream moves on
     # A SampleStreams is a torch.Generator too: code that draws batch-wise still works, reproducibly.
-    assert torch.equal(torch.rand(3, generator=SampleStreams(x, 7, "a")), torch.rand(3, generator=SampleStreams(x, 7, "a")))
+    assert torch.equal(
+        torch.rand(3, generator=SampleStreams(x, 7, "a")), torch.rand(3, generator=SampleStreams(x, 7, "a"))
+    )
     with pytest.raises(ValueError, match="per-sample draws"):
         streams.rand((4, 2))

@@ -46,13 +46,23 @@ def test_samples_leave_once_successful_and_counts_are_exact(tiny_model, tiny_bat
 
 def test_without_early_stop_everyone_runs_every_step(tiny_model, tiny_batch):
     x, y = tiny_batch
-    out = optimize(make_problem(tiny_model, x, y, eps=0.05), update=GradientStep(sign_step, 0.01), objective=cross_entropy,
-                   steps=7, early_stop=False)
+    out = optimize(
+        make_problem(tiny_model, x, y, eps=0.05),
+        update=GradientStep(sign_step, 0.01),
+        objective=cross_entropy,
+        steps=7,
+        early_stop=False,
+    )
     assert torch.all(out.backward_counts == 7)
     # 7 steps, plus an evaluation of the last update for the samples none of points 0..6 fooled (the others keep their
     # best point); a 6-step run evaluates exactly points 0..6 (zero start and sign steps: the same path).
-    before_last = optimize(make_problem(tiny_model, x, y, eps=0.05), update=GradientStep(sign_step, 0.01),
-                           objective=cross_entropy, steps=6, early_stop=False).success
+    before_last = optimize(
+        make_problem(tiny_model, x, y, eps=0.05),
+        update=GradientStep(sign_step, 0.01),
+        objective=cross_entropy,
+        steps=6,
+        early_stop=False,
+    ).success
     assert before_last.any() and not before_last.all()
     assert torch.equal(out.forward_counts, 7 + (~before_last).long())
 
@@ -62,8 +72,14 @@ def test_budget_is_never_exceeded(tiny_model, tiny_batch, restarts):
     x, y = tiny_batch
     problem = make_problem(tiny_model, x, y, eps=0.05, confidence=0.99, budget=5)
     _, b0 = tiny_model.counter.snapshot()
-    out = optimize(problem, update=GradientStep(sign_step, 0.01), objective=cross_entropy, steps=20, restarts=restarts,
-                   init="random")
+    out = optimize(
+        problem,
+        update=GradientStep(sign_step, 0.01),
+        objective=cross_entropy,
+        steps=20,
+        restarts=restarts,
+        init="random",
+    )
     assert int(out.backward_counts.max()) <= 5
     assert tiny_model.counter.backward - b0 <= 5 * len(x)
 
@@ -71,8 +87,15 @@ def test_budget_is_never_exceeded(tiny_model, tiny_batch, restarts):
 def test_restarts_run_only_on_samples_not_yet_fooled(tiny_model, tiny_batch):
     x, y = tiny_batch
     problem = make_problem(tiny_model, x, y, eps=0.06)
-    out = optimize(problem, update=GradientStep(sign_step, 0.02), objective=cross_entropy, steps=4, restarts=3,
-                   early_stop=False, init="random")
+    out = optimize(
+        problem,
+        update=GradientStep(sign_step, 0.02),
+        objective=cross_entropy,
+        steps=4,
+        restarts=3,
+        early_stop=False,
+        init="random",
+    )
     first_only = out.backward_counts == 4
     # Whoever got a second restart had not been fooled by the first; every restart runs whole.
     assert torch.all(out.backward_counts % 4 == 0)
@@ -129,8 +152,15 @@ def test_budget_counts_across_optimize_calls(tiny_model, tiny_batch):
 def test_image_starts_are_feasible_and_as_declared(tiny_model, tiny_batch, init):
     x, y = tiny_batch
     problem = make_problem(tiny_model, x, y, constraint=Box(*tiny_model.bounds))
-    out = optimize(problem, update=GradientStep(sign_step, 0.0), objective=cross_entropy, steps=1, init=init,
-                   early_stop=False, variable="image")
+    out = optimize(
+        problem,
+        update=GradientStep(sign_step, 0.0),
+        objective=cross_entropy,
+        steps=1,
+        init=init,
+        early_stop=False,
+        variable="image",
+    )
     if init == "blank":
         assert torch.all(out.x_adv == 0)  # the zero image of the model's units, whatever x was
     else:
@@ -147,8 +177,9 @@ def test_engine_reports_each_evaluated_point_to_observe(tiny_model, tiny_batch):
             seen.append((idx.clone(), loss.clone()))
 
     problem = make_problem(tiny_model, x, y)
-    out = optimize(problem, update=Recording(sign_step, 0.01), objective=cross_entropy, steps=3, early_stop=False,
-                   record=True)
+    out = optimize(
+        problem, update=Recording(sign_step, 0.01), objective=cross_entropy, steps=3, early_stop=False, record=True
+    )
     assert len(seen) == 3
     for step, (idx, loss) in enumerate(seen):
         assert torch.equal(idx, torch.arange(len(x)))
@@ -158,11 +189,21 @@ def test_engine_reports_each_evaluated_point_to_observe(tiny_model, tiny_batch):
 def test_unknown_variable_and_init_are_refused(tiny_model, tiny_batch):
     x, y = tiny_batch
     with pytest.raises(ValueError, match="unknown variable"):
-        optimize(make_problem(tiny_model, x, y), update=GradientStep(sign_step, 0.1), objective=cross_entropy, steps=1,
-                 variable="pixels")
+        optimize(
+            make_problem(tiny_model, x, y),
+            update=GradientStep(sign_step, 0.1),
+            objective=cross_entropy,
+            steps=1,
+            variable="pixels",
+        )
     with pytest.raises(ValueError, match="unknown init"):
-        optimize(make_problem(tiny_model, x, y), update=GradientStep(sign_step, 0.1), objective=cross_entropy, steps=1,
-                 init="gray")
+        optimize(
+            make_problem(tiny_model, x, y),
+            update=GradientStep(sign_step, 0.1),
+            objective=cross_entropy,
+            steps=1,
+            init="gray",
+        )
 
 
 def test_a_tighter_set_is_optimized_over_while_the_bookkeeping_stays_on_the_problem(tiny_model, tiny_batch):
@@ -171,14 +212,26 @@ def test_a_tighter_set_is_optimized_over_while_the_bookkeeping_stays_on_the_prob
 
     x, y = tiny_batch
     problem = make_problem(tiny_model, x, y, eps=0.2)
-    out = optimize(problem, update=GradientStep(sign_step, 0.05), objective=cross_entropy, steps=4, early_stop=False,
-                   constraint=problem.constraint & Binary(0.2))
+    out = optimize(
+        problem,
+        update=GradientStep(sign_step, 0.05),
+        objective=cross_entropy,
+        steps=4,
+        early_stop=False,
+        constraint=problem.constraint & Binary(0.2),
+    )
     delta = out.x_adv - x
     assert bool(((delta.abs() < 1e-6) | ((delta - 0.2).abs() < 1e-6)).all())  # every pixel moved by 0 or by 0.2
     assert torch.equal(problem.backward_counts, torch.full((len(x),), 4))
     with pytest.raises(TypeError, match="does not apply to variable='universal'"):
-        optimize(problem, update=GradientStep(sign_step, 0.05), objective=cross_entropy, steps=1,
-                 variable="universal", constraint=problem.constraint)
+        optimize(
+            problem,
+            update=GradientStep(sign_step, 0.05),
+            objective=cross_entropy,
+            steps=1,
+            variable="universal",
+            constraint=problem.constraint,
+        )
 
 
 def test_binary_attack_reports_per_sample_passes(tiny_model, tiny_batch):

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def adapter(module: nn.Module, like: ModelAdapter, name: str) -> ModelAdapter:
-    return ModelAdapter(module, name=name, bounds=like.bounds, input_shape=like.input_shape, class_names=like.class_names)
+    return ModelAdapter(
+        module, name=name, bounds=like.bounds, input_shape=like.input_shape, class_names=like.class_names
+    )
 
 
 # ---------------------------------------------------------------- NaN / inf
@@ -95,8 +97,15 @@ def test_nonfinite_logits_are_counted_never_success_nor_robust(tiny_model, tiny_
     assert summary["misclassified_rate"] <= (len(x) - 3) / len(x)
     # The other samples are attacked exactly as if the misbehaving ones were not there.
     keep = ~marked
-    alone = run_attack(clean, make_attack(name, steps=5), x[keep], y[keep], constraint=LinfBall(0.05),
-                       target=None if target is None else target[keep], seed=1)
+    alone = run_attack(
+        clean,
+        make_attack(name, steps=5),
+        x[keep],
+        y[keep],
+        constraint=LinfBall(0.05),
+        target=None if target is None else target[keep],
+        seed=1,
+    )
     assert torch.equal(result.x_adv[keep], alone.x_adv) and torch.equal(result.success[keep], alone.success)
     assert alone.extra["nonfinite_logits"] == 0 and alone.extra["nonfinite_gradients"] == 0
 
@@ -151,8 +160,10 @@ class RaisesOOM(nn.Module):
             self.raised += 1
             if self.kind == "cuda":
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: you tried "
-                               "to allocate 1234 bytes. out of memory")
+            raise RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: you tried "
+                "to allocate 1234 bytes. out of memory"
+            )
         return self.inner(x)
 
 

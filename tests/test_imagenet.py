@@ -44,15 +44,21 @@ def invoke(*args, env=None):
 def stand_in_net(seed: int = 0) -> nn.Module:
     """Pool 224 -> 32, one conv, a linear layer to 1000 logits (scaled up so a small eps moves them)."""
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.AvgPool2d(7), nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 15 * 15, 1000))
+    net = nn.Sequential(
+        nn.AvgPool2d(7), nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 15 * 15, 1000)
+    )
     with torch.no_grad():
         net[-1].weight.mul_(20)
     return net.eval()
 
 
 def stand_in(name: str = "tiny_imagenet"):
-    return imagenet_adapter(stand_in_net(), name=name, preprocessing=Preprocessing(crop_size=224, resize_size=256),
-                            description="tiny ImageNet-shaped stand-in")
+    return imagenet_adapter(
+        stand_in_net(),
+        name=name,
+        preprocessing=Preprocessing(crop_size=224, resize_size=256),
+        description="tiny ImageNet-shaped stand-in",
+    )
 
 
 @pytest.fixture
@@ -102,7 +108,7 @@ def test_models_lists_offline_default_and_torchvision_names():
 def test_every_registered_torchvision_model_names_real_weights():
     import torchvision.models as tvm
 
-    from advkit_plugins.imagenet_models import TORCHVISION_MODELS
+    from advkit.plugins.builtin.imagenet_models import TORCHVISION_MODELS
 
     for name, (weights_name, _) in TORCHVISION_MODELS.items():
         weights = tvm.get_weight(weights_name)
@@ -148,7 +154,7 @@ def test_image_classifier_normalizes_and_resizes_inside():
 
 
 def test_missing_torchvision_weights_fail_with_the_path_to_put_them(tmp_path, monkeypatch):
-    from advkit_plugins.imagenet_models import WeightsUnavailableError
+    from advkit.plugins.builtin.imagenet_models import WeightsUnavailableError
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv("ADVKIT_OFFLINE", "1")
@@ -166,7 +172,7 @@ def test_missing_torchvision_weights_fail_with_the_path_to_put_them(tmp_path, mo
 def test_torchvision_weights_are_hash_checked_and_loaded_safely(tmp_path, monkeypatch):
     import torchvision.models as tvm
 
-    from advkit_plugins.imagenet_models import WeightsUnavailableError
+    from advkit.plugins.builtin.imagenet_models import WeightsUnavailableError
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv("ADVKIT_OFFLINE", "1")
@@ -281,8 +287,22 @@ def test_survival_is_a_registered_evaluator():
 
 def test_fool_on_user_photos_writes_figures_and_table(tiny_imagenet, photo_files, tmp_path):
     out = tmp_path / "fool"
-    args = ["fool", "--model", "tiny_imagenet", "--target", "space shuttle", "--eps", "8/255", "--steps", "30",
-            "--step-size", "0.003", "--out", str(out), "--json"]
+    args = [
+        "fool",
+        "--model",
+        "tiny_imagenet",
+        "--target",
+        "space shuttle",
+        "--eps",
+        "8/255",
+        "--steps",
+        "30",
+        "--step-size",
+        "0.003",
+        "--out",
+        str(out),
+        "--json",
+    ]
     for path in photo_files:
         args += ["--image", str(path)]
     result = invoke(*args)
@@ -306,8 +326,22 @@ def test_fool_on_user_photos_writes_figures_and_table(tiny_imagenet, photo_files
 
 
 def test_fool_human_output_shows_before_and_after(tiny_imagenet, photo_files):
-    result = invoke("fool", "--model", "tiny_imagenet", "--image", str(photo_files[0]), "--target", "812",
-                    "--eps", "8/255", "--step-size", "0.003", "--steps", "30", "--no-survival")
+    result = invoke(
+        "fool",
+        "--model",
+        "tiny_imagenet",
+        "--image",
+        str(photo_files[0]),
+        "--target",
+        "812",
+        "--eps",
+        "8/255",
+        "--step-size",
+        "0.003",
+        "--steps",
+        "30",
+        "--no-survival",
+    )
     assert result.exit_code == 0, result.output
     assert "-> space shuttle (p=" in result.output and "top-1 used as label" in result.output
     assert "fooled 1/1 photos" in result.output and "survival" not in result.output.split("fooled 1/1")[1]
@@ -347,8 +381,22 @@ def test_fool_device_cuda_without_cuda_is_a_usage_error(tiny_imagenet):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_fool_on_cuda(tiny_imagenet, photo_files):  # pragma: no cover - runs where a GPU exists
-    result = invoke("fool", "--model", "tiny_imagenet", "--image", str(photo_files[0]), "--eps", "8/255",
-                    "--step-size", "0.003", "--steps", "30", "--device", "cuda", "--json")
+    result = invoke(
+        "fool",
+        "--model",
+        "tiny_imagenet",
+        "--image",
+        str(photo_files[0]),
+        "--eps",
+        "8/255",
+        "--step-size",
+        "0.003",
+        "--steps",
+        "30",
+        "--device",
+        "cuda",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     s = json.loads(result.output)
     assert s["device"].startswith("cuda") and s["images"][0]["success"]
@@ -383,8 +431,8 @@ def test_lite0_targeted_attack_within_the_bound(lite0):
 
 
 def test_lite0_weights_are_hash_checked(tmp_path):
-    from advkit_zoo.efficientnet_lite import load_lite0
-    from advkit_zoo.weights import WeightsIntegrityError
+    from advkit.zoo.efficientnet_lite import load_lite0
+    from advkit.zoo.weights import WeightsIntegrityError
 
     fake = tmp_path / "efficientnet-lite0.pth"
     torch.save({"_fc.bias": torch.zeros(1000)}, fake)

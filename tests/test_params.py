@@ -30,11 +30,14 @@ def test_step_size_is_refused_alike_by_p_by_the_named_option_and_in_python(tiny_
         assert named.exit_code == 2 and ("must be a finite number" in named.output or expected in named.output)
 
 
-@pytest.mark.parametrize("raw, message", [
-    ("99999999999999999999", f"parameter steps must be an integer in [1, {MAX_STEPS}], got 99999999999999999999"),
-    ("2.5", "parameter steps must be an integer in [1, 1000000]; cannot read '2.5'"),
-    ("0", "parameter steps must be an integer in [1, 1000000], got 0"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ("99999999999999999999", f"parameter steps must be an integer in [1, {MAX_STEPS}], got 99999999999999999999"),
+        ("2.5", "parameter steps must be an integer in [1, 1000000]; cannot read '2.5'"),
+        ("0", "parameter steps must be an integer in [1, 1000000], got 0"),
+    ],
+)
 def test_steps_out_of_range_or_not_an_integer(raw, message):
     result = CliRunner().invoke(cli, [*ATTACK, "--attack", "pgd", "-p", f"steps={raw}"])
     assert result.exit_code == 2 and message in result.output, result.output
@@ -88,5 +91,8 @@ def test_a_plugins_plain_fields_still_get_the_type_check():
         with pytest.raises(ParameterError, match="attack 'plain': parameter"):
             Plain(**bad)
     assert parse_params(Plain, [("trials", "4"), ("bounded", "1/2")]) == {"trials": 4, "bounded": 0.5}
-    assert [s.to_dict()["valid"] for s in param_specs(Plain)] == ["an integer", "a finite number",
-                                                                  "a finite number in [0, 1]"]
+    assert [s.to_dict()["valid"] for s in param_specs(Plain)] == [
+        "an integer",
+        "a finite number",
+        "a finite number in [0, 1]",
+    ]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from click.testing import CliRunner
 
 from advkit import plugins, registry
@@ -41,19 +41,27 @@ def test_example_plugin_is_discovered_and_runs_through_the_cli(installed_example
     runner = CliRunner()
     listed = json.loads(runner.invoke(cli, ["plugins", "--json"]).output)
     example = next(p for p in listed if p["name"] == "random_sign")
-    assert example == {"name": "random_sign", "distribution": "advkit-random-sign", "version": "0.1.0", "builtin": False,
-                       "hooks": ["register_attacks"], "conflicts": []}
+    assert example == {
+        "name": "random_sign",
+        "distribution": "advkit-random-sign",
+        "version": "0.1.0",
+        "builtin": False,
+        "hooks": ["register_attacks"],
+        "conflicts": [],
+    }
     assert "random_sign" in runner.invoke(cli, ["attacks"]).output
-    result = runner.invoke(cli, ["attack", "--model", "cnn", "--attack", "random_sign", "--eps", "0.5", "-n", "10",
-                                 "--json"])
+    result = runner.invoke(
+        cli, ["attack", "--model", "cnn", "--attack", "random_sign", "--eps", "0.5", "-n", "10", "--json"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["plugin"] == {"name": "random_sign", "distribution": "advkit-random-sign", "version": "0.1.0"}
     assert summary["backward_passes"] == 0 and summary["max_linf"] <= 0.5 + 1e-6
 
 
-@pytest.mark.parametrize("env", [{"ADVKIT_DISABLE_PLUGIN_AUTOLOAD": "1"}, {"ADVKIT_PLUGINS": "something_else"},
-                                 {"ADVKIT_PLUGINS": ""}])
+@pytest.mark.parametrize(
+    "env", [{"ADVKIT_DISABLE_PLUGIN_AUTOLOAD": "1"}, {"ADVKIT_PLUGINS": "something_else"}, {"ADVKIT_PLUGINS": ""}]
+)
 def test_blocked_plugin_is_never_imported(installed_example, monkeypatch, env):
     monkeypatch.delenv(plugins.DISABLE_AUTOLOAD_ENV, raising=False)
     monkeypatch.delenv(plugins.ALLOWED_PLUGINS_ENV, raising=False)
@@ -86,8 +94,11 @@ def test_register_plugin_object_and_duplicate_names():
 
     plugins.register_plugin(Dup(), name="dup")
     try:
-        with pytest.raises(registry.RegistrationError, match="attack 'pgd' is registered twice, by plugin 'pgd' "
-                                                             r"\(advkit .*, built-in\) and plugin 'dup'"):
+        with pytest.raises(
+            registry.RegistrationError,
+            match="attack 'pgd' is registered twice, by plugin 'pgd' "
+            r"\(advkit .*, built-in\) and plugin 'dup'",
+        ):
             registry.get_attack("pgd")
         assert "fgsm" in registry.attacks()  # the other names still work
         listing = CliRunner().invoke(cli, ["attacks"])  # the listing shows the clash instead of a traceback
@@ -138,10 +149,13 @@ def _run_cli(args: list[str], pythonpath: Path, **env: str):
     import os
     import subprocess
 
-    child = {k: v for k, v in os.environ.items() if k not in (plugins.DISABLE_AUTOLOAD_ENV, plugins.ALLOWED_PLUGINS_ENV)}
+    child = {
+        k: v for k, v in os.environ.items() if k not in (plugins.DISABLE_AUTOLOAD_ENV, plugins.ALLOWED_PLUGINS_ENV)
+    }
     child.update(env, PYTHONPATH=os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")])))
-    return subprocess.run([sys.executable, "-m", "advkit", *args], env=child, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "advkit", *args], env=child, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("attack", ["pgd", "untargeted"])
@@ -152,15 +166,21 @@ def test_a_third_party_plugin_cannot_replace_a_builtin_attack(tmp_path, attack):
     path = _shadow(tmp_path, attack)
     run = _run_cli(["attack", "--model", "cnn", "--attack", attack, "--eps", "0.1", "-n", "2"], path)
     assert run.returncode == 1 and "Traceback" not in run.stderr
-    assert (f"attack {attack!r} is registered twice, by plugin {attack!r} (advkit" in run.stderr
-            and "(shadow-dist 1.0)" in run.stderr and "uninstall shadow-dist" in run.stderr)
+    assert (
+        f"attack {attack!r} is registered twice, by plugin {attack!r} (advkit" in run.stderr
+        and "(shadow-dist 1.0)" in run.stderr
+        and "uninstall shadow-dist" in run.stderr
+    )
     listed = _run_cli(["plugins", "--json"], path)
     rows = {row["name"]: row for row in json.loads(listed.stdout)}
     assert rows[attack]["builtin"] and not rows[f"shadow-dist:{attack}"]["builtin"]
     assert rows[attack]["conflicts"] == rows[f"shadow-dist:{attack}"]["conflicts"] != []
     assert "CONFLICT attack" in _run_cli(["plugins"], path).stdout
-    alone = _run_cli(["attack", "--model", "cnn", "--attack", attack, "--eps", "0.1", "-n", "2", "--json"], path,
-                     ADVKIT_DISABLE_PLUGIN_AUTOLOAD="1")
+    alone = _run_cli(
+        ["attack", "--model", "cnn", "--attack", attack, "--eps", "0.1", "-n", "2", "--json"],
+        path,
+        ADVKIT_DISABLE_PLUGIN_AUTOLOAD="1",
+    )
     assert alone.returncode == 0, alone.stderr
     summary = json.loads(alone.stdout)
     assert summary["plugin"]["distribution"] == "advkit" and summary["backward_passes"] > 0
@@ -182,13 +202,16 @@ def test_a_distribution_calling_itself_advkit_is_not_builtin(tmp_path, monkeypat
     try:
         plugins.reload_plugins()
         assert "advkit_shadow_pgd" not in sys.modules
-        assert registry.get_attack("pgd").obj.__module__ == "advkit_plugins.pgd"
+        assert registry.get_attack("pgd").obj.__module__ == "advkit.plugins.builtin.pgd"
         monkeypatch.delenv(plugins.DISABLE_AUTOLOAD_ENV)
         plugins.reload_plugins()
         assert "advkit_shadow_pgd" in sys.modules  # now loaded, as the third-party plugin it is
         assert not plugins.plugin_info("advkit:pgd").builtin
-        with pytest.raises(registry.RegistrationError, match=r"by plugin 'pgd' \(advkit .*, built-in\) and plugin "
-                                                             r"'advkit:pgd' \(advkit 1.0\)"):
+        with pytest.raises(
+            registry.RegistrationError,
+            match=r"by plugin 'pgd' \(advkit .*, built-in\) and plugin "
+            r"'advkit:pgd' \(advkit 1.0\)",
+        ):
             registry.get_attack("pgd")
     finally:
         monkeypatch.undo()
@@ -205,7 +228,9 @@ def test_builtin_plugins_are_the_entry_points_of_the_project():
 def test_allow_list_naming_no_installed_plugin_warns(monkeypatch):
     monkeypatch.setenv(plugins.ALLOWED_PLUGINS_ENV, "no_such_plugin")
     try:
-        with pytest.warns(plugins.PluginWarning, match="ADVKIT_PLUGINS names 'no_such_plugin', but no installed plugin"):
+        with pytest.warns(
+            plugins.PluginWarning, match="ADVKIT_PLUGINS names 'no_such_plugin', but no installed plugin"
+        ):
             plugins.reload_plugins()
     finally:
         monkeypatch.undo()
@@ -237,7 +262,7 @@ def test_broken_plugin_names_itself(tmp_path, monkeypatch):
         plugins.reload_plugins()
 
 
-SENTINEL_PLUGIN = '''
+SENTINEL_PLUGIN = """
 import os
 import pathlib
 
@@ -246,12 +271,18 @@ pathlib.Path(os.environ["ADVKIT_TEST_SENTINEL"]).write_text("imported")  # runs 
 
 def register_attacks(register):
     pass
-'''
+"""
 
 
-@pytest.mark.parametrize("env, imported", [({}, True), ({"ADVKIT_PLUGINS": "sentinel"}, True),
-                                           ({"ADVKIT_DISABLE_PLUGIN_AUTOLOAD": "1"}, False),
-                                           ({"ADVKIT_PLUGINS": "random_sign,other"}, False)])
+@pytest.mark.parametrize(
+    "env, imported",
+    [
+        ({}, True),
+        ({"ADVKIT_PLUGINS": "sentinel"}, True),
+        ({"ADVKIT_DISABLE_PLUGIN_AUTOLOAD": "1"}, False),
+        ({"ADVKIT_PLUGINS": "random_sign,other"}, False),
+    ],
+)
 def test_blocked_plugin_code_never_runs_in_a_fresh_interpreter(tmp_path, env, imported):
     """A plugin whose import writes a sentinel file: blocked, the file never appears (checked in a new process)."""
     import os
@@ -263,9 +294,14 @@ def test_blocked_plugin_code_never_runs_in_a_fresh_interpreter(tmp_path, env, im
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: advkit-sentinel-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[advkit]\nsentinel = advkit_sentinel_plugin\n")
     sentinel = tmp_path / "SENTINEL"
-    child_env = {k: v for k, v in os.environ.items() if k not in (plugins.DISABLE_AUTOLOAD_ENV, plugins.ALLOWED_PLUGINS_ENV)}
-    child_env.update(env, ADVKIT_TEST_SENTINEL=str(sentinel),
-                     PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    child_env = {
+        k: v for k, v in os.environ.items() if k not in (plugins.DISABLE_AUTOLOAD_ENV, plugins.ALLOWED_PLUGINS_ENV)
+    }
+    child_env.update(
+        env,
+        ADVKIT_TEST_SENTINEL=str(sentinel),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+    )
     code = "from advkit import registry; names = registry.attacks(); assert 'pgd' in names"
     subprocess.run([sys.executable, "-c", code], env=child_env, check=True, timeout=120)
     assert sentinel.exists() == imported

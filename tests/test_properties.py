@@ -109,8 +109,13 @@ def model_in(dtype: torch.dtype, model: ModelAdapter) -> ModelAdapter:
     if dtype == torch.float32:
         return model
     module = copy.deepcopy(model.module).to(dtype)
-    return ModelAdapter(module, name=f"{model.name}-{dtype}", bounds=model.bounds, input_shape=model.input_shape,
-                        class_names=model.class_names)
+    return ModelAdapter(
+        module,
+        name=f"{model.name}-{dtype}",
+        bounds=model.bounds,
+        input_shape=model.input_shape,
+        class_names=model.class_names,
+    )
 
 
 def fast_params(name: str, names: tuple[str, ...], eps: float, restarts: int = 2) -> dict:
@@ -128,9 +133,16 @@ def build(names: tuple[str, ...], eps: float | torch.Tensor, bounds: tuple[float
     """The named sets at radius eps (a float, or per-sample radii for the balls) and the model's box."""
     if not isinstance(eps, torch.Tensor):
         bounded = any(n in names for n in ("linf", "l2", "binary"))  # eps bounds something, or the run is unbounded
-        return build_constraints(list(names), eps=eps if bounded else None, bounds=bounds, registry=registry.constraints())
-    parts = {"linf": lambda: LinfBall(eps), "l2": lambda: L2Ball(eps), "nonneg": NonNegative,
-             "box": lambda: Box(*bounds), "binary": lambda: Binary(float(eps.max()))}
+        return build_constraints(
+            list(names), eps=eps if bounded else None, bounds=bounds, registry=registry.constraints()
+        )
+    parts = {
+        "linf": lambda: LinfBall(eps),
+        "l2": lambda: L2Ball(eps),
+        "nonneg": NonNegative,
+        "box": lambda: Box(*bounds),
+        "binary": lambda: Binary(float(eps.max())),
+    }
     return Intersection(*(parts[n]() for n in names), Box(*bounds))
 
 
@@ -179,8 +191,16 @@ def attack_or_reject(model, name, x, y, names, eps, seed=0, restarts=2):
     constraint = build(names, eps, model.bounds)
     x_before = x.clone()
     try:
-        result = run_attack(model, name, x, y, constraint=constraint, target=target, seed=seed,
-                            **fast_params(name, names, float(eps.max()) if isinstance(eps, torch.Tensor) else eps, restarts))
+        result = run_attack(
+            model,
+            name,
+            x,
+            y,
+            constraint=constraint,
+            target=target,
+            seed=seed,
+            **fast_params(name, names, float(eps.max()) if isinstance(eps, torch.Tensor) else eps, restarts),
+        )
     except ThreatModelViolation:
         assert name in REJECTED, f"{name} rejected under {names}"
         return None
@@ -230,17 +250,28 @@ def batches(draw):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(names=st.sampled_from(COMBINATIONS), eps=st.floats(0.01, 1.3), batch=batches(),
-       dtype=st.sampled_from([torch.float32, torch.float64]), per_sample=st.booleans())
+@given(
+    names=st.sampled_from(COMBINATIONS),
+    eps=st.floats(0.01, 1.3),
+    batch=batches(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    per_sample=st.booleans(),
+)
 @pytest.mark.parametrize("name", ATTACKS)
 def test_threat_model_holds(tiny_model, name, names, eps, batch, dtype, per_sample):
     x, random_labels, seed = batch
     model = model_in(dtype, tiny_model)
     x = x.to(dtype)
-    y = torch.randint(0, 10, (len(x),), generator=torch.Generator().manual_seed(seed)) if random_labels \
+    y = (
+        torch.randint(0, 10, (len(x),), generator=torch.Generator().manual_seed(seed))
+        if random_labels
         else model.predict(x).argmax(1)
-    radius = eps * (0.5 + torch.rand(len(x), generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)) \
-        if per_sample else eps
+    )
+    radius = (
+        eps * (0.5 + torch.rand(len(x), generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64))
+        if per_sample
+        else eps
+    )
     model.module.train()  # the runner switches to eval and restores the mode
     try:
         out = attack_or_reject(model, name, x, y, names, radius, seed)

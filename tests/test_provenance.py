@@ -19,8 +19,9 @@ def test_summary_json_records_the_command_line_versions_threads_and_device(tmp_p
     out = tmp_path / "run"
     threads = torch.get_num_threads()
     try:
-        result = invoke("attack", "--model", "cnn", "--eps", "0.2", "-n", "2", "--attack", "fgsm", "--threads", "1",
-                        "--out", out)
+        result = invoke(
+            "attack", "--model", "cnn", "--eps", "0.2", "-n", "2", "--attack", "fgsm", "--threads", "1", "--out", out
+        )
         assert result.exit_code == 0, result.output
         assert torch.get_num_threads() == 1  # --threads reached torch
     finally:
@@ -61,8 +62,14 @@ def test_attack_parameters_are_listed_with_types_defaults_and_ranges():
     everything = json.loads(invoke("attacks", "--json").output)
     pgd = next(row for row in everything if row["name"] == "pgd")
     steps = next(p for p in pgd["params"] if p["name"] == "steps")
-    assert steps == {"name": "steps", "type": "int", "default": 40, "range": "[1, 1000000]",
-                     "valid": "an integer in [1, 1000000]", "doc": "steps per restart"}
+    assert steps == {
+        "name": "steps",
+        "type": "int",
+        "default": 40,
+        "range": "[1, 1000000]",
+        "valid": "an integer in [1, 1000000]",
+        "doc": "steps per restart",
+    }
     assert "-p confidence" in invoke("attacks", "--params").output
     unknown = invoke("attacks", "nope")
     assert unknown.exit_code == 2 and "unknown attack 'nope'" in unknown.output
@@ -73,11 +80,29 @@ def test_example_figures_show_unfooled_samples_too():
     from advkit.result import AttackResult
 
     success = torch.tensor([True] * 9 + [False] * 3)
-    result = AttackResult(model="m", attack="a", attack_params={}, bounds=(-1.0, 1.0), constraints="", constraints_dict={},
-                          criterion="", eps=0.1, seed=0, x=torch.zeros(12, 1, 2, 2), x_adv=torch.zeros(12, 1, 2, 2),
-                          y=torch.zeros(12, dtype=torch.long), target=None, pred=torch.zeros(12, dtype=torch.long),
-                          confidence=torch.ones(12), success=success, forward_passes=0, backward_passes=0, budget=None,
-                          seconds=0.0, plugin={})
+    result = AttackResult(
+        model="m",
+        attack="a",
+        attack_params={},
+        bounds=(-1.0, 1.0),
+        constraints="",
+        constraints_dict={},
+        criterion="",
+        eps=0.1,
+        seed=0,
+        x=torch.zeros(12, 1, 2, 2),
+        x_adv=torch.zeros(12, 1, 2, 2),
+        y=torch.zeros(12, dtype=torch.long),
+        target=None,
+        pred=torch.zeros(12, dtype=torch.long),
+        confidence=torch.ones(12),
+        success=success,
+        forward_passes=0,
+        backward_passes=0,
+        budget=None,
+        seconds=0.0,
+        plugin={},
+    )
     rows = pick_examples(result, 6)
     assert len(rows) == 6 and sum(not bool(success[i]) for i in rows) == 2  # a third of the rows are unfooled
     assert pick_examples(result, 6) == sorted(rows)

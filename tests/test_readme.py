@@ -23,8 +23,9 @@ def check_readme():
 @pytest.mark.parametrize("block", ["main-job", "zoo-accuracy"])
 def test_readme_block_matches_the_code(check_readme, block):
     problems = check_readme.check(only=[block])
-    assert not problems, "README drifted; run `python scripts/check_readme.py --write` after checking why:\n" + \
-        "\n".join(problems)
+    assert not problems, (
+        "README drifted; run `python scripts/check_readme.py --write` after checking why:\n" + "\n".join(problems)
+    )
 
 
 def test_the_check_notices_drift(check_readme, tmp_path):

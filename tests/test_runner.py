@@ -162,8 +162,24 @@ def test_global_rng_untouched_and_seed_reproducible(tiny_model, tiny_batch):
 def test_result_summary_fields(tiny_model, tiny_batch):
     x, y = tiny_batch
     summary = run_attack(tiny_model, "fgsm", x, y, eps=0.1).summary()
-    for key in ["model", "attack", "eps", "bounds", "n", "success_rate", "mean_confidence", "mean_linf", "max_linf",
-                "mean_l2", "forward_passes", "backward_passes", "seconds", "seed", "constraints", "plugin"]:
+    for key in [
+        "model",
+        "attack",
+        "eps",
+        "bounds",
+        "n",
+        "success_rate",
+        "mean_confidence",
+        "mean_linf",
+        "max_linf",
+        "mean_l2",
+        "forward_passes",
+        "backward_passes",
+        "seconds",
+        "seed",
+        "constraints",
+        "plugin",
+    ]:
         assert key in summary
     assert summary["eps_01"] == pytest.approx(0.05)
     assert summary["plugin"]["name"] == "fgsm"
@@ -197,8 +213,9 @@ def test_a_model_that_works_in_place_cannot_touch_the_callers_tensors(tiny_model
 
     x, y = tiny_batch
     module = nn.Sequential(nn.ReLU(inplace=True), tiny_model.module)
-    model = ModelAdapter(module, name="in_place", bounds=(-1.0, 1.0), input_shape=(1, 8, 8),
-                         class_names=[str(i) for i in range(10)])
+    model = ModelAdapter(
+        module, name="in_place", bounds=(-1.0, 1.0), input_shape=(1, 8, 8), class_names=[str(i) for i in range(10)]
+    )
     y = model.predict(x).argmax(1)
     before, labels = x.clone(), y.clone()
     for attack in ("pgd", "fgsm", "untargeted"):

@@ -73,7 +73,7 @@ def test_torchvision_loader_refuses_code_in_an_explicit_weights_file(evil, tmp_p
 
 
 def test_torchvision_hub_cache_file_is_hash_checked_before_loading(evil, tmp_path, monkeypatch):
-    from advkit_plugins.imagenet_models import WeightsUnavailableError
+    from advkit.plugins.builtin.imagenet_models import WeightsUnavailableError
 
     sentinel, write = evil
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
@@ -86,8 +86,8 @@ def test_torchvision_hub_cache_file_is_hash_checked_before_loading(evil, tmp_pat
 
 @pytest.mark.parametrize("check_hash", [True, False])
 def test_efficientnet_lite0_loader_refuses_code(evil, tmp_path, check_hash):
-    from advkit_zoo.efficientnet_lite import load_lite0
-    from advkit_zoo.weights import WeightsIntegrityError
+    from advkit.zoo.efficientnet_lite import load_lite0
+    from advkit.zoo.weights import WeightsIntegrityError
 
     sentinel, write = evil
     path = write(tmp_path / "efficientnet-lite0.pth")
@@ -101,7 +101,7 @@ def test_efficientnet_lite0_loader_refuses_code(evil, tmp_path, check_hash):
 
 @pytest.mark.parametrize("manifest_matches", [False, True])
 def test_zoo_loader_refuses_a_pickle_even_when_the_manifest_hash_matches(evil, tmp_path, manifest_matches):
-    from advkit_zoo.weights import WEIGHTS_DIR, WeightsIntegrityError, load_zoo_module, sha256_file
+    from advkit.zoo.weights import WEIGHTS_DIR, WeightsIntegrityError, load_zoo_module, sha256_file
 
     sentinel, write = evil
     shutil.copy(WEIGHTS_DIR / "manifest.json", tmp_path / "manifest.json")

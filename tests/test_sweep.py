@@ -56,10 +56,16 @@ def test_reuse_is_cheaper_and_never_weaker(digits):
 def test_descending_search_infers_only_from_failures_and_rechecks_every_success(digits):
     eps = [0.1, 0.2, 0.3]
     params = {"pgd": {"steps": 10, "random_start": False, "early_stop": True}}
-    down = run_sweep(SweepSpec(models=["cnn"], attacks=["pgd"], eps=eps, n=40, search="descending", attack_params=params),
-                     progress=False, data=digits)
-    up = run_sweep(SweepSpec(models=["cnn"], attacks=["pgd"], eps=eps, n=40, reuse=False, attack_params=params),
-                   progress=False, data=digits)
+    down = run_sweep(
+        SweepSpec(models=["cnn"], attacks=["pgd"], eps=eps, n=40, search="descending", attack_params=params),
+        progress=False,
+        data=digits,
+    )
+    up = run_sweep(
+        SweepSpec(models=["cnn"], attacks=["pgd"], eps=eps, n=40, reuse=False, attack_params=params),
+        progress=False,
+        data=digits,
+    )
     cells = [down.cells[("cnn", "pgd", e)] for e in eps]
     # pgd from a zero start is deterministic: a sample fooled one eps up is fooled here whenever an independent run fools it
     independent = [up.cells[("cnn", "pgd", e)].success for e in eps]
@@ -85,8 +91,11 @@ def test_descending_search_infers_only_from_failures_and_rechecks_every_success(
 
 
 def test_table_counts_and_worst_case_row(digits):
-    result = run_sweep(SweepSpec(models=["cnn"], attacks=["pgd", "fgsm"], eps=[0.2], n=30,
-                                 attack_params={"pgd": {"steps": 5}}), progress=False, data=digits)
+    result = run_sweep(
+        SweepSpec(models=["cnn"], attacks=["pgd", "fgsm"], eps=[0.2], n=30, attack_params={"pgd": {"steps": 5}}),
+        progress=False,
+        data=digits,
+    )
     table = result.table.set_index("attack")
     cells = {a: result.cells[("cnn", a, 0.2)] for a in ("pgd", "fgsm")}
     for attack, cell in cells.items():
@@ -97,8 +106,20 @@ def test_table_counts_and_worst_case_row(digits):
     assert result.matrix.shape[0] == 30 and set(result.matrix.columns) >= {"pgd@0.2", "fgsm@0.2", "test_index"}
 
 
-SWEEP_ARGS = ["sweep", "--model", "cnn", "--attack", "pgd", "--eps", "0.1,0.15,0.2,0.25,0.3", "-n", "40",
-              "-p", "pgd.steps=15", "--no-checks"]
+SWEEP_ARGS = [
+    "sweep",
+    "--model",
+    "cnn",
+    "--attack",
+    "pgd",
+    "--eps",
+    "0.1,0.15,0.2,0.25,0.3",
+    "-n",
+    "40",
+    "-p",
+    "pgd.steps=15",
+    "--no-checks",
+]
 
 
 def test_killed_sweep_resumes_to_identical_results(tmp_path):
@@ -129,8 +150,27 @@ def test_killed_sweep_resumes_to_identical_results(tmp_path):
 
 
 def test_masked_gradients_are_flagged_and_a_healthy_model_is_not(tmp_path):
-    result = CliRunner().invoke(cli, ["sweep", "--model", "cnn", "--model", "bnn:straight_through=false", "--attack", "pgd",
-                                      "--eps", "0.2,0.3", "-n", "20", "-p", "steps=20", "--out", str(tmp_path), "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "sweep",
+            "--model",
+            "cnn",
+            "--model",
+            "bnn:straight_through=false",
+            "--attack",
+            "pgd",
+            "--eps",
+            "0.2,0.3",
+            "-n",
+            "20",
+            "-p",
+            "steps=20",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     flags = json.loads(result.output)["flags"]
     raised = {(f["check"], f["model"]) for f in flags if f["status"] == "flag"}
@@ -152,16 +192,38 @@ def test_sweep_usage_errors(tmp_path):
     runner = CliRunner()
     bad_model = runner.invoke(cli, ["sweep", "--model", "nope", "--eps", "0.1", "--out", str(tmp_path)])
     assert bad_model.exit_code == 2 and "nope" in bad_model.output
-    targeted = runner.invoke(cli, ["sweep", "--model", "cnn", "--attack", "targeted", "--eps", "0.1", "--out", str(tmp_path)])
+    targeted = runner.invoke(
+        cli, ["sweep", "--model", "cnn", "--attack", "targeted", "--eps", "0.1", "--out", str(tmp_path)]
+    )
     assert targeted.exit_code == 2 and "untargeted" in targeted.output
-    bad_param = runner.invoke(cli, ["sweep", "--model", "cnn", "--eps", "0.1", "-p", "fgsm.steps=3", "--out", str(tmp_path)])
+    bad_param = runner.invoke(
+        cli, ["sweep", "--model", "cnn", "--eps", "0.1", "-p", "fgsm.steps=3", "--out", str(tmp_path)]
+    )
     assert bad_param.exit_code == 2 and "not in this sweep" in bad_param.output
     assert runner.invoke(cli, ["report", str(tmp_path)]).exit_code == 2
 
 
 def test_attack_survival_on_mnist(tmp_path):
-    result = CliRunner().invoke(cli, ["attack", "--model", "cnn", "--eps", "0.4", "--attack", "pgd", "--steps", "10", "-n", "12",
-                                      "--survival", "--out", str(tmp_path), "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "attack",
+            "--model",
+            "cnn",
+            "--eps",
+            "0.4",
+            "--attack",
+            "pgd",
+            "--steps",
+            "10",
+            "-n",
+            "12",
+            "--survival",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     rows = {row["transform"]: row for row in summary["survival"]}
@@ -176,8 +238,22 @@ def test_a_sweep_failing_before_its_first_cell_leaves_the_folder_reusable(tmp_pa
     """The binary attack refuses an L2-only set at run time (it needs an L-inf radius or a value): the first cell
     fails, and the fixed rerun into the same folder is not refused as "a different sweep"."""
     out = tmp_path / "out"
-    base = ["sweep", "--model", "cnn", "--attack", "binary", "--eps", "0.1", "-n", "2", "--no-checks", "--out", str(out),
-            "-p", "steps=2"]
+    base = [
+        "sweep",
+        "--model",
+        "cnn",
+        "--attack",
+        "binary",
+        "--eps",
+        "0.1",
+        "-n",
+        "2",
+        "--no-checks",
+        "--out",
+        str(out),
+        "-p",
+        "steps=2",
+    ]
     failed = CliRunner().invoke(cli, [*base, "--constraints", "l2"])
     assert failed.exit_code != 0 and "binary attack: give value=..., or an L-inf ball" in failed.output
     assert not (out / "config.json").exists()
@@ -197,7 +273,7 @@ def test_a_constraint_set_from_a_plugin_works_in_a_sweep(tmp_path, digits):
 
         def interval(self, x):
             hi = torch.full_like(x, float("inf"))
-            hi[..., x.shape[-1] // 2:] = 0.0
+            hi[..., x.shape[-1] // 2 :] = 0.0
             return -hi, hi
 
         @classmethod
@@ -211,8 +287,25 @@ def test_a_constraint_set_from_a_plugin_works_in_a_sweep(tmp_path, digits):
 
     plugins.register_plugin(Plugin(), name="left_half_plugin")
     try:
-        result = CliRunner().invoke(cli, ["sweep", "--model", "cnn", "--eps", "0.3", "-n", "4", "--no-checks",
-                                          "--constraints", "linf,left_half", "-p", "steps=3", "--out", str(tmp_path / "o")])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "sweep",
+                "--model",
+                "cnn",
+                "--eps",
+                "0.3",
+                "-n",
+                "4",
+                "--no-checks",
+                "--constraints",
+                "linf,left_half",
+                "-p",
+                "steps=3",
+                "--out",
+                str(tmp_path / "o"),
+            ],
+        )
         assert result.exit_code == 0, result.output
         cells = list((tmp_path / "o" / "cells").glob("*.safetensors"))
         from safetensors.torch import load_file
@@ -229,8 +322,22 @@ def test_a_constraint_set_from_a_plugin_works_in_a_sweep(tmp_path, digits):
 
 
 def test_cli_descending_search_prints_the_inferred_column(tmp_path):
-    base = ["sweep", "--model", "cnn", "--eps", "0.1,0.3", "-n", "6", "--no-checks", "-p", "steps=3", "-p",
-            "early_stop=true", "--search", "descending"]
+    base = [
+        "sweep",
+        "--model",
+        "cnn",
+        "--eps",
+        "0.1,0.3",
+        "-n",
+        "6",
+        "--no-checks",
+        "-p",
+        "steps=3",
+        "-p",
+        "early_stop=true",
+        "--search",
+        "descending",
+    ]
     refused = CliRunner().invoke(cli, [*base, "--no-reuse", "--out", str(tmp_path / "a")])
     assert refused.exit_code == 2 and "needs reuse=True" in refused.output
     result = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "b"), "--json"])

@@ -38,18 +38,24 @@ pytestmark = pytest.mark.usefixtures("one_thread", "tiny_models")
 MODEL = "store_tiny"
 
 
-
 def configuration(out):
     """config.json's configuration: without the record of how the sweep was started (not part of the fingerprint)."""
     config = json.loads((out / "config.json").read_text())
     config.pop("provenance", None)
     return config
 
+
 def _load_tiny() -> ModelAdapter:
     module = tiny_module(seed=3)
     module.eval()
-    return ModelAdapter(module, name=MODEL, bounds=(-1.0, 1.0), input_shape=(1, 8, 8),
-                        class_names=[str(i) for i in range(10)], dataset="tiny")
+    return ModelAdapter(
+        module,
+        name=MODEL,
+        bounds=(-1.0, 1.0),
+        input_shape=(1, 8, 8),
+        class_names=[str(i) for i in range(10)],
+        dataset="tiny",
+    )
 
 
 class TinyModels:
@@ -151,8 +157,11 @@ def test_a_cell_of_another_configuration_is_refused_even_with_config_json_presen
     meta, tensors = cell_files(other, 0.1)
     shutil.copy(meta, cell_files(copy, 0.1)[0])
     shutil.copy(tensors, cell_files(copy, 0.1)[1])
-    with pytest.raises(SweepConfigMismatch, match=r"cells/store_tiny@pgd@eps=0\.1\.json was written by a sweep with a "
-                                                  r"different configuration \(changed: spec\.seed: 1 -> 0\)"):
+    with pytest.raises(
+        SweepConfigMismatch,
+        match=r"cells/store_tiny@pgd@eps=0\.1\.json was written by a sweep with a "
+        r"different configuration \(changed: spec\.seed: 1 -> 0\)",
+    ):
         sweep(copy, data)
 
 
@@ -231,12 +240,22 @@ TAMPERED = [
     ("point outside the ball", _outside_ball, True, r"outside the threat model"),
     ("success flipped, sha256 not updated", _flip_success, False, r"does not match the sha256 recorded in"),
     ("success on a sample not attacked", _success_not_attacked, True, r"successes on samples that were not attacked"),
-    ("attacked not the correctly classified", _attacked_flipped, True, r"other samples than those the model classifies"),
+    (
+        "attacked not the correctly classified",
+        _attacked_flipped,
+        True,
+        r"other samples than those the model classifies",
+    ),
     ("NaN point", _nan_point, True, r"NaN or inf"),
     ("pred of the wrong dtype", _pred_int32, True, r"pred of dtype torch.int32 .*expected int64"),
     ("linf of the wrong shape", _short_linf, True, r"linf of dtype .* shape \(11,\); expected float \(12,\)"),
     ("an extra tensor", _extra_key, True, r"expected exactly"),
-    ("linf not the point's distance", _wrong_linf, True, r"linf distances that are not those of its adversarial points"),
+    (
+        "linf not the point's distance",
+        _wrong_linf,
+        True,
+        r"linf distances that are not those of its adversarial points",
+    ),
     ("a sample not attacked moved", _untouched_moved, True, r"changes samples that were not attacked"),
 ]
 
@@ -266,9 +285,16 @@ def _raw(text):
 TAMPERED_META = [
     ("truncated JSON", lambda p: p.write_text(p.read_text()[:40]), r"is not readable JSON \(truncated or corrupt"),
     ("not an object", _raw("[1, 2]\n"), r"holds a list, not a sweep cell's JSON object"),
-    ("no fingerprint (older advkit)", _meta_edit(lambda m: m.pop("fingerprint")), r"carries no configuration fingerprint"),
-    ("config edited, fingerprint kept", _meta_edit(lambda m: m["config"]["spec"].update(seed=5)),
-     r"configuration that does not match its own fingerprint"),
+    (
+        "no fingerprint (older advkit)",
+        _meta_edit(lambda m: m.pop("fingerprint")),
+        r"carries no configuration fingerprint",
+    ),
+    (
+        "config edited, fingerprint kept",
+        _meta_edit(lambda m: m["config"]["spec"].update(seed=5)),
+        r"configuration that does not match its own fingerprint",
+    ),
     ("negative forward count", _meta_edit(lambda m: m.update(forward=-1)), r"forward = -1; expected an integer >= 0"),
     ("float carried count", _meta_edit(lambda m: m.update(carried=1.5)), r"carried = 1.5; expected an integer >= 0"),
     ("boolean inferred count", _meta_edit(lambda m: m.update(inferred=True)), r"inferred = True"),
@@ -280,7 +306,11 @@ TAMPERED_META = [
     ("a key missing", _meta_edit(lambda m: m.pop("backward")), r"lacks the key\(s\) backward"),
     ("an extra key", _meta_edit(lambda m: m.update(note="hi")), r"has unexpected key\(s\) note"),
     ("no tensors sha256", _meta_edit(lambda m: m.update(tensors_sha256=None)), r"tensors_sha256 = None"),
-    ("more carried than attacked", _meta_edit(lambda m: m.update(carried=11)), r"counts 11 carried and 0 inferred of 10"),
+    (
+        "more carried than attacked",
+        _meta_edit(lambda m: m.update(carried=11)),
+        r"counts 11 carried and 0 inferred of 10",
+    ),
 ]
 
 
@@ -305,7 +335,9 @@ def test_an_unreadable_config_json_is_refused_naming_it(copy, data):
 
     (copy / "config.json").write_text('{"spec": ')
     record(copy, [copy / "config.json"])  # corrupted as if on disk, not edited by the user (whose files are never used)
-    with pytest.raises(SweepStoreError, match=rf"{re.escape(str(copy / 'config.json'))} is not readable JSON .*delete it"):
+    with pytest.raises(
+        SweepStoreError, match=rf"{re.escape(str(copy / 'config.json'))} is not readable JSON .*delete it"
+    ):
         sweep(copy, data)
 
 
@@ -313,8 +345,11 @@ def test_an_unreadable_config_json_is_refused_naming_it(copy, data):
 
 
 def test_eps_equal_to_six_digits_are_refused_in_one_spec():
-    with pytest.raises(ParameterError, match=r"eps 0\.0313725 and 0\.03137254901960784 are the same to 6 significant "
-                                             r"digits"):
+    with pytest.raises(
+        ParameterError,
+        match=r"eps 0\.0313725 and 0\.03137254901960784 are the same to 6 significant "
+        r"digits",
+    ):
         spec(eps=[8 / 255, 0.0313725])
 
 
@@ -336,8 +371,11 @@ DUPLICATES = [
     ("eps twice", dict(eps=[0.1, 0.2, 0.1]), r"eps 0\.1 is given twice"),
     ("eps 0 and -0", dict(eps=[0.0, -0.0]), r"eps 0\.0 is given twice"),
     ("model twice", dict(models=["cnn", "cnn"]), r"model 'cnn' is given twice"),
-    ("model options reordered", dict(models=["bnn:a=1,b=true", "bnn: b=TRUE, a=1"]),
-     r"model 'bnn: b=TRUE, a=1' and 'bnn:a=1,b=true' are the same model with the same options"),
+    (
+        "model options reordered",
+        dict(models=["bnn:a=1,b=true", "bnn: b=TRUE, a=1"]),
+        r"model 'bnn: b=TRUE, a=1' and 'bnn:a=1,b=true' are the same model with the same options",
+    ),
     ("attack twice", dict(attacks=["pgd", "fgsm", "pgd"]), r"attack 'pgd' is given twice"),
     ("repeated option key", dict(models=["bnn:a=1,a=2"]), r"model option 'a' is given twice in 'bnn:a=1,a=2'"),
 ]
@@ -370,8 +408,9 @@ def test_a_changed_configuration_names_each_field(tmp_path, data):
 
 
 def test_change_lists_flatten_paths_and_shorten_long_values():
-    assert config_changes({"spec": {"attack_params": {}}}, {"spec": {"attack_params": {"pgd": {"steps": 20}}}}) == \
-        ["spec.attack_params.pgd.steps: (absent) -> 20"]
+    assert config_changes({"spec": {"attack_params": {}}}, {"spec": {"attack_params": {"pgd": {"steps": 20}}}}) == [
+        "spec.attack_params.pgd.steps: (absent) -> 20"
+    ]
     assert config_changes({"a": 1, "b": [1]}, {"a": 1, "b": [1]}) == []
     (change,) = config_changes({"models": {"cnn": "a" * 64}}, {"models": {"cnn": "b" * 64}})
     assert change.startswith('models.cnn: "aaaa') and "..." in change and len(change) < 120
@@ -395,7 +434,9 @@ def test_eps_beyond_a_models_range_is_refused_before_out_is_touched(tmp_path, da
 
     monkeypatch.setattr(sweep_module, "run_cell", lambda *a, **k: pytest.fail("attacked"))
     out = tmp_path / "out"
-    with pytest.raises(ThreatModelError, match=r"eps 2\.5 exceeds the range of model 'store_tiny' \(\[-1, 1\], width 2\)"):
+    with pytest.raises(
+        ThreatModelError, match=r"eps 2\.5 exceeds the range of model 'store_tiny' \(\[-1, 1\], width 2\)"
+    ):
         sweep(out, data, eps=[0.1, 2.5])
     assert not out.exists()
     with pytest.raises(ThreatModelError, match=r"L2 eps 17 exceeds the diameter"):
@@ -436,9 +477,12 @@ def test_only_the_plugins_a_sweep_uses_are_in_its_fingerprint(tmp_path, data):
         with pytest.raises(SweepConfigMismatch, match=r'changed: plugins\.store_attacks\.version: "1\.0" -> "2\.0"\)'):
             sweep(out, data, attacks=["store_fgsm"])
         (out / "config.json").unlink()
-        with pytest.raises(SweepConfigMismatch, match=r'store_fgsm@eps=0\.05\.json was written by a sweep with a different '
-                                                      r'configuration \(changed: plugins\.store_attacks\.version: "1\.0" '
-                                                      r'-> "2\.0"\)'):
+        with pytest.raises(
+            SweepConfigMismatch,
+            match=r"store_fgsm@eps=0\.05\.json was written by a sweep with a different "
+            r'configuration \(changed: plugins\.store_attacks\.version: "1\.0" '
+            r'-> "2\.0"\)',
+        ):
             sweep(out, data, attacks=["store_fgsm"])
     finally:
         plugins.unregister_plugin("store_attacks")

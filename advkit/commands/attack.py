@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import torch
@@ -102,8 +103,9 @@ def run_attack_job(job: AttackJob, resolve_target: Callable[[str | None, list[st
     if job.attack_cls.targeted and target is None:
         raise click.UsageError(f"attack {job.attack_cls.name!r} is targeted: give --target")
     try:
-        constraint = build_constraints(job.constraint_names, eps=job.eps, bounds=model.bounds,
-                                       registry=registry.constraints())
+        constraint = build_constraints(
+            job.constraint_names, eps=job.eps, bounds=model.bounds, registry=registry.constraints()
+        )
     except ThreatModelError:
         raise  # eps that bounds nothing: the message says how to ask for what was meant
     except ValueError as error:
@@ -146,11 +148,18 @@ def format_summary(s: dict) -> str:
     """A short human summary of an attack run."""
     low, high = s["bounds"]
     eps01 = s["eps_01"]
-    eps_line = (f"{s['eps']:g} in model units [{low:g}, {high:g}] = {eps01:.4f} on the 0-1 scale" if s["eps"] is not None
-                else "none (unbounded: only the sets above bound the perturbation)")
+    eps_line = (
+        f"{s['eps']:g} in model units [{low:g}, {high:g}] = {eps01:.4f} on the 0-1 scale"
+        if s["eps"] is not None
+        else "none (unbounded: only the sets above bound the perturbation)"
+    )
     fewer = f" (only {s['n']} available)" if s["n"] < s["n_requested"] else ""
     source = f" class {s['label']}" if s.get("label") is not None else ""
-    target = f"{source} -> target {s['target']}" if s["target"] is not None else (f" ({source.strip()} only)" if source else "")
+    target = (
+        f"{source} -> target {s['target']}"
+        if s["target"] is not None
+        else (f" ({source.strip()} only)" if source else "")
+    )
     succ_conf = s["mean_confidence_success"]
     lines = [
         f"advkit {s['attack']} on {s['model']}{target}: {s['n']} correctly classified test samples{fewer} [{s['data']}]",
@@ -161,19 +170,31 @@ def format_summary(s: dict) -> str:
         + (f" (fooled: {succ_conf:.3f})" if succ_conf is not None else ""),
         f"  perturbation   mean L-inf {s['mean_linf']:.4f}, max L-inf {s['max_linf']:.4f}, mean L2 {s['mean_l2']:.4f}",
         f"  passes         {s['forward_passes']} forward, {s['backward_passes']} backward"
-        + (f", at most {s['max_backward_per_sample']} per sample" if s.get("max_backward_per_sample") is not None else "")
+        + (
+            f", at most {s['max_backward_per_sample']} per sample"
+            if s.get("max_backward_per_sample") is not None
+            else ""
+        )
         + (f" (budget {s['budget']})" if s["budget"] else "")
         + f"; {s['seconds']:.2f} s; seed {s['seed']}",
         f"  plugin         {s['plugin']['name']} {s['plugin']['version'] or ''}".rstrip(),
     ]
     if s.get("survival"):
-        survived = ", ".join(f"{row['transform']} {row['survival_rate']:.2f}"
-                             + (f" (still wrong {row['still_fooled_rate']:.2f}, clean {row['clean_accuracy']:.2f})"
-                                if "clean_accuracy" in row else "") for row in s["survival"])
+        survived = ", ".join(
+            f"{row['transform']} {row['survival_rate']:.2f}"
+            + (
+                f" (still wrong {row['still_fooled_rate']:.2f}, clean {row['clean_accuracy']:.2f})"
+                if "clean_accuracy" in row
+                else ""
+            )
+            for row in s["survival"]
+        )
         lines.append(f"  survival       {survived}")
-        lines.append("                 share of fooled examples still fooling after each transform while the transformed"
-                     " clean image is still right (still wrong: whatever the clean image does; clean: accuracy on the"
-                     " transformed clean images)")
+        lines.append(
+            "                 share of fooled examples still fooling after each transform while the transformed"
+            " clean image is still right (still wrong: whatever the clean image does; clean: accuracy on the"
+            " transformed clean images)"
+        )
     if s.get("out"):
         lines.append(f"  wrote          {', '.join(s['out'])}")
     return "\n".join(lines)
@@ -181,9 +202,8 @@ def format_summary(s: dict) -> str:
 
 def write_outputs(out: Path, result, model: ModelAdapter, summary: dict) -> list[Path]:
     """Adversarial examples (safetensors), the summary (JSON) and a PNG grid."""
-    from advkit.files import write_tensors
-
     from advkit.figures import example_grid, save_figure
+    from advkit.files import write_tensors
 
     tensors = {
         "x": result.x,
@@ -201,7 +221,9 @@ def write_outputs(out: Path, result, model: ModelAdapter, summary: dict) -> list
     return [examples, figure, summary_path]
 
 
-def survival_outputs(out: Path | None, result, model: ModelAdapter, summary: dict, max_figure_rows: int = 6) -> list[Path]:
+def survival_outputs(
+    out: Path | None, result, model: ModelAdapter, summary: dict, max_figure_rows: int = 6
+) -> list[Path]:
     """S12 on the successful examples: the per-transform survival table (into ``summary``) and,
     with ``out``, survival.csv and survival.png (a row per example, a column per transform)."""
     from advkit.commands.imagenet import survival_figure
@@ -215,8 +237,9 @@ def survival_outputs(out: Path | None, result, model: ModelAdapter, summary: dic
     evaluator = Survival()
     target = None if result.target is None else result.target[fooled]
     names = [f"true {model.class_names[int(c)]}" for c in result.y[fooled]]
-    frame = evaluator.evaluate(model, result.x_adv[fooled], target=target, labels=result.y[fooled], x=result.x[fooled],
-                               names=names)
+    frame = evaluator.evaluate(
+        model, result.x_adv[fooled], target=target, labels=result.y[fooled], x=result.x[fooled], names=names
+    )
     summary["survival"] = Survival.table(frame).round(3).to_dict(orient="records")
     if out is None:
         return []

@@ -10,9 +10,9 @@ with the target) have gradients of the same direction, hence the same sign step.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import click
 import torch
@@ -109,8 +109,9 @@ def fool_photos(
             )
         y = torch.tensor([photo.label], device=photo.x.device)
         try:
-            result = run_attack(model, attack_cls(**params), photo.x, y, eps=eps, target=target, confidence=confidence,
-                                seed=seed)
+            result = run_attack(
+                model, attack_cls(**params), photo.x, y, eps=eps, target=target, confidence=confidence, seed=seed
+            )
         except (ValueError, RuntimeError) as error:
             raise click.ClickException(f"attack on {photo.name!r} failed: {error}") from None
         if progress is not None:
@@ -133,9 +134,12 @@ def photo_record(model: ModelAdapter, photo: Photo, result) -> dict:
         "label_from": photo.label_from,
         "expected": list(photo.expected) if photo.expected else None,
         "before": {"class": photo.pred, "name": names[photo.pred], "probability": round(photo.probability, 4)},
-        "after": {"class": int(result.pred[0]), "name": names[int(result.pred[0])],
-                  "probability": round(float(result.confidence[0]), 4),
-                  "target_probability": round(float(after_probs[target]), 4)},
+        "after": {
+            "class": int(result.pred[0]),
+            "name": names[int(result.pred[0])],
+            "probability": round(float(result.confidence[0]), 4),
+            "target_probability": round(float(after_probs[target]), 4),
+        },
         "success": bool(result.success[0]),
         "linf": float(result.linf()[0]),
         "linf_255": round(float(result.linf()[0]) * 255, 4),
@@ -178,13 +182,15 @@ def fooling_figure(model: ModelAdapter, photos: list[Photo], results, eps: float
         pred = int(result.pred[0])
         color = "darkgreen" if bool(result.success[0]) else "firebrick"
         row[2].imshow(to_image(result.x_adv[0], model.bounds))
-        row[2].set_title(f"adversarial: {_short(names[pred])}\np = {float(result.confidence[0]):.2f}", fontsize=10,
-                         color=color)
+        row[2].set_title(
+            f"adversarial: {_short(names[pred])}\np = {float(result.confidence[0]):.2f}", fontsize=10, color=color
+        )
         for ax in row:
             _plain(ax)
     target = int(results[0].target[0])
-    fig.suptitle(f"{model.name}: photos made to read as {target} '{names[target]}', L-inf eps = {eps_text(eps)}",
-                 fontsize=11)
+    fig.suptitle(
+        f"{model.name}: photos made to read as {target} '{names[target]}', L-inf eps = {eps_text(eps)}", fontsize=11
+    )
     return fig
 
 
@@ -208,16 +214,20 @@ def survival_figure(model: ModelAdapter, frame, images: dict[str, Tensor], evalu
             mark = "survived" if row["survived"] else ("inconclusive: clean also wrong" if inconclusive else "lost")
             color = "darkgreen" if row["survived"] else ("darkorange" if inconclusive else "firebrick")
             head = f"{row['image']}, adversarial" if transform == "none" else transform
-            ax.set_title(f"{head}\n{_short(row['pred_name'], 18)} {row['probability']:.2f}, {mark}", fontsize=9,
-                         color=color)
+            ax.set_title(
+                f"{head}\n{_short(row['pred_name'], 18)} {row['probability']:.2f}, {mark}", fontsize=9, color=color
+            )
             if row["clean_pred_name"] is not None:
                 ax.set_xlabel(f"clean: {_short(row['clean_pred_name'], 16)} {row['clean_probability']:.2f}", fontsize=8)
             _plain(ax)
     target = frame["target_name"].iloc[0]
     kind = "untargeted" if target is None else f"'{target}'"
-    fig.suptitle(f"{model.name}: do the {kind} examples (L-inf {eps_text(eps)}) survive transforms?\n"
-                 "title: top class and probability of the transformed adversarial image; below: the transformed clean "
-                 "image (survived only where it is still classified correctly)", fontsize=10)
+    fig.suptitle(
+        f"{model.name}: do the {kind} examples (L-inf {eps_text(eps)}) survive transforms?\n"
+        "title: top class and probability of the transformed adversarial image; below: the transformed clean "
+        "image (survived only where it is still classified correctly)",
+        fontsize=10,
+    )
     return fig
 
 
@@ -234,8 +244,9 @@ def survival_study(model: ModelAdapter, photos: list[Photo], results, evaluator=
     target = torch.cat([r.target for r in results])
     labels = torch.tensor([p.label for p in photos], device=x.device)
     accepted = [set(p.expected) if p.expected else {p.label} for p in photos]
-    frame = evaluator.evaluate(model, x_adv, target=target, labels=labels, x=x, names=[p.name for p in photos],
-                               accepted=accepted)
+    frame = evaluator.evaluate(
+        model, x_adv, target=target, labels=labels, x=x, names=[p.name for p in photos], accepted=accepted
+    )
     return frame, evaluator.transformed(x_adv, model.bounds), evaluator
 
 
@@ -249,8 +260,9 @@ def save_figure(fig, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def write_outputs(out: Path, model, photos, results, frame, images, evaluator, eps: float, summary: dict,
-                  figure_format: str = "png") -> list[Path]:
+def write_outputs(
+    out: Path, model, photos, results, frame, images, evaluator, eps: float, summary: dict, figure_format: str = "png"
+) -> list[Path]:
     fool = save_figure(fooling_figure(model, photos, results, eps), out / f"fool.{figure_format}")
     survival_png = save_figure(survival_figure(model, frame, images, evaluator, eps), out / f"survival.{figure_format}")
     survival_csv = out / "survival.csv"
@@ -280,8 +292,18 @@ def run_fool(
 ) -> dict:
     """S11 (and S12 unless ``survival=False``) end to end; returns the JSON-able summary."""
     photos = prepare_photos(model, sources, device)
-    results = fool_photos(model, photos, target=target, eps=eps, attack=attack, steps=steps, step_size=step_size,
-                          confidence=confidence, seed=seed, progress=progress)
+    results = fool_photos(
+        model,
+        photos,
+        target=target,
+        eps=eps,
+        attack=attack,
+        steps=steps,
+        step_size=step_size,
+        confidence=confidence,
+        seed=seed,
+        progress=progress,
+    )
     records = [photo_record(model, p, r) for p, r in zip(photos, results)]
     summary: dict = {
         "model": model.name,
@@ -309,8 +331,10 @@ def run_fool(
         }
     if out is not None:
         if not survival:
-            paths = [save_figure(fooling_figure(model, photos, results, eps), out / f"fool.{figure_format}"),
-                     out / "summary.json"]
+            paths = [
+                save_figure(fooling_figure(model, photos, results, eps), out / f"fool.{figure_format}"),
+                out / "summary.json",
+            ]
             summary["out"] = [str(p) for p in paths]
             write_summary(out / "summary.json", summary)
         else:
@@ -336,9 +360,15 @@ def format_summary(s: dict) -> str:
     lines.append(f"  fooled {s['n_success']}/{len(s['images'])} photos in {s['seconds_total']:.1f} s on {s['device']}")
     if "survival" in s:
         has_clean = "clean_accuracy" in s["survival"]["table"][0]
-        lines.append("  survival (S12): share of photos still read as the target" +
-                     (" with the transformed clean photo still right / still read as the target at all / clean "
-                      "accuracy under the same transform" if has_clean else ""))
+        lines.append(
+            "  survival (S12): share of photos still read as the target"
+            + (
+                " with the transformed clean photo still right / still read as the target at all / clean "
+                "accuracy under the same transform"
+                if has_clean
+                else ""
+            )
+        )
         for row in s["survival"]["table"]:
             extra = f" / {row['still_fooled_rate']:.2f} / {row['clean_accuracy']:.2f}" if has_clean else ""
             what = s["survival"]["transforms"][row["transform"]]

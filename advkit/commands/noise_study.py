@@ -26,8 +26,16 @@ def noise_study(model: ModelAdapter, x_all: torch.Tensor, y_all: torch.Tensor, *
     fixed_x, fixed_y = x_all[fixed_idx], y_all[fixed_idx]
     base, label = fixed_x[:1], fixed_y[:1]
     targets = torch.tensor([t for t in range(classes) if t != int(label)])
-    result = run_attack(model, "noise", base.expand(len(targets), *base.shape[1:]).contiguous(), label.expand(len(targets)),
-                        constraint=LinfBall(eps), target=targets, steps=steps, seed=seed)
+    result = run_attack(
+        model,
+        "noise",
+        base.expand(len(targets), *base.shape[1:]).contiguous(),
+        label.expand(len(targets)),
+        constraint=LinfBall(eps),
+        target=targets,
+        steps=steps,
+        seed=seed,
+    )
     noises = torch.zeros(classes, *base.shape[1:])
     noises[targets] = result.delta
     low, high = model.bounds
@@ -58,8 +66,11 @@ def noise_figure(model: ModelAdapter, base, label, noises, result, table, fixed_
             i = targets.index(t)
             ax_adv.imshow(to_image(result.x_adv[i], model.bounds), cmap="gray", vmin=0, vmax=1)
             reached = bool(result.success[i])
-            ax_adv.set_title(f"pred {model.class_names[int(result.pred[i])]} p={float(result.confidence[i]):.2f}",
-                             fontsize=8, color="black" if reached else "firebrick")
+            ax_adv.set_title(
+                f"pred {model.class_names[int(result.pred[i])]} p={float(result.confidence[i]):.2f}",
+                fontsize=8,
+                color="black" if reached else "firebrick",
+            )
         else:
             ax_adv.imshow(to_image(base[0], model.bounds), cmap="gray", vmin=0, vmax=1)
             ax_adv.set_title(f"original {model.class_names[int(label)]}", fontsize=8)
@@ -67,8 +78,7 @@ def noise_figure(model: ModelAdapter, base, label, noises, result, table, fixed_
             ax.set_xticks([])
             ax.set_yticks([])
     if noise_image is not None:
-        fig.colorbar(noise_image, ax=noise_axes, location="left", fraction=0.02,
-                     pad=0.01, label="noise (model units)")
+        fig.colorbar(noise_image, ax=noise_axes, location="left", fraction=0.02, pad=0.01, label="noise (model units)")
     digits = len(fixed_y)
     for j in range(min(digits, classes)):
         ax = fig.add_subplot(grid[2, j])
@@ -82,26 +92,32 @@ def noise_figure(model: ModelAdapter, base, label, noises, result, table, fixed_
     for t in range(classes):
         for j in range(digits):
             ax.text(j, t, str(int(table[t, j])), ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(digits), [f"{j}: {model.class_names[int(c)]}" for j, c in enumerate(fixed_y)], fontsize=7,
-                  rotation=90)
+    ax.set_xticks(
+        range(digits), [f"{j}: {model.class_names[int(c)]}" for j, c in enumerate(fixed_y)], fontsize=7, rotation=90
+    )
     ax.set_yticks(range(classes), [model.class_names[t] for t in range(classes)], fontsize=8)
     ax.set_xlabel("test digit (number: true class), shown bottom left")
     ax.set_ylabel("noise optimized towards")
     ax.set_title("predicted class (green: still correct)", fontsize=9)
     bar = fig.colorbar(cells, ax=ax, location="right", fraction=0.05, ticks=[0, 1])
     bar.ax.set_yticklabels(["changed", "still correct"], fontsize=7)
-    fig.suptitle(f"{model.name}: optimized noise per target (L-inf {eps:g}) on the first digit, added to 10 test digits",
-                 fontsize=10)
+    fig.suptitle(
+        f"{model.name}: optimized noise per target (L-inf {eps:g}) on the first digit, added to 10 test digits",
+        fontsize=10,
+    )
     return fig
 
 
-def write_noise_study(out: Path, model, base, label, noises, result, table, fixed_x, fixed_y, eps, summary) -> list[Path]:
+def write_noise_study(
+    out: Path, model, base, label, noises, result, table, fixed_x, fixed_y, eps, summary
+) -> list[Path]:
     from advkit.figures import save_figure
     from advkit.files import write_tensors
 
     tensors = out / "noise_study.safetensors"
     write_tensors({"base": base, "noises": noises, "table": table, "fixed_x": fixed_x, "fixed_y": fixed_y}, tensors)
-    figure = save_figure(noise_figure(model, base, label, noises, result, table, fixed_x, fixed_y, eps),
-                         out / "noise_study.png")
+    figure = save_figure(
+        noise_figure(model, base, label, noises, result, table, fixed_x, fixed_y, eps), out / "noise_study.png"
+    )
     summary_path = write_summary(out / "summary.json", summary)
     return [tensors, figure, summary_path]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -19,7 +20,9 @@ def parse_eps_list(values: tuple[str, ...], convert: Callable[[str], float]) -> 
     return out
 
 
-def split_params(pairs: tuple[str, ...], attacks: list[str], parse: Callable[[tuple[str, ...], Any], dict]) -> dict[str, dict]:
+def split_params(
+    pairs: tuple[str, ...], attacks: list[str], parse: Callable[[tuple[str, ...], Any], dict]
+) -> dict[str, dict]:
     """``-p pgd.steps=40`` sets a parameter of one attack; ``-p steps=40`` of every attack that has it."""
     from advkit import registry
 
@@ -30,9 +33,13 @@ def split_params(pairs: tuple[str, ...], attacks: list[str], parse: Callable[[tu
         if dot:
             if name not in per_attack:
                 raise click.UsageError(f"-p {pair!r}: attack {name!r} is not in this sweep ({', '.join(attacks)})")
-            per_attack[name].update(parse((pair[len(name) + 1:],), registry.get_attack(name).obj))
+            per_attack[name].update(parse((pair[len(name) + 1 :],), registry.get_attack(name).obj))
             continue
-        owners = [a for a in attacks if key.strip().replace("-", "_") in {f.name for f in registry.get_attack(a).obj.param_fields()}]
+        owners = [
+            a
+            for a in attacks
+            if key.strip().replace("-", "_") in {f.name for f in registry.get_attack(a).obj.param_fields()}
+        ]
         if not owners:
             raise click.UsageError(f"-p {pair!r}: no attack in this sweep has a parameter {key!r}")
         for a in owners:
@@ -57,7 +64,22 @@ def run_sweep_command(spec, out: Path, device: str, checks: bool, progress: bool
     flags = run_checks(result) if checks else []
     files = write_report(result, flags, out)
     record(out, files)
-    columns = ["model", "attack", "eps", "eps_01", "n_attacked", "success_rate", "ci_low", "ci_high", "robust_accuracy",
-               "backward_passes", "seconds"] + (["inferred"] if spec.search == "descending" else [])
-    return {"rows": result.table[columns].round(4).to_dict(orient="records"), "flags": flags, "out": [str(p) for p in files],
-            "table": result.table[columns]}
+    columns = [
+        "model",
+        "attack",
+        "eps",
+        "eps_01",
+        "n_attacked",
+        "success_rate",
+        "ci_low",
+        "ci_high",
+        "robust_accuracy",
+        "backward_passes",
+        "seconds",
+    ] + (["inferred"] if spec.search == "descending" else [])
+    return {
+        "rows": result.table[columns].round(4).to_dict(orient="records"),
+        "flags": flags,
+        "out": [str(p) for p in files],
+        "table": result.table[columns],
+    }

@@ -75,8 +75,9 @@ def run_transfer_job(
     if job.attack_cls.targeted and target_class is None:
         raise click.UsageError(f"attack {job.attack_cls.name!r} is targeted: give --target-class")
     try:
-        constraint = build_constraints(job.constraint_names, eps=job.eps, bounds=first.bounds,
-                                       registry=registry.constraints())
+        constraint = build_constraints(
+            job.constraint_names, eps=job.eps, bounds=first.bounds, registry=registry.constraints()
+        )
     except AdvkitError:
         raise  # e.g. eps that bounds nothing: the message says what to ask for
     except ValueError as error:
@@ -87,9 +88,20 @@ def run_transfer_job(
     order = class_interleaved_order(y_all)  # any prefix is class-balanced
     try:
         result = transfer_matrix(
-            sources, targets, x_all[order], y_all[order], attack=job.attack_cls.name, eps=job.eps,
-            constraints=job.constraint_names, target_class=target_class, confidence=job.confidence, n=job.n,
-            seed=job.seed, budget=job.budget, progress=progress, **job.attack_params,
+            sources,
+            targets,
+            x_all[order],
+            y_all[order],
+            attack=job.attack_cls.name,
+            eps=job.eps,
+            constraints=job.constraint_names,
+            target_class=target_class,
+            confidence=job.confidence,
+            n=job.n,
+            seed=job.seed,
+            budget=job.budget,
+            progress=progress,
+            **job.attack_params,
         )
     except AdvkitError:
         raise
@@ -103,9 +115,8 @@ def run_transfer_job(
 
 def write_transfer(out: Path, result: TransferResult, summary: dict) -> list[Path]:
     """transfer.csv (one row per pair), transfer_matrix.csv, transfer.png, masks.safetensors, summary.json, index.html."""
-    from advkit.files import write_tensors
-
     from advkit.figures import save_figure
+    from advkit.files import write_tensors
     from advkit.report import build_transfer_index
 
     table = out / "transfer.csv"
@@ -139,20 +150,28 @@ def format_summary(s: dict) -> str:
         f"({s['n_common_correct']} of {s['n_candidates']} qualify); all sources attack the same ones",
     ]
     for name, a in s["source_attacks"].items():
-        lines.append(f"  source    {name}: {a['n_success']}/{s['n_attacked']} fooled white-box ({s['criterion']}), "
-                     f"{a['backward_passes']} backward passes, {a['seconds']:.1f} s")
-    lines.append("  transfer  share of the source's successful examples that the target misclassifies (95% Wilson interval)")
+        lines.append(
+            f"  source    {name}: {a['n_success']}/{s['n_attacked']} fooled white-box ({s['criterion']}), "
+            f"{a['backward_passes']} backward passes, {a['seconds']:.1f} s"
+        )
+    lines.append(
+        "  transfer  share of the source's successful examples that the target misclassifies (95% Wilson interval)"
+    )
     width = max(len(c["source"]) + len(c["target"]) for c in s["cells"]) + 4
     for c in s["cells"]:
         pair = f"{c['source']} -> {c['target']}"
         if c["transfer_rate"] is None:
-            lines.append(f"    {pair:<{width}} {c['n_target_fooled']:>4}/{c['n_source_fooled']:<4} = n/a   (no successful example on the source)")
+            lines.append(
+                f"    {pair:<{width}} {c['n_target_fooled']:>4}/{c['n_source_fooled']:<4} = n/a   (no successful example on the source)"
+            )
             continue
         note = "  (white-box)" if c["white_box"] else ""
         if c.get("n_target_hit") is not None and not c["white_box"]:
             note += f"  {c['n_target_hit']} read as class {c['target_class']}"
-        lines.append(f"    {pair:<{width}} {c['n_target_fooled']:>4}/{c['n_source_fooled']:<4} = {c['transfer_rate']:.2f}  "
-                     f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]{note}")
+        lines.append(
+            f"    {pair:<{width}} {c['n_target_fooled']:>4}/{c['n_source_fooled']:<4} = {c['transfer_rate']:.2f}  "
+            f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]{note}"
+        )
     if s.get("out"):
         lines.append(f"  wrote     {', '.join(s['out'])}")
     return "\n".join(lines)

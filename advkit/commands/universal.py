@@ -12,8 +12,17 @@ from advkit.provenance import write_summary
 from advkit.result import AttackResult
 
 
-def universal_study(model: ModelAdapter, train: tuple[Tensor, Tensor], heldout: tuple[Tensor, Tensor], *, eps: float,
-                    target: int | None, steps: int, batch_size: int | None, seed: int) -> dict:
+def universal_study(
+    model: ModelAdapter,
+    train: tuple[Tensor, Tensor],
+    heldout: tuple[Tensor, Tensor],
+    *,
+    eps: float,
+    target: int | None,
+    steps: int,
+    batch_size: int | None,
+    seed: int,
+) -> dict:
     """Optimize one L-inf perturbation on ``train`` (correctly classified, not of the target class)
     and measure its fooling rate on ``heldout`` (likewise filtered). Returns tensors and numbers."""
     from advkit.constraints import Box, LinfBall
@@ -28,8 +37,9 @@ def universal_study(model: ModelAdapter, train: tuple[Tensor, Tensor], heldout: 
 
     x_train, y_train = usable(*train)
     x_held, y_held = usable(*heldout)
-    result = run_attack(model, "universal", x_train, y_train, eps=eps, target=target, steps=steps,
-                        batch_size=batch_size, seed=seed)
+    result = run_attack(
+        model, "universal", x_train, y_train, eps=eps, target=target, steps=steps, batch_size=batch_size, seed=seed
+    )
     perturbation = result.artifacts["perturbation"]
     rate, fooled = fooling_rate(model, perturbation, x_held, y_held, LinfBall(eps) & Box(*model.bounds), target)
     from advkit.universal import apply_shared
@@ -37,8 +47,16 @@ def universal_study(model: ModelAdapter, train: tuple[Tensor, Tensor], heldout: 
     with torch.no_grad():
         x_adv_held = apply_shared(perturbation, x_held, LinfBall(eps) & Box(*model.bounds))
         probs = model.predict(x_adv_held).softmax(1)
-    return {"result": result, "perturbation": perturbation, "x_held": x_held, "y_held": y_held,
-            "x_adv_held": x_adv_held, "probs_held": probs, "fooled_held": fooled, "heldout_rate": rate}
+    return {
+        "result": result,
+        "perturbation": perturbation,
+        "x_held": x_held,
+        "y_held": y_held,
+        "x_adv_held": x_adv_held,
+        "probs_held": probs,
+        "fooled_held": fooled,
+        "heldout_rate": rate,
+    }
 
 
 def universal_summary(model: ModelAdapter, study: dict, *, eps: float, target: int | None, source: str) -> dict:
@@ -56,7 +74,9 @@ def universal_summary(model: ModelAdapter, study: dict, *, eps: float, target: i
         "train_fooling_rate": round(result.success_rate, 4),
         "n_heldout": int(study["y_held"].numel()),
         "heldout_fooling_rate": round(study["heldout_rate"], 4),
-        "heldout_fooled_predicted_as": {model.class_names[c]: round(float(v), 3) for c, v in enumerate(predicted_share) if v > 0},
+        "heldout_fooled_predicted_as": {
+            model.class_names[c]: round(float(v), 3) for c, v in enumerate(predicted_share) if v > 0
+        },
         "perturbation_linf": round(float(study["perturbation"].abs().max()), 4),
         "steps": result.attack_params["steps"],
         "batch_size": result.attack_params["batch_size"],
@@ -96,23 +116,28 @@ def universal_figure(model: ModelAdapter, study: dict, summary: dict, examples: 
         top.set_title(f"{model.class_names[int(c_clean)]} (p={float(p_clean):.2f})", fontsize=9)
         bottom.imshow(to_image(study["x_adv_held"][i], model.bounds), cmap="gray", vmin=0, vmax=1)
         verdict = "fooled" if bool(study["fooled_held"][i]) else "held"
-        bottom.set_title(f"{model.class_names[int(c_adv)]} (p={float(p_adv):.2f}) {verdict}", fontsize=9,
-                         color="firebrick" if verdict == "fooled" else "black")
+        bottom.set_title(
+            f"{model.class_names[int(c_adv)]} (p={float(p_adv):.2f}) {verdict}",
+            fontsize=9,
+            color="firebrick" if verdict == "fooled" else "black",
+        )
         for a in (top, bottom):
             a.set_xticks([])
             a.set_yticks([])
     goal = "untargeted" if summary["target"] is None else f"towards {model.class_names[summary['target']]}"
-    fig.suptitle(f"{model.name}: one perturbation ({goal}, L-inf {eps:g}) - fooling rate "
-                 f"{summary['train_fooling_rate']:.2f} on {summary['n_train']} training images, "
-                 f"{summary['heldout_fooling_rate']:.2f} on {summary['n_heldout']} held-out images "
-                 "(top: clean, bottom: with the perturbation)", fontsize=10)
+    fig.suptitle(
+        f"{model.name}: one perturbation ({goal}, L-inf {eps:g}) - fooling rate "
+        f"{summary['train_fooling_rate']:.2f} on {summary['n_train']} training images, "
+        f"{summary['heldout_fooling_rate']:.2f} on {summary['n_heldout']} held-out images "
+        "(top: clean, bottom: with the perturbation)",
+        fontsize=10,
+    )
     return fig
 
 
 def write_universal(out: Path, model: ModelAdapter, study: dict, summary: dict) -> list[Path]:
-    from advkit.files import write_tensors
-
     from advkit.figures import save_figure
+    from advkit.files import write_tensors
 
     tensors = out / "universal.safetensors"
     write_tensors({"perturbation": study["perturbation"].cpu().contiguous()}, str(tensors))

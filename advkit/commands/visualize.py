@@ -32,8 +32,12 @@ def visualization_figure(result, history: torch.Tensor, class_names: list[str], 
             else:
                 read_as_target = int(result.pred[i]) == int(result.target[i])
                 mark = "" if read_as_target else "\nNOT read as the target"
-                ax.set_title(f"{'target' if references else 'class'} {target}\npred {pred} p={float(result.confidence[i]):.2f}"
-                             f"{mark}", fontsize=9, color="black" if read_as_target else "firebrick")
+                ax.set_title(
+                    f"{'target' if references else 'class'} {target}\npred {pred} p={float(result.confidence[i]):.2f}"
+                    f"{mark}",
+                    fontsize=9,
+                    color="black" if read_as_target else "firebrick",
+                )
                 if not read_as_target:  # a class image the model reads as another class says so
                     for spine in ax.spines.values():
                         spine.set_edgecolor("firebrick")
@@ -53,16 +57,24 @@ def visualization_figure(result, history: torch.Tensor, class_names: list[str], 
     return fig
 
 
-def write_visualization(out: Path, result, history: torch.Tensor, model: ModelAdapter, summary: dict, title: str,
-                        references: bool = False) -> list[Path]:
+def write_visualization(
+    out: Path, result, history: torch.Tensor, model: ModelAdapter, summary: dict, title: str, references: bool = False
+) -> list[Path]:
+    from advkit.figures import save_figure
     from advkit.files import write_tensors
 
-    from advkit.figures import save_figure
-
     images = out / "images.safetensors"
-    write_tensors({"x": result.x_adv.cpu().contiguous(),
-               "target": result.target.cpu(), "pred": result.pred.cpu(), "history": history.cpu().contiguous()},
-              str(images))
-    figure = save_figure(visualization_figure(result, history, model.class_names, title, references), out / "visualization.png")
+    write_tensors(
+        {
+            "x": result.x_adv.cpu().contiguous(),
+            "target": result.target.cpu(),
+            "pred": result.pred.cpu(),
+            "history": history.cpu().contiguous(),
+        },
+        str(images),
+    )
+    figure = save_figure(
+        visualization_figure(result, history, model.class_names, title, references), out / "visualization.png"
+    )
     summary_path = write_summary(out / "summary.json", summary)
     return [images, figure, summary_path]

@@ -6,14 +6,14 @@
 * ``s6bn`` -- the S6 CNN with BatchNorm, standard training (registered only if its
   weights are in the manifest).
 
-Adapters are built exactly like the ``cnn`` / ``bnn`` ones (:func:`advkit_plugins.mnist_models._adapter`).
+Adapters are built exactly like the ``cnn`` / ``bnn`` ones (:func:`advkit.plugins.builtin.mnist_models._adapter`).
 """
 
 from __future__ import annotations
 
 import advkit
 from advkit.models import ModelAdapter, ModelSpec
-from advkit_plugins.mnist_models import _adapter
+from advkit.plugins.builtin.mnist_models import _adapter
 
 S6_DESCRIPTION = "Model A: standard S6 CNN (conv32-pool-conv32-pool-fc500-fc10), inputs in [-1, 1]"
 S6_ADV_DESCRIPTION = (
@@ -35,7 +35,7 @@ def load_s6bn() -> ModelAdapter:
 
 
 def _has_weights(name: str) -> bool:
-    from advkit_zoo.weights import load_manifest
+    from advkit.zoo.weights import load_manifest
 
     try:
         return name in load_manifest()

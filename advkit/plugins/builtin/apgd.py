@@ -47,12 +47,21 @@ class APGD(Attack):
     random_start: bool = param(True, doc="start the first restart at a random feasible point")
     initial_step: float = param(2.0, gt=0, doc="first step size as a multiple of the L-inf radius")
     alpha: float = param(0.75, gt=0, le=1, doc="weight of the new step against momentum")
-    rho: float = param(0.75, ge=0, le=1, doc="halve the step at a checkpoint if the loss rose in fewer than this share of steps")
+    rho: float = param(
+        0.75, ge=0, le=1, doc="halve the step at a checkpoint if the loss rose in fewer than this share of steps"
+    )
 
     def run(self, problem: Problem) -> Tensor:
         update = step_for(problem, self.initial_step, self.steps, self.alpha, self.rho)
-        return optimize(problem, update=update, objective=UNTARGETED_LOSSES[self.loss], steps=self.steps,
-                        init="random" if self.random_start else "zeros", restarts=self.restarts, early_stop=True).x_adv
+        return optimize(
+            problem,
+            update=update,
+            objective=UNTARGETED_LOSSES[self.loss],
+            steps=self.steps,
+            init="random" if self.random_start else "zeros",
+            restarts=self.restarts,
+            early_stop=True,
+        ).x_adv
 
 
 @advkit.hookimpl

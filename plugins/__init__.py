@@ -1,1 +1,0 @@
-"""Built-in advkit plugins, installed as ``advkit_plugins`` and registered through entry points."""
