@@ -35,6 +35,7 @@ from torch import Tensor
 from advkit.attack import Attack
 from advkit.constraints import Box, Constraint, LinfBall
 from advkit.criteria import Criterion, criterion_for
+from advkit.devices import free_device_memory, is_out_of_memory
 from advkit.engine import Problem, finite_rows, select
 from advkit.errors import AdvkitError, ParameterError, ThreatModelError
 from advkit.models import ModelAdapter, load_model
@@ -226,7 +227,7 @@ def run_attack(
             retries += 1
             chunk = (stop - begin + 1) // 2
             lost += time.perf_counter() - attempt
-            _free_device_memory(x.device)
+            free_device_memory(x.device)
             model.module.eval()  # in case the failed attempt changed it
     clean_correct = torch.cat([p.clean_correct for p in pieces])
     logits = torch.cat([p.logits for p in pieces])
@@ -274,19 +275,6 @@ def run_attack(
             "oom_retries": retries,
         },
     )
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """A CUDA (or other device) out-of-memory error: ``torch.cuda.OutOfMemoryError`` or a RuntimeError saying so."""
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(error, oom):
-        return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-
-
-def _free_device_memory(device: torch.device) -> None:
-    if device.type == "cuda" and torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 @dataclass

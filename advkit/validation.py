@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from advkit.devices import is_out_of_memory
 from advkit.errors import InputValidationError, ThreatModelError
 from advkit.models import ModelAdapter
 
@@ -141,8 +142,6 @@ def check_outputs(model: ModelAdapter, x: Tensor, atol: float = 1e-4) -> None:
     that is random on purpose (a randomized defense) opts out with ``metadata["stochastic"] = True``.
     An out-of-memory error on a probe skips the check (the attack handles memory itself).
     """
-    from advkit.runner import is_out_of_memory
-
     probe = x[:PROBE_ROWS]
     try:
         with model.eval_mode():

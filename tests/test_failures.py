@@ -11,8 +11,9 @@ from torch import nn
 
 from advkit.attack import Attack
 from advkit.constraints import LinfBall
+from advkit.devices import is_out_of_memory
 from advkit.models import ModelAdapter
-from advkit.runner import is_out_of_memory, make_attack, run_attack
+from advkit.runner import make_attack, run_attack
 from tests.conftest import OneAtATime
 
 pytestmark = pytest.mark.usefixtures("one_thread")
