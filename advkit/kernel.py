@@ -55,6 +55,14 @@ class Problem:
     #: accumulated over every optimize() call on this problem (None until the engine runs).
     nonfinite_counts: Tensor | None = None
 
+    def streams(self, label: str) -> SampleStreams:
+        """Per-sample random numbers for an attack's own draws (``streams.rand(shape)``, ``.randn(shape)``, shape
+        ``(N, ...)``): row ``i`` depends only on the run's seed, ``label`` and sample ``i``'s content (its bytes, label
+        and target), so a batch draws what any slice of it draws and an out-of-memory split changes nothing. Each call
+        starts new streams (a new base seed from ``generator``); successive draws from one object continue them."""
+        seed = stream_seed(self.generator)
+        return SampleStreams(self.x, 0 if seed is None else seed, label, (self.y, self.target))
+
     @property
     def n(self) -> int:
         return self.x.shape[0]
