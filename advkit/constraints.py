@@ -759,7 +759,9 @@ CONSTRAINT_TYPES: dict[str, type[Constraint]] = {
 
 def _lookup(name: str, registry: Mapping[str, Any]) -> type[Constraint]:
     if name not in registry:
-        raise ValueError(f"unknown constraint {name!r}; valid constraints: {', '.join(sorted(registry))}")
+        raise ParameterError(
+            f"--constraints: unknown constraint {name!r}; valid constraints: {', '.join(sorted(registry))}"
+        )
     entry = registry[name]
     return getattr(entry, "obj", entry)  # also accepts advkit.registry.Registered entries
 

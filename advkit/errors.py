@@ -55,10 +55,20 @@ class ReportError(AdvkitError, ValueError):
     """A report folder whose files are not what advkit writes."""
 
 
+class ModelLoadError(AdvkitError, RuntimeError):
+    """A model that cannot be built or loaded (the message names it and why)."""
+
+
+class AttackError(AdvkitError, RuntimeError):
+    """An attack that refused its problem or failed while running (the message names the attack or the sample)."""
+
+
 __all__ = [
     "AdvkitError",
+    "AttackError",
     "DataLoadError",
     "InputValidationError",
+    "ModelLoadError",
     "OutputFolderError",
     "ParameterError",
     "ReportError",

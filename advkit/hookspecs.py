@@ -32,3 +32,8 @@ def register_constraints(register: Callable[[type], None]) -> None:
 @hookspec
 def register_evaluators(register: Callable[[type], None]) -> None:
     """Register evaluator classes: call ``register(EvaluatorClass)``; each has a ``name`` and a docstring."""
+
+
+@hookspec
+def register_datasets(register: Callable[..., None]) -> None:
+    """Register data sets: call ``register(DatasetSpec(name=..., description=..., load=...))`` (see ``advkit.datasets``)."""

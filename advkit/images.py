@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advkit.classes import resolve_class  # re-exported: the one class-name resolver
 from advkit.errors import DataLoadError
 from advkit.models import ModelAdapter
 
@@ -325,29 +326,3 @@ def load_image(source: str | Path, model: ModelAdapter | Preprocessing) -> Tenso
         x = F.interpolate(x, size=tuple(model.input_shape[1:]), mode="bilinear", align_corners=False, antialias=True)
     low, high = model.bounds
     return (low + x * (high - low)).clamp(low, high)
-
-
-def resolve_class(class_names: Sequence[str], text: str | int) -> int:
-    """A class index from an index ("812") or a name: exact ("space shuttle"), else case-insensitive, else a
-    unique part of one ("shuttle").
-
-    Raises ValueError naming the candidates when the name is unknown or ambiguous.
-    """
-    n = len(class_names)
-    raw = str(text).strip()
-    if raw.lstrip("-").isdigit():
-        index = int(raw)
-        if not 0 <= index < n:
-            raise ValueError(f"class {index} is out of range: classes are 0..{n - 1}")
-        return index
-    wanted = raw.lower()
-    exact = [i for i, c in enumerate(class_names) if c == raw]
-    folded = [i for i, c in enumerate(class_names) if c.lower() == wanted]
-    partial = [i for i, c in enumerate(class_names) if wanted and wanted in c.lower()]
-    matches = exact or folded or partial
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise ValueError(f"no class is called {raw!r} (give a class index 0..{n - 1} or a class name)")
-    shown = ", ".join(f"{i} {class_names[i]!r}" for i in matches[:10]) + (" ..." if len(matches) > 10 else "")
-    raise ValueError(f"{raw!r} matches {len(matches)} classes: {shown}; give the class index")

@@ -28,7 +28,7 @@ Variable = Literal["perturbation", "image", "universal"]
 Final = Literal["best", "last"]
 NOISE_STD = 0.1
 #: Starting points as image-optimizing attacks name them ("input": the images passed in).
-START_TO_INIT = {"input": "zeros", "noise": "noise", "blank": "blank"}
+START_TO_INIT = {"input": "zeros", "noise": "noise", "blank": "blank", "random": "random"}
 
 
 @dataclass

@@ -168,8 +168,9 @@ attacks, get_attack = _getter("register_attacks", "attack")
 models, get_model_spec = _getter("register_models", "model")
 constraints, get_constraint = _getter("register_constraints", "constraint")
 evaluators, get_evaluator = _getter("register_evaluators", "evaluator")
+datasets, get_dataset_spec = _getter("register_datasets", "dataset")
 
-_KINDS = (attacks, models, constraints, evaluators)
+_KINDS = (attacks, models, constraints, evaluators, datasets)
 
 
 def conflicts() -> list[Conflict]:

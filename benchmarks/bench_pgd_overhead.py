@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
 
-from advkit.commands.attack import select_correct
 from advkit.data import load_mnist
 from advkit.models import load_model
 from advkit.runner import run_attack
+from advkit.studies.attack import select_correct
 
 
 def plain_pgd(module, x, y, eps, alpha, steps, low, high):

@@ -17,10 +17,10 @@ import argparse
 import pandas as pd
 from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
 
-from advkit.commands.attack import select_correct
 from advkit.data import load_mnist
 from advkit.models import load_model
 from advkit.runner import run_attack
+from advkit.studies.attack import select_correct
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
-"""Recompute the README's numbers that come from cheap commands, and fail when they drift from the code.
+"""Recompute the numbers in the README and docs/ that come from cheap commands, and fail when they drift from the code.
 
-The README marks each checked block with ``<!-- readme-check: NAME -->`` ... ``<!-- /readme-check -->``:
+README.md and docs/*.md mark each checked block with ``<!-- readme-check: NAME -->`` ... ``<!-- /readme-check -->``:
 
 * ``main-job``: the output of ``advkit attack --model bnn --eps 0.1`` (seconds excepted);
 * ``zoo-accuracy``: the clean accuracy of ``cnn`` and ``bnn`` on the 1,000 held-out digits;
@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+#: Every page that may hold checked blocks.
+PAGES = [README, *sorted((README.parent / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(<!-- readme-check: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /readme-check -->)", re.S)
 #: Timings differ from run to run; they are not checked.
 SECONDS = re.compile(r"\d+\.\d+ s\b")
@@ -157,33 +159,42 @@ def _comparable(text: str) -> str:
     return SECONDS.sub("<seconds> s", text)
 
 
-def check(readme: Path = README, only: list[str] | None = None, write: bool = False) -> list[str]:
-    """The drifted blocks' diffs (empty when the README matches the code); ``write`` rewrites them in place."""
+def check(readme: Path | None = None, only: list[str] | None = None, write: bool = False) -> list[str]:
+    """The drifted blocks' diffs (empty when the pages match the code); ``write`` rewrites them in place.
+
+    ``readme``: one page to check (default: README.md and docs/*.md)."""
     import torch
 
     torch.set_num_threads(2)
-    text = readme.read_text()
-    found = {m.group("name"): m for m in BLOCK.finditer(text)}
-    names = only or list(CHECKS)
+    pages = [readme] if readme is not None else PAGES
+    texts = {page: page.read_text() for page in pages}
+    found = {m.group("name"): (page, m) for page, text in texts.items() for m in BLOCK.finditer(text)}
+    names = only or [n for n in CHECKS if n in found or readme is None]
     missing = [n for n in names if n not in found]
     if missing:
-        raise SystemExit(f"{readme} has no block <!-- readme-check: {missing[0]} -->")
-    problems, new = [], text
+        raise SystemExit(f"no page has a block <!-- readme-check: {missing[0]} -->")
+    problems = []
     for name in names:
-        expected = found[name].group("body")
+        page, match = found[name]
+        expected = match.group("body")
         actual = CHECKS[name]()
         if (_comparable(expected) if name == "main-job" else expected) != (
             _comparable(actual) if name == "main-job" else actual
         ):
             diff = "".join(
                 difflib.unified_diff(
-                    expected.splitlines(True), actual.splitlines(True), f"README ({name})", f"current code ({name})"
+                    expected.splitlines(True),
+                    actual.splitlines(True),
+                    f"{page.name} ({name})",
+                    f"current code ({name})",
                 )
             )
             problems.append(diff)
-            new = new.replace(found[name].group(0), found[name].group(1) + actual + "<!-- /readme-check -->")
-    if write and new != text:
-        readme.write_text(new)
+            texts[page] = texts[page].replace(match.group(0), match.group(1) + actual + "<!-- /readme-check -->")
+    if write:
+        for page, text in texts.items():
+            if text != page.read_text():
+                page.write_text(text)
     return problems
 
 

@@ -33,10 +33,11 @@ from advkit.constraints import (
 from advkit.criteria import TargetReached
 from advkit.data import load_mnist
 from advkit.errors import ParameterError, ThreatModelError
+from advkit.model_specs import parse_model_ref
 from advkit.models import ModelAdapter, load_model
 from advkit.registry import UnknownNameError
 from advkit.runner import run_attack
-from advkit.sweep import SweepConfigMismatch, SweepSpec, load_model_ref, parse_model_ref, run_sweep
+from advkit.sweep import SweepConfigMismatch, SweepSpec, load_model_ref, run_sweep
 from advkit.transfer import check_compatible, transfer_matrix
 from advkit.universal import apply_shared
 
@@ -116,7 +117,7 @@ UNI = ("universal", "--model", "cnn", "--eps", "0.1", "--steps", "1", "--train",
 LOOK = ("lookalike", "--model", "cnn", "--steps", "1")
 NOISE = ("noise-study", "--model", "cnn", "--steps", "1")
 FOOL = ("fool", "--steps", "1", "--no-survival")
-TRANSFER = ("transfer", "--source", "cnn", "--target", "bnn", "--eps", "0.1", "-n", "1")
+TRANSFER = ("transfer", "--source", "cnn", "--to", "bnn", "--eps", "0.1", "-n", "1")
 SWEEP = ("sweep", "--model", "cnn", "--eps", "0.1", "-n", "1", "--out", "{tmp}/out")
 
 
@@ -169,7 +170,7 @@ CLI = [
         "targeted",
         "--target",
         "seven",
-        message="--target 'seven' is neither a class index nor a class name",
+        message=r"--target: no class is called 'seven' \(give a class index 0..9 or a class name\)",
     ),
     row(
         "attack: --label out of range", *ATTACK, "--label", "10", message="--label 10 is out of range: classes are 0..9"
@@ -189,15 +190,23 @@ CLI = [
         message=r"--device cuda:99: (CUDA is not available on this machine|this machine has \d+ CUDA device)",
     ),
     row(
-        "attack: an ImageNet model without photos",
+        "attack: data that does not fit the model",
         "attack",
         *LITE0,
+        "--data",
+        "mnist",
         "--eps",
         "0.01",
         "-n",
         "1",
-        message=r"advkit has no ImageNet test set on this machine .*attack photos instead: `advkit fool --model MODEL "
-        "--image PATH`",
+        message=r"shape",
+    ),
+    row(
+        "attack: unknown data set",
+        *ATTACK,
+        "--data",
+        "nope",
+        message="unknown dataset 'nope'; valid datasets: .*mnist",
     ),
     row(
         "attack: weights not on this machine",
@@ -217,7 +226,7 @@ CLI = [
         "--data",
         "torchvision",
         env=NO_MNIST,
-        message="--data torchvision: MNIST files for torchvision not found",
+        message="MNIST files for torchvision not found",
     ),
     row(
         "attack: the attack refuses a parameter",
@@ -296,8 +305,16 @@ CLI = [
         "0",
         message=r"attack 'universal': parameter steps must be an integer in \[1, 1000000\], got 0",
     ),
-    row("universal: --train 0", *UNI, "--train", "0", message="--train must be >= 1, got 0"),
-    row("universal: negative --batch-size", *UNI, "--batch-size", "-1", message="--batch-size must be >= 0, got -1"),
+    row(
+        "universal: --train 0", *UNI, "--train", "0", message="Invalid value for '--train': 0 is not in the range x>=1"
+    ),
+    row(
+        "universal: negative --minibatch",
+        *UNI,
+        "--minibatch",
+        "-1",
+        message="Invalid value for '--minibatch': -1 is not in the range x>=0",
+    ),
     row(
         "universal: --eps beyond the range",
         *UNI,
@@ -318,7 +335,7 @@ CLI = [
         *LITE0,
         "--eps",
         "0.01",
-        message="no built-in train set for dataset 'imagenet'",
+        message="data set 'imagenet-samples' has no 'train' split; its splits: 'test'",
     ),
     # lookalike
     row(
@@ -411,7 +428,7 @@ CLI = [
         *FOOL,
         "--target",
         "5000",
-        message="--target: class 5000 is out of range: classes are 0..999",
+        message="--target 5000 is out of range: classes are 0..999",
     ),
     row(
         "fool: ambiguous target name",
@@ -466,7 +483,7 @@ CLI = [
         "transfer",
         "--source",
         "cnn",
-        "--target",
+        "--to",
         "nope",
         "--eps",
         "0.1",
@@ -493,7 +510,7 @@ CLI = [
         "transfer",
         "--source",
         "cnn",
-        "--target",
+        "--to",
         "efficientnet_lite0",
         "--eps",
         "0.1",
@@ -507,29 +524,29 @@ CLI = [
         message=r"eps 5 exceeds the range of model 'cnn' \(\[-1, 1\], width 2\)",
     ),
     row(
-        "transfer: --target-class out of range",
+        "transfer: --target out of range",
         *TRANSFER,
         "--attack",
         "targeted",
-        "--target-class",
+        "--target",
         "10",
-        message="--target-class 10 is out of range: classes are 0..9",
+        message="--target 10 is out of range: classes are 0..9",
     ),
     row(
-        "transfer: unknown --target-class",
+        "transfer: unknown --target",
         *TRANSFER,
         "--attack",
         "targeted",
-        "--target-class",
+        "--target",
         "xyz",
-        message="--target-class 'xyz' is neither a class index nor a class name",
+        message=r"--target: no class is called 'xyz' \(give a class index 0..9 or a class name\)",
     ),
     row(
-        "transfer: --target-class for an untargeted attack",
+        "transfer: --target for an untargeted attack",
         *TRANSFER,
-        "--target-class",
+        "--target",
         "3",
-        message=r"--target-class: attack 'untargeted' is untargeted \(it ignores target classes\)",
+        message=r"--target: attack 'untargeted' is untargeted \(it ignores target classes\)",
     ),
     row(
         "transfer: eps that bounds nothing",
@@ -543,7 +560,7 @@ CLI = [
         *TRANSFER,
         "--attack",
         "targeted",
-        message="attack 'targeted' is targeted: give --target-class",
+        message="attack 'targeted' is targeted: give --target",
     ),
     row(
         "transfer: unknown constraint",
@@ -562,12 +579,12 @@ CLI = [
     row(
         "sweep: unknown model option",
         *SWEEP_WITH("--model", "cnn:bogus=1", "--eps", "0.1"),
-        message=r"--model 'cnn:bogus=1': model 'cnn' has no option 'bogus'; options: \(none\)",
+        message=r"model 'cnn' has no option 'bogus'; its options: \(none\)",
     ),
     row(
         "sweep: model option of the wrong type",
         *SWEEP_WITH("--model", "bnn:straight_through=maybe", "--eps", "0.1"),
-        message="--model 'bnn:straight_through=maybe': option straight_through takes true or false, got 'maybe'",
+        message="option 'straight_through' of model 'bnn' is true or false, got 'maybe'",
     ),
     row("sweep: unknown attack", *SWEEP, "--attack", "nope", message="unknown attack 'nope'; valid attacks"),
     row(
@@ -577,7 +594,7 @@ CLI = [
         "targeted",
         message="sweeps run untargeted attacks; targeted need a target class",
     ),
-    row("sweep: -n 0", *SWEEP, "-n", "0", message="-n must be >= 1, got 0"),
+    row("sweep: -n 0", *SWEEP, "-n", "0", message="Invalid value for '-n' / '--n': 0 is not in the range x>=1"),
     row("sweep: no eps", *SWEEP_WITH("--model", "cnn", "--eps", ","), message="give at least one --eps"),
     row(
         "sweep: eps not a number",
@@ -589,13 +606,15 @@ CLI = [
         *SWEEP_WITH("--model", "cnn", "--eps", "-1"),
         message="--eps '-1': eps must be >= 0, got -1",
     ),
-    row("sweep: --budget 0", *SWEEP, "--budget", "0", message="--budget must be >= 1, got 0"),
+    row(
+        "sweep: --budget 0", *SWEEP, "--budget", "0", message="Invalid value for '--budget': 0 is not in the range x>=1"
+    ),
     row(
         "sweep: --confidence 1",
         *SWEEP,
         "--confidence",
         "1",
-        message=r"--confidence must be a finite number in \[0, 1\), got 1.0",
+        message=r"--confidence must be a finite number in \[0, 1\), or None, got 1.0",
     ),
     row(
         "sweep: unknown constraint",
@@ -827,8 +846,8 @@ API = [
     (
         "load_model_ref unknown option",
         lambda tmp: load_model_ref("cnn:bogus=1"),
-        TypeError,
-        "unexpected keyword argument 'bogus'",
+        ParameterError,
+        "model 'cnn' has no option 'bogus'",
     ),
     (
         "run_sweep into another sweep's folder",

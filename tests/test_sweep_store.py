@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save
 import advkit
 from advkit import plugins, registry
 from advkit.errors import ParameterError, ThreatModelError
+from advkit.model_specs import parse_model_ref
 from advkit.models import ModelAdapter, ModelSpec
 from advkit.sweep import (
     Cell,
@@ -28,7 +29,6 @@ from advkit.sweep import (
     cell_key,
     config_changes,
     config_digest,
-    parse_model_ref,
     run_sweep,
 )
 from tests.conftest import tiny_module

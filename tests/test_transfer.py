@@ -280,7 +280,7 @@ def test_cli_bnn_cnn_writes_consistent_files(tmp_path, zoo_bnn, zoo_cnn, mnist_t
 
 
 def test_cli_human_summary_and_targets_default_to_sources():
-    result = invoke("--source", "cnn", "--target", "bnn", "--eps", "0.3", "-n", "3", "-p", "steps=5")
+    result = invoke("--source", "cnn", "--to", "bnn", "--eps", "0.3", "-n", "3", "-p", "steps=5")
     assert result.exit_code == 0, result.output
     assert "cnn -> bnn" in result.stdout and "cnn -> cnn" not in result.stdout and "Wilson" in result.stdout
 
@@ -289,13 +289,13 @@ def test_cli_human_summary_and_targets_default_to_sources():
     "args, message",
     [
         (["--source", "nope", "--eps", "0.1"], "valid models: "),
-        (["--source", "bnn", "--target", "nope", "--eps", "0.1"], "unknown model 'nope'"),
+        (["--source", "bnn", "--to", "nope", "--eps", "0.1"], "unknown model 'nope'"),
         (["--source", "bnn", "--eps", "3"], "exceeds the range"),
         (["--source", "bnn", "--eps", "0.1", "--constraints", "linf,wobble"], "valid constraints"),
-        (["--source", "bnn", "--eps", "0.1", "--attack", "targeted"], "give --target-class"),
+        (["--source", "bnn", "--eps", "0.1", "--attack", "targeted"], "give --target"),
         (
-            ["--source", "bnn", "--eps", "0.1", "--attack", "targeted", "--target-class", "12"],
-            "--target-class 12 is out of range",
+            ["--source", "bnn", "--eps", "0.1", "--attack", "targeted", "--target", "12"],
+            "--target 12 is out of range",
         ),
         (["--source", "bnn", "--eps", "0.1", "-p", "wobble=1"], "no parameter 'wobble'"),
         (["--source", "bnn", "--eps", "0.1", "-n", "0"], "0 is not in the range x>=1"),
@@ -319,6 +319,6 @@ def test_cli_refuses_models_of_different_input_spaces(monkeypatch):
         )
 
     monkeypatch.setattr(registry, "get_model_spec", fake)
-    result = invoke("--source", "cnn", "--target", "tiny8", "--eps", "0.1")
+    result = invoke("--source", "cnn", "--to", "tiny8", "--eps", "0.1")
     assert result.exit_code == 2, result.output
     assert "differ in" in result.output and "'cnn'" in result.output and "'tiny8'" in result.output

@@ -114,7 +114,7 @@ def test_universal_cli_reports_train_and_held_out_rates(tmp_path):
             "60",
             "--steps",
             "5",
-            "--batch-size",
+            "--minibatch",
             "30",
             "--out",
             str(tmp_path),
@@ -123,9 +123,14 @@ def test_universal_cli_reports_train_and_held_out_rates(tmp_path):
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
-    assert summary["n_train"] <= 60 and summary["n_heldout"] > 900
+    assert summary["n_train"] == 60 and summary["n_heldout"] > 900  # 60 correctly classified training digits
     assert 0 <= summary["heldout_fooling_rate"] <= 1 and summary["max_backward_per_sample"] <= 5
     assert summary["perturbation_linf"] <= 0.5 + 1e-6
     assert (tmp_path / "universal.png").stat().st_size > 10_000
+    few = CliRunner().invoke(
+        cli, ["universal", "--model", "cnn", "--eps", "0.5", "--train", "20", "--steps", "2", "-n", "50", "--json"]
+    )
+    assert few.exit_code == 0, few.output
+    assert json.loads(few.output)["n_heldout"] == 50  # -n: the first 50 held-out digits it classifies correctly
     bad = CliRunner().invoke(cli, ["universal", "--model", "cnn", "--eps", "0.5", "--steps", "0"])
     assert bad.exit_code == 2 and "parameter steps must be an integer in [1, 1000000], got 0" in bad.output

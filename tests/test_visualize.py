@@ -63,7 +63,7 @@ def test_visualize_cli(tmp_path):
             "--steps",
             "20",
             "--start",
-            "zeros",
+            "blank",
             "--out",
             str(tmp_path),
             "--json",

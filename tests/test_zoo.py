@@ -250,8 +250,9 @@ def test_training_never_overwrites_the_committed_zoo_by_default(tmp_path, monkey
     now goes to ./zoo-retrained, and the package's folder takes an explicit replace_zoo (--replace-zoo)."""
     from click.testing import CliRunner
 
+    from advkit.cli.zoo import train_main as main
     from advkit.errors import ParameterError
-    from advkit.zoo.train import DEFAULT_OUT_DIR, main
+    from advkit.zoo.train import DEFAULT_OUT_DIR
 
     before = {p.name: sha256_file(p) for p in WEIGHTS_DIR.iterdir() if p.is_file()}
     monkeypatch.chdir(tmp_path)

@@ -56,6 +56,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "constraints": "advkit.plugins.builtin.constraints",
     "imagenet_models": "advkit.plugins.builtin.imagenet_models",
     "survival": "advkit.plugins.builtin.survival",
+    "datasets": "advkit.plugins.builtin.datasets",
 }
 _BUILTIN_MODULES = frozenset(BUILTIN_PLUGINS.values())
 

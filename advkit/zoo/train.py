@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import safetensors.torch
 import torch
 import torch.nn.functional as F
@@ -66,7 +65,7 @@ from .architectures import ARCHITECTURE_NAMES, S6_MODEL_NAMES, build_model
 from .weights import MANIFEST_NAME, WEIGHTS_DIR, load_manifest, sha256_file, write_manifest
 
 __all__ = [
-    "DEFAULTS", "TrainResult", "evaluate", "main", "pgd_linf", "random_affine", "random_shift", "train_model",
+    "DEFAULTS", "TrainResult", "evaluate", "pgd_linf", "random_affine", "random_shift", "train_model",
     "write_curves",
 ]  # fmt: skip
 
@@ -571,113 +570,9 @@ def train_model(
     )
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--model", "model_name", type=click.Choice(ARCHITECTURE_NAMES), required=True, help="Architecture to train."
-)
-@click.option("--epochs", type=click.IntRange(min=1), required=True, help="Passes over the training set.")
-@click.option("--seed", type=int, required=True, help="Seed for init, shuffling and augmentation.")
-@click.option("--source", type=click.Choice(VALID_SOURCES), default=DEFAULTS["source"], show_default=True,
-              help="Training data source (advkit.data.load_mnist).")  # fmt: skip
-@click.option(
-    "--out-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help=f"Output folder [default: ./{DEFAULT_OUT_DIR}; never the committed zoo without --replace-zoo].",
-)
-@click.option(
-    "--replace-zoo",
-    is_flag=True,
-    help=f"Write into the committed zoo ({WEIGHTS_DIR}), replacing its weights and manifest entry.",
-)
-@click.option(
-    "--lr", type=float, default=DEFAULTS["lr"], show_default=True, help="Adam learning rate (cosine-annealed)."
-)
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS["batch_size"], show_default=True)
-@click.option("--max-shift", type=click.IntRange(min=0), default=DEFAULTS["max_shift"], show_default=True,
-              help="Augmentation: random shifts of up to this many pixels (0: none).")  # fmt: skip
-@click.option(
-    "--max-rotation",
-    type=click.FloatRange(min=0),
-    default=DEFAULTS["max_rotation"],
-    show_default=True,
-    help="Augmentation: random rotations of up to this many degrees (switches to a bilinear affine warp).",
-)
-@click.option(
-    "--max-scale",
-    type=click.FloatRange(min=0, max=0.5),
-    default=DEFAULTS["max_scale"],
-    show_default=True,
-    help="Augmentation: random scaling within 1 +- this (switches to a bilinear affine warp).",
-)
-@click.option("--weight-decay", type=float, default=DEFAULTS["weight_decay"], show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=DEFAULTS["threads"], show_default=True,
-              help="torch.set_num_threads (the result depends slightly on it).")  # fmt: skip
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Train on a seeded subset of this many images.")
-@click.option("--device", default="cpu", show_default=True, help="torch device to train on.")
-@click.option(
-    "--adv-eps",
-    type=click.FloatRange(min=0),
-    default=DEFAULTS["adv_eps"],
-    show_default=True,
-    help="Adversarial training: L-inf radius in model units [-1, 1] (0: standard training).",
-)
-@click.option(
-    "--adv-steps",
-    type=click.IntRange(min=1),
-    default=DEFAULTS["adv_steps"],
-    show_default=True,
-    help="Adversarial training: PGD steps per batch.",
-)
-@click.option(
-    "--adv-step-size",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Adversarial training: PGD step size [default: 2.5 * adv-eps / adv-steps].",
-)
-@click.option("--name", default=None, help="Name of the written weights and manifest entry [default: the model].")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def main(
-    model_name: str,
-    epochs: int,
-    seed: int,
-    source: str,
-    out_dir: Path | None,
-    replace_zoo: bool,
-    lr: float,
-    batch_size: int,
-    max_shift: int,
-    max_rotation: float,
-    max_scale: float,
-    weight_decay: float,
-    threads: int,
-    limit: int | None,
-    device: str,
-    adv_eps: float,
-    adv_steps: int,
-    adv_step_size: float | None,
-    name: str | None,
-    quiet: bool,
-) -> None:
-    """Train an advkit zoo model; write <model>.safetensors, <model>_curves.png and manifest.json."""
-    from advkit.errors import AdvkitError
+if (
+    __name__ == "__main__"
+):  # python -m advkit.zoo.train: the command lives with the CLI, so this module stays click-free
+    from advkit.cli.zoo import train_main
 
-    try:
-        res = train_model(
-            model_name, epochs=epochs, seed=seed, source=source, out_dir=out_dir, replace_zoo=replace_zoo, lr=lr,
-            batch_size=batch_size,
-            max_shift=max_shift, max_rotation=max_rotation, max_scale=max_scale, weight_decay=weight_decay,
-            threads=threads, limit=limit, device=device, progress=not quiet, adv_eps=adv_eps, adv_steps=adv_steps,
-            adv_step_size=adv_step_size, name=name,
-        )  # fmt: skip
-    except AdvkitError as error:
-        raise click.UsageError(str(error)) from None
-    click.echo(
-        f"{name or model_name}: clean test accuracy {res.clean_test_accuracy:.4f} on {res.entry['n_test']} held-out digits "
-        f"({res.seconds:.1f} s)\n  weights  {res.weights_path}\n  curves   {res.curves_path}\n"
-        f"  manifest {res.manifest_path}\n  sha256   {res.entry['sha256']}"
-    )
-
-
-if __name__ == "__main__":
-    main()
+    train_main()

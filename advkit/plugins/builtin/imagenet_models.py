@@ -161,6 +161,18 @@ def torchvision_weights_file(name: str, weights, *, offline: bool | None = None)
     )
 
 
+def torchvision_preprocessing(weights) -> Preprocessing:
+    """The resize, crop and normalization of torchvision ``weights`` (from ``weights.transforms()``)."""
+    t = weights.transforms()
+    return Preprocessing(
+        crop_size=int(t.crop_size[0]),
+        resize_size=int(t.resize_size[0]),
+        mean=tuple(t.mean),
+        std=tuple(t.std),
+        interpolation=t.interpolation.value,
+    )
+
+
 def load_torchvision(name: str, weights_path: str | None = None, offline: bool | None = None) -> ModelAdapter:
     """torchvision model ``name`` with its registered pretrained weights, behind a [0, 1] RGB interface."""
     import torchvision.models as tvm
@@ -172,18 +184,10 @@ def load_torchvision(name: str, weights_path: str | None = None, offline: bool |
     state = load_state_dict_file(path)
     net = tvm.get_model(name, weights=None, num_classes=len(weights.meta["categories"]))
     load_into(net, state, path, what=f"torchvision model {name!r}")
-    t = weights.transforms()
-    preprocessing = Preprocessing(
-        crop_size=int(t.crop_size[0]),
-        resize_size=int(t.resize_size[0]),
-        mean=tuple(t.mean),
-        std=tuple(t.std),
-        interpolation=t.interpolation.value,
-    )
     return imagenet_adapter(
         net.eval(),
         name=name,
-        preprocessing=preprocessing,
+        preprocessing=torchvision_preprocessing(weights),
         description=_torchvision_description(name),
         metadata={
             "weights": str(weights),

@@ -14,12 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import torch
 from torch import Tensor
 
+from advkit.errors import AdvkitError, AttackError, InputValidationError, ParameterError
 from advkit.models import ModelAdapter
 from advkit.provenance import write_summary
+from advkit.studies import StudyResult
 
 
 @dataclass
@@ -61,7 +62,7 @@ def prepare_photos(model: ModelAdapter, sources: list[str], device: str | torch.
         try:
             x = load_image(source, model).to(device)
         except (ImageLoadError, ValueError) as error:
-            raise click.UsageError(f"--image {source!r}: {error}") from None
+            raise ParameterError(f"--image {source!r}: {error}") from None
         probs = model.predict(x).softmax(1)[0]
         p, pred = (float(v) for v in probs.max(0))
         pred = int(pred)
@@ -70,7 +71,7 @@ def prepare_photos(model: ModelAdapter, sources: list[str], device: str | torch.
             expected = SAMPLES[source].expected
             if pred not in expected:
                 wanted = ", ".join(f"{c} {names[c]!r}" for c in expected)
-                raise click.ClickException(
+                raise InputValidationError(
                     f"model {model.name!r} classifies sample photo {source!r} as {pred} {names[pred]!r} (p={p:.2f}), "
                     f"but it shows {wanted}; an attack needs a correctly classified photo: pick another photo or model"
                 )
@@ -104,7 +105,7 @@ def fool_photos(
     results = []
     for photo in photos:
         if photo.label == target:
-            raise click.ClickException(
+            raise ParameterError(
                 f"photo {photo.name!r} already reads as the target {target} {model.class_names[target]!r}; pick another target"
             )
         y = torch.tensor([photo.label], device=photo.x.device)
@@ -112,8 +113,10 @@ def fool_photos(
             result = run_attack(
                 model, attack_cls(**params), photo.x, y, eps=eps, target=target, confidence=confidence, seed=seed
             )
+        except AdvkitError:
+            raise
         except (ValueError, RuntimeError) as error:
-            raise click.ClickException(f"attack on {photo.name!r} failed: {error}") from None
+            raise AttackError(f"attack on {photo.name!r} failed: {error}") from None
         if progress is not None:
             verdict = "fooled" if bool(result.success[0]) else "not fooled"
             progress(f"  {photo.name}: {verdict} in {result.backward_passes} steps, {result.seconds:.1f} s")
@@ -273,11 +276,11 @@ def write_outputs(
     return paths
 
 
-def run_fool(
+def fool_study(
     model: ModelAdapter,
     sources: list[str],
     *,
-    target: int,
+    target: int | str,
     eps: float,
     attack: str = "targeted",
     steps: int = 100,
@@ -285,12 +288,14 @@ def run_fool(
     confidence: float | None = None,
     seed: int = 0,
     survival: bool = True,
-    device: str = "cpu",
-    out: Path | None = None,
     figure_format: str = "png",
     progress: Callable[[str], None] | None = None,
-) -> dict:
-    """S11 (and S12 unless ``survival=False``) end to end; returns the JSON-able summary."""
+) -> StudyResult:
+    """S11 (and S12 unless ``survival=False``) end to end: each photo made to read as ``target``; the survival study."""
+    from advkit.classes import resolve_class
+
+    target = resolve_class(model.class_names, target, what="--target")
+    device = model.device
     photos = prepare_photos(model, sources, device)
     results = fool_photos(
         model,
@@ -322,6 +327,7 @@ def run_fool(
         "n_success": sum(r["success"] for r in records),
         "seconds_total": round(sum(r["seconds"] for r in records), 3),
     }
+    frame = images = evaluator = None
     if survival:
         frame, images, evaluator = survival_study(model, photos, results)
         summary["survival"] = {
@@ -329,17 +335,15 @@ def run_fool(
             "table": evaluator.table(frame).round(4).to_dict(orient="records"),
             "rows": json.loads(frame.to_json(orient="records")),
         }
-    if out is not None:
+
+    def writer(out: Path) -> list[Path]:
         if not survival:
-            paths = [
-                save_figure(fooling_figure(model, photos, results, eps), out / f"fool.{figure_format}"),
-                out / "summary.json",
-            ]
-            summary["out"] = [str(p) for p in paths]
-            write_summary(out / "summary.json", summary)
-        else:
-            write_outputs(out, model, photos, results, frame, images, evaluator, eps, summary, figure_format)
-    return summary
+            paths = [save_figure(fooling_figure(model, photos, results, eps), out / f"fool.{figure_format}")]
+            paths.append(write_summary(out / "summary.json", {**summary, "out": [str(p) for p in paths]}))
+            return paths
+        return write_outputs(out, model, photos, results, frame, images, evaluator, eps, summary, figure_format)
+
+    return StudyResult("fool", summary, writer, {"photos": photos, "results": results})
 
 
 def format_summary(s: dict) -> str:

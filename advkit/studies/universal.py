@@ -10,6 +10,7 @@ from torch import Tensor
 from advkit.models import ModelAdapter
 from advkit.provenance import write_summary
 from advkit.result import AttackResult
+from advkit.studies import StudyResult
 
 
 def universal_study(
@@ -144,3 +145,37 @@ def write_universal(out: Path, model: ModelAdapter, study: dict, summary: dict) 
     figure = save_figure(universal_figure(model, study, summary), out / "universal.png")
     summary_path = write_summary(out / "summary.json", summary)
     return [tensors, figure, summary_path]
+
+
+def universal_perturbation_study(
+    model: ModelAdapter,
+    train,
+    test,
+    *,
+    eps: float,
+    target: int | str | None = None,
+    n_train: int = 1000,
+    n: int | None = None,
+    steps: int = 100,
+    minibatch: int | None = 250,
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> StudyResult:
+    """One L-inf perturbation optimized on the first ``n_train`` training samples (class-interleaved) the model
+    classifies correctly, its fooling rate measured on the first ``n`` such test samples (None: all of them); for a
+    target, samples of the target class are left out of both. ``minibatch``: images per optimization step (None:
+    all); ``batch_size``: samples per forward pass while selecting."""
+    from advkit.classes import resolve_class
+    from advkit.constraints import LinfBall
+    from advkit.validation import check_eps_in_range
+
+    check_eps_in_range(model, LinfBall(eps))
+    target_index = None if target is None else resolve_class(model.class_names, target, what="--target")
+    _, x_train, y_train = train.select(model, n_train, exclude_class=target_index, batch_size=batch_size)
+    _, x_test, y_test = test.select(model, n or max(len(test), 1), exclude_class=target_index, batch_size=batch_size)
+    study = universal_study(
+        model, (x_train, y_train), (x_test, y_test), eps=eps, target=target_index, steps=steps,
+        batch_size=minibatch, seed=seed,
+    )  # fmt: skip
+    summary = universal_summary(model, study, eps=eps, target=target_index, source=train.source or train.name)
+    return StudyResult("universal", summary, lambda out: write_universal(out, model, study, summary), study)

@@ -8,41 +8,60 @@ import torch
 
 from advkit.models import ModelAdapter
 from advkit.provenance import write_summary
+from advkit.studies import StudyResult
 
 
-def noise_study(model: ModelAdapter, x_all: torch.Tensor, y_all: torch.Tensor, *, eps: float, steps: int, seed: int):
-    """Returns (base image, its label, noises (C, ...), adversarial results, fixed images, their labels, table).
+def noise_study(model: ModelAdapter, dataset, *, eps: float, steps: int = 100, seed: int = 0, batch_size: int = 1000):
+    """One optimized noise per target class on the first correctly classified sample, then every noise added to one
+    correctly classified sample per class: ``table[t, j]`` is the class predicted for fixed sample j plus noise t.
 
-    The base image is the first correctly classified test image; one noise is optimized towards
-    each class other than its label (the label's own "noise" is zero). ``table[t, j]`` is the
-    class predicted for fixed image j (one correctly classified image per class) plus noise t.
-    """
-    from advkit.commands.attack import select_correct
+    The noise of the base sample's own class is zero. Returns a :class:`~advkit.studies.StudyResult`."""
     from advkit.constraints import LinfBall
     from advkit.runner import run_attack
+    from advkit.validation import check_eps_in_range
 
+    check_eps_in_range(model, LinfBall(eps))
     classes = model.num_classes
-    fixed_idx = select_correct(model, x_all, y_all, classes, None)  # class-interleaved: one per class
-    fixed_x, fixed_y = x_all[fixed_idx], y_all[fixed_idx]
+    _, fixed_x, fixed_y = dataset.select(model, classes, batch_size=batch_size)  # class-interleaved: one per class
+    fixed_x, fixed_y = fixed_x.cpu(), fixed_y.cpu()
     base, label = fixed_x[:1], fixed_y[:1]
     targets = torch.tensor([t for t in range(classes) if t != int(label)])
+    device = model.device
     result = run_attack(
         model,
         "noise",
-        base.expand(len(targets), *base.shape[1:]).contiguous(),
-        label.expand(len(targets)),
+        base.expand(len(targets), *base.shape[1:]).contiguous().to(device),
+        label.expand(len(targets)).to(device),
         constraint=LinfBall(eps),
-        target=targets,
+        target=targets.to(device),
         steps=steps,
         seed=seed,
     )
     noises = torch.zeros(classes, *base.shape[1:])
-    noises[targets] = result.delta
+    noises[targets] = result.delta.cpu()
     low, high = model.bounds
     with torch.no_grad():
         stacked = (fixed_x.unsqueeze(0) + noises.unsqueeze(1)).clamp(low, high)  # (noise t, image j, ...)
-        table = model.predict(stacked.flatten(0, 1)).argmax(1).view(classes, len(fixed_y))
-    return base, label, noises, result, fixed_x, fixed_y, table
+        table = model.predict(stacked.flatten(0, 1).to(device)).argmax(1).view(classes, len(fixed_y)).cpu()
+    still_correct = (table == fixed_y.view(1, -1)).float().mean(1)
+    summary = {
+        "model": model.name,
+        "eps": eps,
+        "steps": steps,
+        "seed": seed,
+        "data": dataset.source or dataset.name,
+        "base_label": int(label),
+        "targets_reached": {int(t): bool(s) for t, s in zip(result.target, result.success)},
+        "fixed_labels": fixed_y.tolist(),
+        "table": table.tolist(),
+        "share_still_correct_per_noise": [round(float(v), 2) for v in still_correct],
+    }
+    return StudyResult(
+        "noise-study",
+        summary,
+        lambda out: write_noise_study(out, model, base, label, noises, result, table, fixed_x, fixed_y, eps, summary),
+        {"result": result, "table": table, "noises": noises},
+    )
 
 
 def noise_figure(model: ModelAdapter, base, label, noises, result, table, fixed_x, fixed_y, eps: float):

@@ -1,12 +1,17 @@
-"""``advkit sweep`` and ``advkit report``: the glue between the CLI and advkit.sweep / sanity / report."""
+"""A sweep study: the sweep, its sanity checks and its report in one call, and the parsing of a sweep's eps list and
+per-attack parameters (shared by the CLI and Python callers)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
+from advkit.errors import AdvkitError, ModelLoadError, ParameterError
+
+if TYPE_CHECKING:
+    from advkit.datasets import Dataset
+    from advkit.models import ModelAdapter
 
 
 def parse_eps_list(values: tuple[str, ...], convert: Callable[[str], float]) -> list[float]:
@@ -16,7 +21,7 @@ def parse_eps_list(values: tuple[str, ...], convert: Callable[[str], float]) -> 
         for item in filter(None, (v.strip() for v in value.split(","))):
             out.append(convert(item))
     if not out:
-        raise click.UsageError("give at least one --eps")
+        raise ParameterError("give at least one --eps")
     return out
 
 
@@ -32,7 +37,7 @@ def split_params(
         name, dot, _ = key.partition(".")
         if dot:
             if name not in per_attack:
-                raise click.UsageError(f"-p {pair!r}: attack {name!r} is not in this sweep ({', '.join(attacks)})")
+                raise ParameterError(f"-p {pair!r}: attack {name!r} is not in this sweep ({', '.join(attacks)})")
             per_attack[name].update(parse((pair[len(name) + 1 :],), registry.get_attack(name).obj))
             continue
         owners = [
@@ -41,26 +46,42 @@ def split_params(
             if key.strip().replace("-", "_") in {f.name for f in registry.get_attack(a).obj.param_fields()}
         ]
         if not owners:
-            raise click.UsageError(f"-p {pair!r}: no attack in this sweep has a parameter {key!r}")
+            raise ParameterError(f"-p {pair!r}: no attack in this sweep has a parameter {key!r}")
         for a in owners:
             per_attack[a].update(parse((pair,), registry.get_attack(a).obj))
     return {a: p for a, p in per_attack.items() if p}
 
 
-def run_sweep_command(spec, out: Path, device: str, checks: bool, progress: bool, overwrite: bool = False) -> dict:
-    """Run the sweep into ``out``, then the sanity checks and the report; returns a JSON-able summary."""
-    from advkit.errors import AdvkitError
+def sweep_study(
+    spec,
+    out: Path,
+    device: str = "cpu",
+    checks: bool = True,
+    progress: bool = True,
+    overwrite: bool = False,
+    *,
+    models: Mapping[str, ModelAdapter] | None = None,
+    dataset: Dataset | None = None,
+    batch_size: int = 1000,
+) -> dict:
+    """Run the sweep into ``out``, then the sanity checks and the report; returns a JSON-able summary.
+
+    ``models`` (adapters keyed by the names in ``spec.models``) and ``dataset`` are what is swept; without them the
+    names are loaded as model specs and the data from ``spec.data`` (see :func:`advkit.sweep.run_sweep`)."""
     from advkit.outputs import record
     from advkit.report import write_report
     from advkit.sanity import run_checks
     from advkit.sweep import run_sweep
 
     try:
-        result = run_sweep(spec, out, device=device, progress=progress, overwrite=overwrite)
+        result = run_sweep(
+            spec, out, device=device, progress=progress, overwrite=overwrite, models=models, dataset=dataset,
+            batch_size=batch_size,
+        )  # fmt: skip
     except AdvkitError:
         raise  # the CLI prints it in one line
     except OSError as error:  # e.g. a model whose weights are not on this machine (the message says where to put them)
-        raise click.ClickException(str(error)) from None
+        raise ModelLoadError(str(error)) from None
     flags = run_checks(result) if checks else []
     files = write_report(result, flags, out)
     record(out, files)

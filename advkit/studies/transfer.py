@@ -3,114 +3,85 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
-
-from advkit.errors import AdvkitError
-from advkit.models import ModelAdapter, ModelSpec
+from advkit.errors import AdvkitError, AttackError
+from advkit.models import ModelAdapter
 from advkit.provenance import write_summary
+from advkit.studies import StudyResult
 from advkit.transfer import TransferResult, check_compatible, transfer_figure, transfer_matrix
 
 
-@dataclass
-class TransferJob:
-    """Everything ``advkit transfer`` was asked to do, already validated for cheap mistakes."""
-
-    source_specs: list[ModelSpec]
-    target_specs: list[ModelSpec] | None
-    attack_cls: type
-    attack_params: dict[str, Any]
-    eps: float
-    constraint_names: list[str]
-    target_class: str | None
-    confidence: float | None
-    n: int
-    seed: int
-    budget: int | None
-    data_source: str
-    device: str
-
-
-def load_models(specs: list[ModelSpec], device: str) -> dict[str, ModelAdapter]:
-    """Each named model loaded once (a model both source and target is the same adapter)."""
-    models: dict[str, ModelAdapter] = {}
-    for spec in specs:
-        if spec.name in models:
-            continue
-        try:
-            models[spec.name] = spec.load().to(device)
-        except AdvkitError:
-            raise
-        except (OSError, RuntimeError, ValueError, ModuleNotFoundError) as error:
-            raise click.ClickException(f"cannot load model {spec.name!r}: {error}") from None
-    return models
-
-
-def run_transfer_job(
-    job: TransferJob,
-    resolve_target: Callable[[str | None, list[str]], int | None],
+def transfer_study(
+    sources: list[ModelAdapter],
+    targets: list[ModelAdapter] | None,
+    dataset,
+    attack: str,
+    *,
+    eps: float,
+    constraints: list[str] | str = "linf,box",
+    target: int | str | None = None,
+    confidence: float | None = None,
+    n: int = 100,
+    seed: int = 0,
+    budget: int | None = None,
     progress: Callable[[str], None] | None = None,
-) -> tuple[dict, TransferResult]:
-    """Load the models and the test set, check them, run :func:`advkit.transfer.transfer_matrix`; (summary, result)."""
+    batch_size: int = 1000,
+    **attack_params: Any,
+) -> StudyResult:
+    """Attack each source on the first ``n`` samples of ``dataset`` (class-interleaved) every model classifies
+    correctly, and feed its successful examples to every target (``targets=None``: the sources); the matrix of the
+    share that still fools. Candidates are read and checked ``batch_size`` at a time, only until ``n`` are found."""
     from advkit import registry
-    from advkit.commands.attack import class_interleaved_order, load_test_set
+    from advkit.classes import resolve_class
     from advkit.constraints import build_constraints
+    from advkit.errors import ParameterError
     from advkit.validation import check_eps_in_range
 
-    models = load_models(job.source_specs + (job.target_specs or []), job.device)
-    sources = [models[s.name] for s in job.source_specs]
-    targets = None if job.target_specs is None else [models[s.name] for s in job.target_specs]
+    models = list({id(m): m for m in [*sources, *(targets or [])]}.values())
     try:
-        check_compatible(list(models.values()))
+        check_compatible(models)
     except ValueError as error:
-        raise click.UsageError(str(error)) from None
+        raise ParameterError(str(error)) from None
     first = sources[0]
-    try:
-        target_class = resolve_target(job.target_class, first.class_names)
-    except click.UsageError as error:  # the shared resolver names the attack command's --target option
-        raise click.UsageError(error.message.replace("--target", "--target-class", 1)) from None
-    if job.attack_cls.targeted and target_class is None:
-        raise click.UsageError(f"attack {job.attack_cls.name!r} is targeted: give --target-class")
-    try:
-        constraint = build_constraints(
-            job.constraint_names, eps=job.eps, bounds=first.bounds, registry=registry.constraints()
-        )
-    except AdvkitError:
-        raise  # e.g. eps that bounds nothing: the message says what to ask for
-    except ValueError as error:
-        raise click.UsageError(f"--constraints: {error}") from None
-    check_eps_in_range(first, constraint)  # the same rule as attack and sweep, before any data is loaded
-
-    x_all, y_all, data = load_test_set(first.dataset, job.data_source)
-    order = class_interleaved_order(y_all)  # any prefix is class-balanced
+    attack_cls = registry.get_attack(attack).obj
+    target_class = None if target is None else resolve_class(first.class_names, target, what="--target")
+    if attack_cls.targeted and target_class is None:
+        raise ParameterError(f"attack {attack!r} is targeted: give --target")
+    if target_class is not None and not attack_cls.accepts_target:
+        raise ParameterError(f"--target: attack {attack!r} is untargeted (it ignores target classes)")
+    constraint = build_constraints(constraints, eps=eps, bounds=first.bounds, registry=registry.constraints())
+    check_eps_in_range(first, constraint)  # the same rule as attack and sweep, before any data is read
+    chosen, x_sel, y_sel = dataset.select(models, n, exclude_class=target_class, batch_size=batch_size)
     try:
         result = transfer_matrix(
             sources,
             targets,
-            x_all[order],
-            y_all[order],
-            attack=job.attack_cls.name,
-            eps=job.eps,
-            constraints=job.constraint_names,
+            x_sel,
+            y_sel,
+            attack=attack,
+            eps=eps,
+            constraints=constraints,
             target_class=target_class,
-            confidence=job.confidence,
-            n=job.n,
-            seed=job.seed,
-            budget=job.budget,
+            confidence=confidence,
+            n=n,
+            seed=seed,
+            budget=budget,
             progress=progress,
-            **job.attack_params,
+            **attack_params,
         )
     except AdvkitError:
         raise
     except (ValueError, RuntimeError) as error:
-        raise click.ClickException(str(error)) from None
-    result.test_indices = order[result.indices]
+        raise AttackError(str(error)) from None
+    result.test_indices = chosen[result.indices.cpu()]
+    labels = dataset.labels
+    result.n_candidates = int(len(labels) if target_class is None else int((labels != target_class).sum()))
+    result.n_common_correct = None  # only the first n were looked for
     summary = result.summary()
-    summary.update(data=data, n_requested=job.n, device=str(job.device))
-    return summary, result
+    summary.update(data=dataset.source or dataset.name, n_requested=n, device=str(first.device))
+    return StudyResult("transfer", summary, lambda out: write_transfer(out, result, summary), {"result": result})
 
 
 def write_transfer(out: Path, result: TransferResult, summary: dict) -> list[Path]:
@@ -147,7 +118,12 @@ def format_summary(s: dict) -> str:
     lines = [
         f"advkit transfer: {s['attack']}{goal}, eps {s['eps']:g}{eps01}, {s['constraints']} [{s['data']}]",
         f"  samples   {s['n_attacked']} test samples that every model classifies correctly "
-        f"({s['n_common_correct']} of {s['n_candidates']} qualify); all sources attack the same ones",
+        + (
+            f"({s['n_common_correct']} of {s['n_candidates']} qualify)"
+            if s.get("n_common_correct") is not None
+            else f"(the first in class-interleaved order of {s['n_candidates']})"
+        )
+        + "; all sources attack the same ones",
     ]
     for name, a in s["source_attacks"].items():
         lines.append(
@@ -182,4 +158,4 @@ def target_list(names: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(n.strip() for n in names if n.strip()))
 
 
-__all__ = ["TransferJob", "format_summary", "load_models", "run_transfer_job", "target_list", "write_transfer"]
+__all__ = ["format_summary", "target_list", "transfer_study", "write_transfer"]

@@ -1,0 +1,187 @@
+"""``advkit sweep`` (success versus eps, resumable) and ``advkit report`` (rebuild a sweep's report folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from advkit.cli.options import (
+    EPS,
+    batch_size_option,
+    check_confidence,
+    claim_out,
+    confidence_option,
+    data_option,
+    device_option,
+    emit_json,
+    json_option,
+    parse_params,
+    record_out,
+    seed_option,
+    torch_device,
+)
+
+
+def _eps_item(text: str) -> float:
+    """One --eps value of a sweep; a bad one is named in the error."""
+    try:
+        return EPS.convert(text, None, None)
+    except click.BadParameter as error:
+        raise click.UsageError(f"--eps {text!r}: {error.message}") from None
+
+
+@click.command("sweep")
+@click.option(
+    "--model",
+    "model_refs",
+    multiple=True,
+    required=True,
+    help="Model spec (repeatable): a registered name with options as name:key=value (bnn:straight_through=false), "
+    "torchvision:NAME, timm:NAME, file.py:factory...",
+)
+@data_option
+@click.option(
+    "--attack", "attack_names", multiple=True, default=("pgd",), show_default=True, help="Attack (repeatable)."
+)
+@click.option(
+    "--eps",
+    "eps_values",
+    multiple=True,
+    required=True,
+    help="Epsilons in model units, comma-separated or repeated (e.g. 0.1,0.2 or 8/255).",
+)
+@click.option(
+    "--constraints",
+    "constraint_names",
+    default="linf",
+    show_default=True,
+    help="Comma-separated constraint sets; the model's box always applies.",
+)
+@click.option(
+    "-n",
+    "--n",
+    "n",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Test samples (class-interleaved), the same for every model: each model's correctly classified ones are "
+    "attacked, and robust accuracy counts the others as not robust.",
+)
+@seed_option
+@click.option("--budget", type=click.IntRange(min=1), default=None, help="Maximum backward passes per sample and cell.")
+@confidence_option
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    help="Attack parameter: attack.key=value, or key=value for every attack that has it.",
+)
+@click.option("--no-reuse", is_flag=True, help="Run every eps from scratch (no carry-over or warm start).")
+@click.option(
+    "--search",
+    type=click.Choice(["ascending", "descending"]),
+    default="ascending",
+    show_default=True,
+    help="Order of the eps. descending: from the largest down, a sample not fooled at a larger eps counts as "
+    "robust at smaller ones without being attacked (the table's 'inferred' column); faster.",
+)
+@click.option("--no-checks", is_flag=True, help="Skip the sanity checks.")
+@batch_size_option
+@device_option
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Report folder; a rerun with the same arguments resumes from its finished cells.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a previous sweep in --out (its cells and files go; other files are kept unless replaced).",
+)
+@json_option
+def sweep_command(
+    model_refs, data_spec, attack_names, eps_values, constraint_names, n, seed, budget, confidence, params, no_reuse,
+    search, no_checks, batch_size, device, out, overwrite, as_json,
+):  # fmt: skip
+    """Success rate versus eps for several models and attacks: table, plots, sanity flags, resumable."""
+    from advkit import registry
+    from advkit.studies.sweep import parse_eps_list, split_params, sweep_study
+    from advkit.sweep import SweepSpec
+
+    for name in attack_names:
+        registry.get_attack(name)
+    targeted = [a for a in attack_names if registry.get_attack(a).obj.targeted]
+    if targeted:
+        raise click.UsageError(f"sweeps run untargeted attacks; {', '.join(targeted)} need a target class")
+    check_confidence(confidence)
+    known = registry.constraints()  # built-ins and plugin sets
+    unknown = [c.strip() for c in constraint_names.split(",") if c.strip() and c.strip() not in known]
+    if unknown:
+        raise click.UsageError(
+            f"--constraints: unknown constraint {unknown[0]!r}; valid constraints: {', '.join(sorted(known))}"
+        )
+    torch_device(device)
+    eps = parse_eps_list(eps_values, _eps_item)
+    attack_params = split_params(params, list(attack_names), parse_params)
+    for name in attack_names:  # every attack's parameters checked before any model is loaded or --out touched
+        registry.get_attack(name).obj(**attack_params.get(name, {}))
+    from advkit.cli.options import LEGACY_DATA
+
+    spec = SweepSpec(
+        models=list(model_refs), attacks=list(attack_names), eps=eps, constraints=constraint_names, n=n, seed=seed,
+        budget=budget, confidence=confidence, reuse=not no_reuse,
+        data=LEGACY_DATA.get(data_spec, data_spec) if data_spec not in (None, "auto") else "auto", search=search,
+        attack_params=attack_params,
+    )  # fmt: skip
+    summary = sweep_study(
+        spec, out, device, checks=not no_checks, progress=not as_json, overwrite=overwrite, batch_size=batch_size
+    )
+    table = summary.pop("table")
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    raised = [f for f in summary["flags"] if f["status"] == "flag"]
+    click.echo(f"sanity checks: {len(raised)} flag(s)" + ("" if raised else " - none raised"))
+    for f in raised:
+        click.echo(f"  FLAG {f['check']} [{f['model']}{' ' + f['attack'] if f['attack'] else ''}]: {f['reason']}")
+    click.echo(f"report: {out / 'index.html'}")
+
+
+@click.command("report")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option(
+    "--overwrite", is_flag=True, help="Rebuild even where the folder holds files advkit did not write (they are kept)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the files written as JSON.")
+def report_command(folder, overwrite, as_json):
+    """Rebuild the figures and index.html of a sweep's report folder from its results."""
+    from advkit.errors import AdvkitError
+    from advkit.report import build_index
+
+    if not (folder / "results.csv").exists():
+        raise click.UsageError(f"{folder} has no results.csv: not an advkit sweep report")
+    claim_out(folder, "report", overwrite, continues=("sweep", "report"))
+    try:
+        paths = build_index(folder)
+    except AdvkitError:
+        raise
+    except (ValueError, KeyError) as error:  # pandas' EmptyDataError and ParserError are ValueErrors
+        raise click.ClickException(
+            f"cannot rebuild the report in {folder}: its results.csv, flags.json or config.json is not what "
+            f"`advkit sweep` writes ({type(error).__name__}: {error})"
+        ) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot write the report in {folder}: {error}") from None
+    record_out(folder, paths)
+    if as_json:
+        emit_json({"folder": str(folder), "out": [str(p) for p in paths]})
+        return
+    for path in paths:
+        click.echo(f"wrote {path}")
+
+
+COMMANDS = [sweep_command, report_command]

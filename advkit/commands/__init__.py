@@ -1,1 +1,0 @@
-"""Implementations behind CLI commands (kept out of cli.py so start-up stays light)."""
