@@ -130,7 +130,7 @@ class TransferResult:
             "seed": self.seed,
             "n_attacked": self.n_attacked,
             "n_candidates": self.n_candidates,
-            "n_common_correct": self.n_common_correct,
+            **({} if self.n_common_correct is None else {"n_common_correct": self.n_common_correct}),
             "selection": "the first n samples (in the order given) that every model classifies correctly; "
             "all sources attack the same samples",
             "cell": "share of the source's successful (re-checked) adversarial examples that the target misclassifies "

@@ -85,19 +85,9 @@ def sweep_study(
     flags = run_checks(result) if checks else []
     files = write_report(result, flags, out)
     record(out, files)
-    columns = [
-        "model",
-        "attack",
-        "eps",
-        "eps_01",
-        "n_attacked",
-        "success_rate",
-        "ci_low",
-        "ci_high",
-        "robust_accuracy",
-        "backward_passes",
-        "seconds",
-    ] + (["inferred"] if spec.search == "descending" else [])
+    from advkit.report import INDEX_COLUMNS
+
+    columns = [c for c in INDEX_COLUMNS if c != "inferred" or spec.search == "descending"]
     return {
         "rows": result.table[columns].round(4).to_dict(orient="records"),
         "flags": flags,
