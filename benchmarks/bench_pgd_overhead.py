@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
 
 from advkit.data import load_mnist
+from advkit.datasets import load_dataset
 from advkit.models import load_model
 from advkit.runner import run_attack
-from advkit.studies.attack import select_correct
 
 
 def plain_pgd(module, x, y, eps, alpha, steps, low, high):
@@ -94,8 +94,8 @@ def main() -> None:
     print(f"  ratio advkit / plain = {t_advkit / t_plain:.3f}  (target <= 1.05)")
 
     bnn = load_model("bnn", device=args.device)
-    idx = select_correct(bnn, data.x.to(args.device), data.y, 100, None)  # 10 per class, as `advkit attack`
-    xb, yb = data.x[idx].to(args.device), data.y[idx].to(args.device)
+    # the first 100 correctly classified test digits, class-interleaved (10 per class), as `advkit attack`
+    idx, xb, yb = load_dataset("mnist").select(bnn, 100, device=args.device)
     budget_steps = 100
     res = run_attack(bnn, "untargeted", xb, yb, eps=0.1, steps=budget_steps)
     budget = budget_steps * len(idx)

