@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from advkit.batching import inference_batch_size
 from advkit.errors import DataLoadError, InputValidationError, ParameterError
 
 if TYPE_CHECKING:
@@ -317,7 +318,7 @@ class Dataset:
         n: int,
         label: int | None = None,
         exclude_class: int | None = None,
-        batch_size: int = 1000,
+        batch_size: int | str = "auto",
         *,
         check: bool = True,
         device: str | torch.device | None = None,
@@ -325,7 +326,8 @@ class Dataset:
         """The first ``n`` samples, in :func:`class_interleaved_order`, that ``model`` classifies correctly (given a
         sequence of models, that every one of them does: the samples a transfer study attacks).
 
-        Candidates are evaluated ``batch_size`` at a time, in that order, until ``n`` are found (so only as many
+        Candidates are evaluated ``batch_size`` at a time (``"auto"``: the model's chunk size, see
+        :func:`advkit.batching.inference_batch_size`), in that order, until ``n`` are found (so only as many
         samples as needed are fetched). ``label`` keeps only samples of that class; ``exclude_class`` drops the
         samples of that class (e.g. a target class: a sample already of the target cannot be turned into it).
         Where the data set lists accepted classes per sample (the sample photos), a prediction among them counts
@@ -341,10 +343,10 @@ class Dataset:
             ParameterError: ``n`` < 1, or ``label`` / ``exclude_class`` is not a class.
         """
         n = option_int("n", n, minimum=1)
-        batch_size = option_int("batch_size", batch_size, minimum=1)
         models = list(model) if isinstance(model, (list, tuple)) else [model]
         if not models:
             raise ParameterError("select needs at least one model")
+        batch_size = min(inference_batch_size(each, batch_size) for each in models)
         if check:
             for each in models:
                 check_compatible(each, self)

@@ -9,6 +9,7 @@ its first layer) can neither change the caller's tensors nor the attack's state.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -72,6 +73,8 @@ class ModelAdapter:
         self.description = description
         self.metadata = dict(metadata or {})
         self.counter = PassCounter()
+        #: When a list, every counted call appends ``(time.perf_counter(), rows)`` (the runner measures chunk sizes).
+        self.call_times: list[tuple[float, int]] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -94,6 +97,8 @@ class ModelAdapter:
     def __call__(self, x: Tensor) -> Tensor:
         """Logits for ``x``; counts one forward pass per sample (and one backward per sample if differentiated)."""
         self.counter.forward += x.shape[0]
+        if self.call_times is not None:
+            self.call_times.append((time.perf_counter(), x.shape[0]))
         if x.requires_grad:
             return self.module(_CountBackward.apply(x, self.counter))
         return self.module(x.clone())
@@ -105,12 +110,17 @@ class ModelAdapter:
             return self.module(x.clone())
 
     @torch.no_grad()
-    def predict(self, x: Tensor, batch_size: int = 1000) -> Tensor:
-        """Logits in eval mode, without gradients and outside the pass counter (for checks and data selection)."""
+    def predict(self, x: Tensor, batch_size: int | str = "auto") -> Tensor:
+        """Logits in eval mode, without gradients and outside the pass counter (for checks and data selection), in
+        chunks of ``batch_size`` samples (``"auto"``: the size the model's attacks use, see
+        :func:`advkit.batching.inference_batch_size`)."""
+        from advkit.batching import inference_batch_size
+
+        size = inference_batch_size(self, batch_size)
         with self.eval_mode(), torch.no_grad():
             if not len(x):
                 return x.new_zeros(0, self.num_classes)
-            return torch.cat([self.module(chunk.clone()) for chunk in x.split(batch_size)])
+            return torch.cat([self.module(chunk.clone()) for chunk in x.split(size)])
 
     @property
     def dtype(self) -> torch.dtype | None:

@@ -13,14 +13,18 @@ Two failure modes are handled here rather than left to plugins:
   counts the samples that met a NaN/inf logit or input gradient in at least one engine step
   (None when the attack did not use the engine).
 * Out of memory. When the attack (or the re-check) raises ``torch.cuda.OutOfMemoryError`` or a
-  RuntimeError whose message says "out of memory", the runner halves the batch and runs the
+  RuntimeError whose message says "out of memory", the runner halves the chunk and runs the
   halves in turn (halving again as needed, down to one sample), each with a fresh generator
-  seeded with ``seed``. Since the engine draws its random starts per sample (see
-  :mod:`advkit.rng`), the result equals that of an unsplit run, up to the floating-point
-  differences batched kernels may show between batch sizes; the pass counts reported are
-  those of the successful pieces. ``result.extra["oom_retries"]`` counts the halvings.
-  Attacks that couple the samples of a batch (``per_sample = False``, e.g. ``universal``)
-  are never split: the error is raised.
+  seeded with ``seed``. ``result.extra["oom_retries"]`` counts the halvings; the passes of a chunk
+  that ran out of memory are not in the counts (they produced nothing).
+
+Per-sample attacks run in chunks of ``batch_size`` samples (a number, or ``"auto"``: chosen on
+the run's first chunks, see :mod:`advkit.batching`; ``result.extra["batch_size"]`` says what was
+used). Since the engine draws its random starts per sample (see :mod:`advkit.rng`), the result
+equals that of an unsplit run, up to the floating-point differences batched kernels may show
+between batch sizes; the pass counts are the sums over the chunks. Attacks that couple the
+samples of a batch (``per_sample = False``, e.g. ``universal``) run whole and are never split:
+an out-of-memory error is raised.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 from torch import Tensor
 
 from advkit.attack import Attack
+from advkit.batching import AUTO, BatchSize, ChunkPlan, check_batch_size, step_rate
 from advkit.constraints import Box, Constraint, LinfBall
 from advkit.criteria import Criterion, criterion_for
 from advkit.devices import free_device_memory, is_out_of_memory
@@ -160,6 +165,7 @@ def run_attack(
     budget: int | None = None,
     seed: int = 0,
     start: Tensor | None = None,
+    batch_size: BatchSize = AUTO,
     **attack_params: Any,
 ) -> AttackResult:
     """Attack ``(x, y)`` on ``model`` and return an independently checked result.
@@ -168,8 +174,10 @@ def run_attack(
     always applies. ``confidence`` overrides the attack's default success confidence.
     ``budget`` caps backward passes per sample. ``seed`` seeds the attack's own generator; the
     global RNG is not touched. ``start`` warm-starts the attack (same shape as ``x``, e.g. the
-    result of a smaller eps); attacks with ``warm_startable = False`` ignore it. On out-of-memory
-    errors the batch is split in halves (see the module docstring).
+    result of a smaller eps); attacks with ``warm_startable = False`` ignore it. ``batch_size``: samples per
+    chunk of a per-sample attack, an integer or ``"auto"`` (chosen on the run's first chunks and cached, see
+    :mod:`advkit.batching`; the result does not depend on it). On out-of-memory errors a chunk is split in
+    halves (see the module docstring).
     """
     model = load_model(model) if isinstance(model, str) else model
     if not isinstance(model, ModelAdapter):
@@ -178,6 +186,7 @@ def run_attack(
         )
     attack = make_attack(attack, **attack_params)
     seed = check_seed(seed)
+    batch_size = check_batch_size(batch_size)
     budget = check_count(budget, "budget (backward passes per sample)", low=1)
     confidence = check_number(confidence, "confidence", ge=0, lt=1)
     constraint = threat_model(model, constraint, eps)
@@ -202,33 +211,12 @@ def run_attack(
     warm = _warm_start(attack, start, x)
     check_outputs(model, x)
     n = x.shape[0]
-    pieces: list[_Piece] = []
-    chunk, begin, retries, lost = n, 0, 0, 0.0
+    plan = ChunkPlan(model, batch_size, n, splittable=getattr(attack, "per_sample", True))
     with model.eval_mode():
-        while begin < n:
-            stop = min(n, begin + chunk)
-            attempt = time.perf_counter()
-            try:
-                pieces.append(
-                    _attack_rows(model, attack, x, y, targets, constraint, criterion, budget, seed, warm, begin, stop)
-                )
-                begin = stop
-                continue
-            except Exception as error:
-                splittable = getattr(attack, "per_sample", True)
-                if not is_out_of_memory(error) or stop - begin <= 1 or not splittable:
-                    if is_out_of_memory(error) and not splittable:
-                        error.add_note(
-                            f"advkit: attack {attack.name!r} couples the samples of a batch, so the runner "
-                            "cannot split it; attack fewer samples at once"
-                        )
-                    raise
-            # out of memory: halve the rows still to do and try again
-            retries += 1
-            chunk = (stop - begin + 1) // 2
-            lost += time.perf_counter() - attempt
-            free_device_memory(x.device)
-            model.module.eval()  # in case the failed attempt changed it
+        pieces, retries, lost = _attack_in_chunks(
+            model, attack, plan, x, y, targets, constraint, criterion, budget, seed, warm
+        )
+    plan.finish()
     clean_correct = torch.cat([p.clean_correct for p in pieces])
     logits = torch.cat([p.logits for p in pieces])
     x_adv = torch.cat([p.x_adv for p in pieces])
@@ -273,8 +261,59 @@ def run_attack(
             "nonfinite_logits": int((~finite).sum()),
             "nonfinite_gradients": None if nonfinite_steps is None else int((nonfinite_steps > 0).sum()),
             "oom_retries": retries,
+            "batch_size": plan.to_dict(),
         },
     )
+
+
+def _attack_in_chunks(
+    model: ModelAdapter,
+    attack: Attack,
+    plan: ChunkPlan,
+    x: Tensor,
+    y: Tensor,
+    targets: Tensor | None,
+    constraint: Constraint,
+    criterion: Criterion,
+    budget: int | None,
+    seed: int,
+    warm: Tensor | None,
+) -> tuple[list[_Piece], int, float]:
+    """Attack the rows chunk by chunk as ``plan`` sizes them (eval mode is on), halving a chunk that runs out of
+    memory; the pieces, the number of halvings and the seconds the failed attempts took."""
+    n = x.shape[0]
+    pieces: list[_Piece] = []
+    begin, retries, lost = 0, 0, 0.0
+    try:
+        while begin < n:
+            stop = begin + plan.next_size(n - begin)
+            attempt = time.perf_counter()
+            measuring = plan.measuring
+            model.call_times = [] if measuring else None
+            try:
+                piece = _attack_rows(
+                    model, attack, x, y, targets, constraint, criterion, budget, seed, warm, begin, stop
+                )
+            except Exception as error:
+                if not is_out_of_memory(error) or stop - begin <= 1 or not plan.splittable:
+                    if is_out_of_memory(error) and not plan.splittable:
+                        error.add_note(
+                            f"advkit: attack {attack.name!r} couples the samples of a batch, so the runner "
+                            "cannot split it; attack fewer samples at once"
+                        )
+                    raise
+                retries += 1  # out of memory: halve the rows still to do and try again
+                plan.out_of_memory(stop - begin)
+                lost += time.perf_counter() - attempt
+                free_device_memory(x.device)
+                model.module.eval()  # in case the failed attempt changed it
+                continue
+            pieces.append(piece)
+            plan.observe(stop - begin, _chunk_rate(piece, model.call_times, x.device) if measuring else None)
+            begin = stop
+    finally:
+        model.call_times = None  # the adapter records call times only while a chunk is measured
+    return pieces, retries, lost
 
 
 @dataclass
@@ -328,6 +367,8 @@ def _attack_rows(
     forward0, backward0 = model.counter.snapshot()
     clock = time.perf_counter()
     x_adv = attack.run(problem)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)  # the clock stops when the work is done, not when it is queued
     seconds = time.perf_counter() - clock
     x_adv = _enforce_threat_model(x_rows, x_adv, constraint)
     logits = model.logits(x_adv)  # the independent re-check: a fresh pass on advkit's own copy, outside the counter
@@ -355,6 +396,15 @@ def _attack_rows(
         seconds=seconds,
         history=history if isinstance(history, Tensor) else None,
     )
+
+
+def _chunk_rate(piece: _Piece, call_times: list[tuple[float, int]] | None, device: torch.device) -> float | None:
+    """Seconds per sample step of a chunk: on a CPU the median time between the model's calls (robust to a stall);
+    elsewhere, where calls are queued asynchronously, the chunk's synchronized time per step."""
+    if device.type == "cpu" and call_times:
+        return step_rate(call_times)
+    steps = piece.backward or piece.forward
+    return piece.seconds / steps if steps else None
 
 
 def _merge_history(attack: Attack, pieces: list[_Piece]) -> None:

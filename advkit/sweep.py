@@ -55,6 +55,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from advkit.batching import chunked, inference_batch_size
 from advkit.constraints import build_constraints
 from advkit.datasets import class_interleaved_order
 from advkit.errors import AdvkitError, ParameterError
@@ -627,7 +628,7 @@ def run_cell(
     y: Tensor,
     previous: Cell | None,
     clean_pred: Tensor | None = None,
-    batch_size: int = 1000,
+    batch_size: int | str = "auto",
 ) -> Cell:
     """Attack the correctly classified samples at ``eps``, reusing ``previous`` (the cell of the neighbouring eps
     already run: smaller in an ascending search, larger in a descending one) when allowed.
@@ -663,8 +664,8 @@ def run_cell(
             carry = previous.success.to(device) & constraint.contains(start - x, x)
         if bool(carry.any()):
             x_adv[carry] = start[carry]
-            with torch.no_grad():
-                logits = model(x_adv[carry])  # a fresh, counted forward pass re-checks carried points
+            with torch.no_grad():  # a fresh, counted forward pass re-checks carried points, chunk by chunk
+                logits = chunked(model, x_adv[carry], inference_batch_size(model, batch_size))
             forward += int(carry.sum())
             success[carry] = Misclassified(success_level(spec, attack)).reached(logits, y[carry])
             pred[carry] = logits.argmax(1)
@@ -684,6 +685,7 @@ def run_cell(
             budget=spec.budget,
             seed=spec.seed,
             start=warm,
+            batch_size=batch_size,
             **spec.attack_params.get(attack, {}),
         )
         x_adv[todo] = result.x_adv
@@ -753,13 +755,14 @@ def run_sweep(
     overwrite: bool = False,
     models: Mapping[str, ModelAdapter] | None = None,
     dataset: Dataset | None = None,
-    batch_size: int = 1000,
+    batch_size: int | str = "auto",
 ) -> SweepResult:
     """Run (or resume, when ``out`` holds finished cells of the same configuration) the whole sweep.
 
     ``models``: the adapters to sweep, keyed by the names in ``spec.models`` (default: each name loaded as a model
     spec). ``dataset``: the test set (default: ``spec.data``, or the models' own); checked against every model.
-    ``batch_size``: samples per forward pass of the clean predictions and checks (it changes no result).
+    ``batch_size``: samples per chunk of the attacks, the clean predictions and the checks, a number or ``"auto"``
+    (see :mod:`advkit.batching`); it changes no result.
 
     Refuses an eps beyond a model's range before ``out`` is touched; refuses (:class:`SweepStoreError`) an ``out``
     holding another sweep's configuration or a cell it cannot verify, and (:class:`~advkit.errors.OutputFolderError`,
@@ -869,7 +872,7 @@ def _run_cells(
     cells_dir: Path | None,
     config: dict,
     progress: bool,
-    batch_size: int = 1000,
+    batch_size: int | str = "auto",
 ) -> dict[tuple[str, str, float], Cell]:
     """Every (model, attack, eps) cell in order, each loaded (and verified) from ``cells_dir`` if finished there, else
     run and saved."""

@@ -170,11 +170,13 @@ def check_compatible(models: Sequence[ModelAdapter]) -> None:
         raise ValueError(f"two different models share a name among {names}: give each model a distinct name")
 
 
-def select_common_correct(models: Sequence[ModelAdapter], x: Tensor, y: Tensor, n: int | None) -> tuple[Tensor, int]:
+def select_common_correct(
+    models: Sequence[ModelAdapter], x: Tensor, y: Tensor, n: int | None, batch_size: int | str = "auto"
+) -> tuple[Tensor, int]:
     """Indices of the first ``n`` samples (all if None) that every model classifies correctly, and how many there are."""
     keep = torch.ones(y.shape[0], dtype=torch.bool)
     for model in models:
-        pred = model.predict(x.to(model.device)).argmax(1).cpu()
+        pred = model.predict(x.to(model.device), batch_size).argmax(1).cpu()
         keep &= pred == y.cpu()
     idx = keep.nonzero().squeeze(1)
     return (idx if n is None else idx[:n]), int(idx.numel())
@@ -214,6 +216,7 @@ def transfer_matrix(
     seed: int = 0,
     budget: int | None = None,
     progress: Callable[[str], None] | None = None,
+    batch_size: int | str = "auto",
     **attack_params: Any,
 ) -> TransferResult:
     """Attack each source white-box and feed its successful adversarial examples to every target.
@@ -243,7 +246,7 @@ def transfer_matrix(
     pool = torch.arange(y.shape[0])
     if target_class is not None:
         pool = pool[y != target_class]  # a sample of the target class cannot be turned into it
-    chosen, n_common = select_common_correct(everyone, x[pool], y[pool], n)
+    chosen, n_common = select_common_correct(everyone, x[pool], y[pool], n, batch_size)
     if chosen.numel() == 0:
         raise ValueError("no sample in the pool is classified correctly by every model")
     indices = pool[chosen]
@@ -269,6 +272,7 @@ def transfer_matrix(
             confidence=confidence,
             budget=budget,
             seed=seed,
+            batch_size=batch_size,
         )
         ok = result.success.cpu()
         results[source.name], success[source.name] = result, ok
@@ -278,7 +282,7 @@ def transfer_matrix(
             )
         x_adv = result.x_adv.detach()
         for target in targets:
-            pred = target.predict(x_adv.to(target.device)).argmax(1).cpu()
+            pred = target.predict(x_adv.to(target.device), batch_size).argmax(1).cpu()
             hit = ok & (pred != y_sel)
             preds[source.name, target.name], fooled[source.name, target.name] = pred, hit
             k, m = int(hit.sum()), int(ok.sum())

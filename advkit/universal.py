@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from advkit.batching import chunked, inference_batch_size
 from advkit.constraints import Box, Constraint, Intersection
 from advkit.kernel import EngineResult, finite_objective, finite_rows, starting_delta, zero_nonfinite_rows
 from advkit.objectives import Objective
@@ -52,7 +53,9 @@ def fooling_rate(
     """Share of inputs (and the per-sample mask) whose fresh prediction with the perturbation is
     wrong (untargeted) or the target class (targeted)."""
     with torch.no_grad():
-        pred = model(apply_shared(perturbation, x, constraint)).argmax(1)
+        pred = chunked(
+            lambda part: model(part).argmax(1), apply_shared(perturbation, x, constraint), inference_batch_size(model)
+        )
     fooled = pred != y.to(pred.device) if target is None else pred == torch.as_tensor(target, device=pred.device)
     return float(fooled.float().mean()), fooled
 
@@ -66,12 +69,12 @@ def optimize_universal(
     init: str = "zeros",
     early_stop: bool = True,
     record: bool = False,
-    batch_size: int | None = None,
+    minibatch: int | None = None,
     stop_rate: float = 1.0,
 ) -> EngineResult:
     """Optimize one perturbation shared by the batch for ``steps`` steps (each capped by the budget).
 
-    ``batch_size`` samples a minibatch per step (cycling through a seeded permutation); with
+    ``minibatch`` samples that many inputs per step (cycling through a seeded permutation); with
     ``early_stop`` the loop ends once a share ``stop_rate`` of the batch is successful.
     """
 
@@ -80,7 +83,7 @@ def optimize_universal(
     feasible = problem.constraint
     shared = shared_part(feasible)
     search = shared if shared.convex else shared.relaxed()
-    size = n if batch_size is None else max(1, min(batch_size, n))
+    size = n if minibatch is None else max(1, min(minibatch, n))
     if problem.backward_counts is None:
         problem.backward_counts = torch.zeros(n, dtype=torch.long, device=device)
     spent_before = problem.backward_counts.clone()

@@ -2,7 +2,7 @@
 
 Run:  python benchmarks/bench_pgd_overhead.py [--model cnn] [--n 256] [--steps 50] [--repeats 5]
 
-Part 1 times advkit's ``pgd`` (fixed steps, zero start so both do identical work) against a
+Part 1 times advkit's ``pgd`` (fixed steps, zero start so both do identical work, the whole batch at once) against a
 hand-written loop doing the same steps on the same model and batch, interleaved, and prints
 the median times, their ratio and both pass counts. Part 2 runs ``untargeted`` (S2 settings,
 bnn, eps 0.1) and prints the backward passes early stopping saved against its budget.
@@ -63,7 +63,9 @@ def main() -> None:
         return time.perf_counter() - start, out
 
     def run_advkit():
-        return run_attack(model, "pgd", x, y, eps=args.eps, steps=args.steps, step_size=alpha, random_start=False)
+        return run_attack(
+            model, "pgd", x, y, eps=args.eps, steps=args.steps, step_size=alpha, random_start=False, batch_size=args.n
+        )  # the whole batch, as the plain loop: this measures the engine's overhead (chunking: bench_scaling.py)
 
     def run_plain():
         model.module.eval()

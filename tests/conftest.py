@@ -14,6 +14,16 @@ if os.environ.get("ADVKIT_THREADS"):  # the suite on a shared machine: ADVKIT_TH
     torch.set_num_threads(int(os.environ["ADVKIT_THREADS"]))
 
 
+@pytest.fixture(autouse=True)
+def fresh_batch_size_cache():
+    """Each test starts without chunk sizes chosen by an earlier test (advkit.batching caches them per process)."""
+    from advkit import batching
+
+    batching.clear_cache()
+    yield
+    batching.clear_cache()
+
+
 def tiny_module(seed: int = 0, batchnorm: bool = True) -> nn.Module:
     torch.manual_seed(seed)
     layers = [nn.Conv2d(1, 4, 3, padding=1)]

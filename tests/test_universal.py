@@ -63,10 +63,10 @@ def test_targeted_universal_pulls_towards_the_target(tiny_model, tiny_batch):
     assert result.success_rate > 0.5  # none of these inputs is a 3 before the attack
 
 
-@pytest.mark.parametrize("batch_size", [None, 5])
-def test_universal_budget_is_never_exceeded(tiny_model, tiny_batch, batch_size):
+@pytest.mark.parametrize("minibatch", [None, 5])
+def test_universal_budget_is_never_exceeded(tiny_model, tiny_batch, minibatch):
     x, y = tiny_batch
-    result = run_attack(tiny_model, "universal", x, y, eps=0.05, steps=50, budget=7, batch_size=batch_size)
+    result = run_attack(tiny_model, "universal", x, y, eps=0.05, steps=50, budget=7, minibatch=minibatch)
     assert result.backward_counts is not None
     assert int(result.backward_counts.max()) <= 7
     assert result.summary()["max_backward_per_sample"] <= 7
@@ -89,7 +89,7 @@ def test_minibatches_visit_every_sample(tiny_model, tiny_batch):
         objective=clamped_objective(False, 5.0),
         steps=6,
         variable="universal",
-        batch_size=4,
+        minibatch=4,
     )
     assert torch.all(out.backward_counts == 2)  # 12 samples, 4 per step, 6 steps: two passes each
     assert out.shared.shape == (1, 1, 8, 8)

@@ -398,9 +398,9 @@ CASES = [
     ),
     (
         "universal batch size 0",
-        lambda m, x, y: (m, x, y, {"attack": "universal", "batch_size": 0}),
+        lambda m, x, y: (m, x, y, {"attack": "universal", "minibatch": 0}),
         ParameterError,
-        "parameter batch_size must be an integer >= 1, or None, got 0",
+        "parameter minibatch must be an integer >= 1, or None, got 0",
     ),
     (
         "visualize an unknown layer",

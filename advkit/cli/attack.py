@@ -86,7 +86,7 @@ def attack(
     budget: int | None,
     confidence: float | None,
     params: tuple[str, ...],
-    batch_size: int,
+    batch_size: int | str,
     device: str,
     survival: bool,
     out: Path | None,

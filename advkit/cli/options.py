@@ -37,7 +37,25 @@ class EpsParamType(click.ParamType):
 
 
 EPS = EpsParamType()
+
+
 #: Seeds: the range torch.Generator.manual_seed takes.
+class BatchSizeParamType(click.ParamType):
+    """``auto`` or a whole number >= 1 (see advkit.batching)."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param, ctx) -> int | str:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"{value!r} is neither 'auto' nor a whole number >= 1", param, ctx)
+
+
 SEED = click.IntRange(0, 2**64 - 1)
 #: Where an image-optimizing attack starts (visualize, lookalike): the same four words everywhere.
 STARTS = ("input", "noise", "blank", "random")
@@ -108,10 +126,11 @@ def n_option(
 def batch_size_option(command: Callable) -> Callable:
     return _option(
         "--batch-size",
-        type=click.IntRange(min=1),
-        default=1000,
+        type=BatchSizeParamType(),
+        default="auto",
         show_default=True,
-        help="Samples per forward pass when selecting and checking samples.",
+        help="Samples per chunk through the model (attacks, checks, selection): a number, or auto "
+        "(measured on the run's first chunks, cached per model, device and thread count).",
     )(command)
 
 

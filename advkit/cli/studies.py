@@ -200,7 +200,7 @@ def universal_command(
     from advkit.runner import make_attack
     from advkit.studies.universal import universal_perturbation_study
 
-    make_attack("universal", steps=steps, batch_size=minibatch or None)  # checked before any work
+    make_attack("universal", steps=steps, minibatch=minibatch or None)  # checked before any work
     torch_device(device)
     claim_out(out, "universal", overwrite)
     model = _model(model_spec, device, weights, bounds, mean, std, input_shape, class_names)

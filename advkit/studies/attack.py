@@ -119,7 +119,7 @@ def attack_study(
     budget: int | None = None,
     seed: int = 0,
     survival: bool = False,
-    batch_size: int = 1000,
+    batch_size: int | str = "auto",
     **attack_params: Any,
 ) -> AttackStudy:
     """Attack the first ``n`` samples of ``dataset`` (class-interleaved) that ``model`` classifies correctly.
@@ -163,6 +163,7 @@ def attack_study(
             confidence=confidence,
             budget=budget,
             seed=seed,
+            batch_size=batch_size,
         )
     except AdvkitError:
         raise

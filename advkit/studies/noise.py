@@ -11,7 +11,9 @@ from advkit.provenance import write_summary
 from advkit.studies import StudyResult
 
 
-def noise_study(model: ModelAdapter, dataset, *, eps: float, steps: int = 100, seed: int = 0, batch_size: int = 1000):
+def noise_study(
+    model: ModelAdapter, dataset, *, eps: float, steps: int = 100, seed: int = 0, batch_size: int | str = "auto"
+):
     """One optimized noise per target class on the first correctly classified sample, then every noise added to one
     correctly classified sample per class: ``table[t, j]`` is the class predicted for fixed sample j plus noise t.
 
@@ -36,6 +38,7 @@ def noise_study(model: ModelAdapter, dataset, *, eps: float, steps: int = 100, s
         target=targets.to(device),
         steps=steps,
         seed=seed,
+        batch_size=batch_size,
     )
     noises = torch.zeros(classes, *base.shape[1:])
     noises[targets] = result.delta.cpu()

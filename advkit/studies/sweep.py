@@ -62,7 +62,7 @@ def sweep_study(
     *,
     models: Mapping[str, ModelAdapter] | None = None,
     dataset: Dataset | None = None,
-    batch_size: int = 1000,
+    batch_size: int | str = "auto",
 ) -> dict:
     """Run the sweep into ``out``, then the sanity checks and the report; returns a JSON-able summary.
 

@@ -27,12 +27,13 @@ def transfer_study(
     seed: int = 0,
     budget: int | None = None,
     progress: Callable[[str], None] | None = None,
-    batch_size: int = 1000,
+    batch_size: int | str = "auto",
     **attack_params: Any,
 ) -> StudyResult:
     """Attack each source on the first ``n`` samples of ``dataset`` (class-interleaved) every model classifies
     correctly, and feed its successful examples to every target (``targets=None``: the sources); the matrix of the
-    share that still fools. Candidates are read and checked ``batch_size`` at a time, only until ``n`` are found."""
+    share that still fools. Candidates are read and checked ``batch_size`` at a time, only until ``n`` are found; the sources are
+    attacked in chunks of ``batch_size`` (``"auto"``: see :mod:`advkit.batching`)."""
     from advkit import registry
     from advkit.classes import resolve_class
     from advkit.constraints import build_constraints
@@ -69,6 +70,7 @@ def transfer_study(
             seed=seed,
             budget=budget,
             progress=progress,
+            batch_size=batch_size,
             **attack_params,
         )
     except AdvkitError:

@@ -21,7 +21,7 @@ def universal_study(
     eps: float,
     target: int | None,
     steps: int,
-    batch_size: int | None,
+    minibatch: int | None,
     seed: int,
 ) -> dict:
     """Optimize one L-inf perturbation on ``train`` (correctly classified, not of the target class)
@@ -39,7 +39,7 @@ def universal_study(
     x_train, y_train = usable(*train)
     x_held, y_held = usable(*heldout)
     result = run_attack(
-        model, "universal", x_train, y_train, eps=eps, target=target, steps=steps, batch_size=batch_size, seed=seed
+        model, "universal", x_train, y_train, eps=eps, target=target, steps=steps, minibatch=minibatch, seed=seed
     )
     perturbation = result.artifacts["perturbation"]
     rate, fooled = fooling_rate(model, perturbation, x_held, y_held, LinfBall(eps) & Box(*model.bounds), target)
@@ -80,7 +80,7 @@ def universal_summary(model: ModelAdapter, study: dict, *, eps: float, target: i
         },
         "perturbation_linf": round(float(study["perturbation"].abs().max()), 4),
         "steps": result.attack_params["steps"],
-        "batch_size": result.attack_params["batch_size"],
+        "minibatch": result.attack_params["minibatch"],
         "forward_passes": result.forward_passes,
         "backward_passes": result.backward_passes,
         "max_backward_per_sample": result.summary()["max_backward_per_sample"],
@@ -159,12 +159,12 @@ def universal_perturbation_study(
     steps: int = 100,
     minibatch: int | None = 250,
     seed: int = 0,
-    batch_size: int = 1000,
+    batch_size: int | str = "auto",
 ) -> StudyResult:
     """One L-inf perturbation optimized on the first ``n_train`` training samples (class-interleaved) the model
     classifies correctly, its fooling rate measured on the first ``n`` such test samples (None: all of them); for a
     target, samples of the target class are left out of both. ``minibatch``: images per optimization step (None:
-    all); ``batch_size``: samples per forward pass while selecting."""
+    all); ``batch_size``: samples per forward pass while selecting and scoring."""
     from advkit.classes import resolve_class
     from advkit.constraints import LinfBall
     from advkit.validation import check_eps_in_range
@@ -175,7 +175,7 @@ def universal_perturbation_study(
     _, x_test, y_test = test.select(model, n or max(len(test), 1), exclude_class=target_index, batch_size=batch_size)
     study = universal_study(
         model, (x_train, y_train), (x_test, y_test), eps=eps, target=target_index, steps=steps,
-        batch_size=minibatch, seed=seed,
+        minibatch=minibatch, seed=seed,
     )  # fmt: skip
     summary = universal_summary(model, study, eps=eps, target=target_index, source=train.source or train.name)
     return StudyResult("universal", summary, lambda out: write_universal(out, model, study, summary), study)

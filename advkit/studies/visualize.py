@@ -152,7 +152,7 @@ def lookalike_study(
     steps: int = 100,
     step_size: float = 0.02,
     seed: int = 0,
-    batch_size: int = 1000,
+    batch_size: int | str = "auto",
 ) -> StudyResult:
     """One look-alike per class: the first correctly classified sample of class c, read as class c + shift."""
     from advkit.constraints import Box
@@ -166,7 +166,9 @@ def lookalike_study(
     x = torch.cat([p[1] for p in picked])
     y = torch.cat([p[2] for p in picked])
     target = (y + shift) % model.num_classes
-    result = run_attack(model, attack, x, y, constraint=Box(*model.bounds), target=target, seed=seed)
+    result = run_attack(
+        model, attack, x, y, constraint=Box(*model.bounds), target=target, seed=seed, batch_size=batch_size
+    )
     history = attack.history_
     mse = (result.x_adv - x).flatten(1).pow(2).mean(1)
     summary = {

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from advkit.batching import DEFAULT_BATCH_SIZE, chunked
+
 __all__ = ["PGD_EVAL", "topk_accuracy", "zoo_metrics"]
 
 #: Attack settings of the manifest's ``pgd_top1`` / ``pgd_top5`` (eps in model units, inputs in [-1, 1]).
@@ -33,7 +35,7 @@ def topk_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ks: tuple[
     was_training = model.training
     model.eval()
     try:
-        top = model(x).topk(max(ks), dim=1).indices
+        top = chunked(lambda part: model(part).topk(max(ks), dim=1).indices, x, DEFAULT_BATCH_SIZE)
     finally:
         model.train(was_training)
     hit = top == y[:, None]

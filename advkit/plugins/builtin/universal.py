@@ -46,7 +46,7 @@ class Universal(Attack):
         steps (int, 100): steps (each one forward + one backward pass per input of the step's batch).
         step_size (float | None, None): step in model units; default eps / 20.
         step_rule (str, "sign"): "sign", "l2", "std" or "raw" on the summed gradient.
-        batch_size (int | None, None): inputs per step; None uses the whole batch.
+        minibatch (int | None, None): inputs per step; None uses the whole batch.
         clamp (float, 5.0): cap of the per-input cross-entropy (untargeted attacks).
         stop_rate (float, 1.0): stop once this share of the batch is fooled.
     """
@@ -57,7 +57,7 @@ class Universal(Attack):
     steps: int = param(100, ge=1, le=MAX_STEPS, doc="steps")
     step_size: float | None = param(None, gt=0, doc="step in model units; default eps / 20")
     step_rule: str = param("sign", choices=lambda: STEP_RULES, doc="direction of a step")
-    batch_size: int | None = param(None, ge=1, doc="images per step (None: all)")
+    minibatch: int | None = param(None, ge=1, doc="images per step (None: all)")
     clamp: float = param(5.0, gt=0, doc="cross-entropy clamp")
     stop_rate: float = param(1.0, gt=0, le=1, doc="stop once this share of the batch is fooled")
 
@@ -71,7 +71,7 @@ class Universal(Attack):
             objective=objective,
             steps=self.steps,
             variable="universal",
-            batch_size=self.batch_size,
+            minibatch=self.minibatch,
             stop_rate=self.stop_rate,
         )
         problem.artifacts["perturbation"] = result.shared.detach()

@@ -1,0 +1,226 @@
+"""How many samples go through the model at once: a size the user fixes, or one chosen by measurement.
+
+Per-sample attacks run in chunks (attacks that couple a batch's samples, ``per_sample = False``
+such as ``universal``, keep their own batching). ``batch_size="auto"``, the default everywhere,
+chooses the size on the run's own work, so no pass is spent on measuring: the first chunks are
+attacked at growing sizes (32, 48, 72, ... on a CPU; 32, 64, 128, ... on a GPU), each chunk's
+time per sample step is measured (:func:`step_rate`: on a CPU the median time between the
+model's calls, per row; elsewhere the chunk's synchronized time per step), and the climb stops
+at the first size no faster than the best so far; the remaining samples run at the best size.
+A measurement inside the attack sees what a separate probe would miss (the attack's own state
+in the cache next to the model's activations). The choice is cached per model, device, dtype
+and thread count (:func:`cache_key`), so the next run in the process (the next sweep cell, the
+next transfer source) starts at it. Runs of at most :data:`WHOLE_BELOW` samples are attacked
+whole. On a CPU the best size is small (a chunk's working set should stay in cache); on a GPU it
+grows until memory or the samples run out; an out-of-memory error halves it (the runner retries
+the rows, see :mod:`advkit.runner`).
+
+Results do not depend on the chunking: the engine draws random starts per sample
+(:mod:`advkit.rng`) and keeps per-sample budgets, so a sample gets the same result in any chunk
+(up to the last-bit differences that batched kernels may show between batch sizes).
+
+Passes without gradients (clean predictions, the runner's re-check, the sweep's checks of
+carried points, the selection of correctly classified samples) use the same size: the model's
+cached choice, else :data:`DEFAULT_BATCH_SIZE`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from advkit.errors import ParameterError
+
+#: ``int`` fixes the chunk size; ``"auto"`` measures it (see the module docstring).
+BatchSize = int | Literal["auto"]
+
+AUTO = "auto"
+#: The first size ``auto`` tries.
+FIRST_SIZE = 32
+#: Runs of at most this many samples are attacked whole (too few to measure sizes on).
+WHOLE_BELOW = 128
+#: How much larger each size ``auto`` tries is than the one before, on a CPU and on other devices.
+GROWTH = {"cpu": 1.5, "other": 2.0}
+#: The largest size ``auto`` tries.
+MAX_SIZE = 16384
+#: Chunk size of passes without gradients for a model whose attack size is not known yet.
+DEFAULT_BATCH_SIZE = 256
+
+_CHOSEN: dict[tuple, int] = {}
+
+
+def check_batch_size(value: object, name: str = "batch_size") -> BatchSize:
+    """``"auto"`` or an integer >= 1 (a numeric string such as ``"64"`` is read as one), else ParameterError."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO:
+            return AUTO
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ParameterError(f"{name} must be 'auto' or an integer >= 1, got {value!r}")
+
+
+def cache_key(model) -> tuple:
+    """What the best chunk size depends on: the architecture (class, name, parameter count, input shape), the
+    device (its name on CUDA), the dtype and torch's thread count."""
+    device = model.device
+    device_name = str(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        device_name += ":" + torch.cuda.get_device_name(device)
+    parameters = sum(p.numel() for p in model.module.parameters())
+    return (
+        type(model.module).__qualname__,
+        model.name,
+        parameters,
+        tuple(model.input_shape),
+        device_name,
+        str(model.dtype),
+        torch.get_num_threads(),
+    )
+
+
+def cached_batch_size(model) -> int | None:
+    """The chunk size ``auto`` chose for this model, device, dtype and thread count in this process, if any."""
+    return _CHOSEN.get(cache_key(model))
+
+
+def remember_batch_size(model, size: int) -> None:
+    """Cache ``size`` as the model's chunk size (what a measured run found, or what fit after out-of-memory)."""
+    _CHOSEN[cache_key(model)] = int(size)
+
+
+def clear_cache() -> None:
+    """Forget every chunk size chosen so far (benchmarks measure the first run; tests start clean)."""
+    _CHOSEN.clear()
+
+
+def inference_batch_size(model, batch_size: BatchSize = AUTO) -> int:
+    """Chunk size for passes without gradients: the size given, else the model's cached choice, else the default."""
+    batch_size = check_batch_size(batch_size)
+    if batch_size != AUTO:
+        return batch_size
+    return cached_batch_size(model) or DEFAULT_BATCH_SIZE
+
+
+def chunked(function: Callable[[Tensor], Tensor], x: Tensor, size: int) -> Tensor:
+    """``function`` applied to consecutive chunks of ``size`` rows of ``x``, the outputs concatenated."""
+    if x.shape[0] <= size:
+        return function(x)
+    return torch.cat([function(part) for part in x.split(size)])
+
+
+def step_rate(call_times: list[tuple[float, int]]) -> float | None:
+    """Seconds per sample step from one chunk's model calls (``(time, rows)`` per call): the median, over
+    consecutive calls, of the time between them divided by the first one's rows (a step is a forward pass, its
+    backward pass and the attack's update). The median ignores a one-off stall (a new shape setting up its kernels,
+    another process taking the core for a moment). None with fewer than three calls."""
+    if len(call_times) < 3:
+        return None
+    rates = sorted((t1 - t0) / rows for (t0, rows), (t1, _) in zip(call_times, call_times[1:]) if rows > 0)
+    return rates[len(rates) // 2] if rates else None
+
+
+@dataclass
+class ChunkPlan:
+    """The chunk sizes of one run: given, cached, whole, or found by climbing (see the module docstring).
+
+    The runner asks :meth:`next_size` before each chunk, records the model's call times while :attr:`measuring`,
+    reports each chunk through :meth:`observe` and each out-of-memory error through :meth:`out_of_memory`, and
+    calls :meth:`finish` at the end.
+    """
+
+    model: object
+    requested: BatchSize
+    n: int
+    splittable: bool = True
+    size: int = 0
+    how: str = ""
+    measuring: bool = False
+    measured: dict[int, float] = field(default_factory=dict)  # rows -> seconds per sample step
+    chunks: int = 0
+    limit: int = MAX_SIZE
+
+    def __post_init__(self) -> None:
+        self.requested = check_batch_size(self.requested)
+        n = max(self.n, 1)
+        if not self.splittable:
+            self.size, self.how = n, "whole batch (the attack couples its samples)"
+        elif self.requested != AUTO:
+            self.size, self.how = min(self.requested, n), "given"
+        elif (cached := cached_batch_size(self.model)) is not None:
+            self.size, self.how = min(cached, n), "cached (chosen by an earlier run in this process)"
+        elif n <= WHOLE_BELOW:
+            self.size, self.how = n, f"whole batch (runs of at most {WHOLE_BELOW} samples are not measured)"
+        else:
+            self.size, self.how, self.measuring = FIRST_SIZE, "measured on this run's first chunks", True
+
+    def next_size(self, remaining: int) -> int:
+        """Rows of the next chunk. A chosen size (not a given one) takes a short tail along: a chunk of fewer than
+        half the size costs more per sample than the few rows it adds to the one before."""
+        if self.requested == AUTO and self.splittable and not self.measuring and remaining < self.size * 3 // 2:
+            return remaining
+        return min(self.size, remaining)
+
+    def observe(self, rows: int, rate: float | None) -> None:
+        """A chunk of ``rows`` samples ran at ``rate`` seconds per sample step (None: not measured)."""
+        self.chunks += 1
+        if not self.measuring or rows != self.size or rate is None or rate <= 0:
+            return
+        best_before = min(self.measured.values(), default=None)
+        self.measured[rows] = rate
+        growth = GROWTH["cpu" if self.model.device.type == "cpu" else "other"]
+        larger = int(rows * growth)
+        if (best_before is None or rate < best_before) and larger <= self.limit:
+            self.size = larger
+            return
+        self._settle(min(self.measured, key=self.measured.__getitem__))
+
+    def out_of_memory(self, rows: int) -> None:
+        """``rows`` samples did not fit: halve, stop climbing, and cache what fits (for a chosen size)."""
+        self.limit = max(1, (rows + 1) // 2)
+        self.size = min(self.size, self.limit)
+        if self.requested == AUTO and self.splittable:
+            fitting = [k for k in self.measured if k <= self.limit]
+            self._settle(min(fitting, key=self.measured.__getitem__) if fitting else self.size)
+            self.how += ", halved after running out of memory"
+
+    def finish(self) -> None:
+        """The run is done: a climb cut short by the end of the samples still caches its best size."""
+        if self.measuring and self.measured:
+            self._settle(min(self.measured, key=self.measured.__getitem__))
+
+    def _settle(self, size: int) -> None:
+        self.size, self.measuring = size, False
+        remember_batch_size(self.model, size)
+
+    def to_dict(self) -> dict:
+        """What the run's summary says about its chunks."""
+        return {
+            "requested": self.requested,
+            "chosen": self.size,
+            "how": self.how,
+            "chunks": self.chunks,
+            "ms_per_sample_step": {str(k): round(1000 * v, 4) for k, v in sorted(self.measured.items())},
+        }
+
+
+__all__ = [
+    "AUTO",
+    "DEFAULT_BATCH_SIZE",
+    "BatchSize",
+    "ChunkPlan",
+    "cache_key",
+    "cached_batch_size",
+    "check_batch_size",
+    "chunked",
+    "clear_cache",
+    "inference_batch_size",
+    "remember_batch_size",
+    "step_rate",
+]

