@@ -6,7 +6,8 @@ chooses the size on the run's own work, so no pass is spent on measuring: the fi
 attacked at growing sizes (32, 48, 72, ... on a CPU; 32, 64, 128, ... on a GPU), each chunk's
 time per sample step is measured (:func:`step_rate`: on a CPU the median time between the
 model's calls, per row; elsewhere the chunk's synchronized time per step), and the climb stops
-at the first size no faster than the best so far; the remaining samples run at the best size.
+at the first size no faster than the best so far; the remaining samples run at the best size (the
+largest within 3% of the fastest).
 A measurement inside the attack sees what a separate probe would miss (the attack's own state
 in the cache next to the model's activations). The choice is cached per model, device, dtype
 and thread count (:func:`cache_key`), so the next run in the process (the next sweep cell, the
@@ -47,6 +48,9 @@ WHOLE_BELOW = 128
 GROWTH = {"cpu": 1.5, "other": 2.0}
 #: The largest size ``auto`` tries.
 MAX_SIZE = 16384
+#: Sizes within this factor of the fastest time per sample step count as equally fast; the largest is kept (fewer
+#: chunks spend less on each chunk's own passes: the clean check, the re-check, the last step's evaluation).
+TIE = 1.03
 #: Chunk size of passes without gradients for a model whose attack size is not known yet.
 DEFAULT_BATCH_SIZE = 256
 
@@ -179,7 +183,7 @@ class ChunkPlan:
         if (best_before is None or rate < best_before) and larger <= self.limit:
             self.size = larger
             return
-        self._settle(min(self.measured, key=self.measured.__getitem__))
+        self._settle(self._best())
 
     def out_of_memory(self, rows: int) -> None:
         """``rows`` samples did not fit: halve, stop climbing, and cache what fits (for a chosen size)."""
@@ -187,13 +191,19 @@ class ChunkPlan:
         self.size = min(self.size, self.limit)
         if self.requested == AUTO and self.splittable:
             fitting = [k for k in self.measured if k <= self.limit]
-            self._settle(min(fitting, key=self.measured.__getitem__) if fitting else self.size)
+            self._settle(self._best(fitting) if fitting else self.size)
             self.how += ", halved after running out of memory"
 
     def finish(self) -> None:
         """The run is done: a climb cut short by the end of the samples still caches its best size."""
         if self.measuring and self.measured:
-            self._settle(min(self.measured, key=self.measured.__getitem__))
+            self._settle(self._best())
+
+    def _best(self, sizes: list[int] | None = None) -> int:
+        """The largest measured size (of ``sizes``) within :data:`TIE` of the fastest."""
+        sizes = list(self.measured) if sizes is None else sizes
+        fastest = min(self.measured[k] for k in sizes)
+        return max(k for k in sizes if self.measured[k] <= TIE * fastest)
 
     def _settle(self, size: int) -> None:
         self.size, self.measuring = size, False
