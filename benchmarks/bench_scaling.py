@@ -10,8 +10,9 @@ zero start) and ``untargeted`` (at most ``steps`` steps, early stopping) run thr
 ``--batch-size`` (default ``auto``: the chunk-size cache is cleared before every run, so each run pays its own
 probe). Time per sample step (seconds over backward passes) is the best of ``--repeats`` rounds in one process
 per n, every configuration once per round (a machine that slows down mid-run slows them alike); peak memory is
-measured in a fresh process per configuration (2 steps: the peak does not grow with the steps) as the growth of
-the process's peak resident set (on a GPU: peak allocated memory) over what it held before the run. Goal: advkit within 1.10x of the best plain loop at every n,
+measured in a fresh process per configuration (one run, ``auto``'s climb included) as the growth of the process's
+peak resident set (reset through /proc/self/clear_refs; on a GPU: peak allocated memory) over what it held just
+before the run. Goal: advkit within 1.10x of the best plain loop at every n,
 and peak memory flat in n.
 """
 
@@ -44,10 +45,33 @@ def digits(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:n], y[:n]
 
 
+def reset_peak(device: str) -> int:
+    """Start counting the peak from now; returns the memory held now. CPU: Linux's peak resident set, reset through
+    ``/proc/self/clear_refs`` (else the process's high-water mark, which an earlier peak may hide)."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_kb("VmRSS") * 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def peak_bytes(device: str) -> int:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    try:
+        return _status_kb("VmHWM") * 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
 
 
 def run_config(config: dict, model, x, y, job: dict) -> tuple[float, int, int | None]:
@@ -84,9 +108,7 @@ def worker(job: dict) -> list[dict]:
     x, y = digits(job["n"])
     x, y = x.to(device), y.to(device)
     if job["mode"] == "memory":
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        before = peak_bytes(device)
+        before = reset_peak(device)
         run_config(job["configs"][0], model, x, y, job)
         return [{"peak_mb": (peak_bytes(device) - before) / 2**20}]
     best = [{"seconds": float("inf")} for _ in job["configs"]]
@@ -144,9 +166,9 @@ def main() -> None:
             chunks.append(n)
         configs = [{"kind": "plain", "chunk": c} for c in chunks] + [{"kind": "advkit", "attack": a} for a in attacks]
         timed = run_job({**common, "mode": "timing", "n": n, "configs": configs})
-        for config, record in zip(configs, timed):  # peak memory: one fresh process per configuration, 2 steps
+        for config, record in zip(configs, timed):  # peak memory: one fresh process per configuration
             config |= record
-            config |= run_job({**common, "mode": "memory", "n": n, "configs": [{**config, "steps": 2}]})[0]
+            config |= run_job({**common, "mode": "memory", "n": n, "configs": [config]})[0]
         plain = {c["chunk"]: c for c in configs if c["kind"] == "plain"}
         best_chunk = min(plain, key=lambda c: plain[c]["ms_per_sample_step"])
         reference = plain[best_chunk]["ms_per_sample_step"]
