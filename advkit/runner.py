@@ -213,9 +213,8 @@ def run_attack(
     n = x.shape[0]
     plan = ChunkPlan(model, batch_size, n, splittable=getattr(attack, "per_sample", True))
     with model.eval_mode():
-        pieces, retries, lost = _attack_in_chunks(
-            model, attack, plan, x, y, targets, constraint, criterion, budget, seed, warm
-        )
+        job = _Job(model, attack, x, y, targets, constraint, criterion, budget, seed, warm)
+        pieces, retries, lost = _attack_in_chunks(job, plan)
     plan.finish()
     clean_correct = torch.cat([p.clean_correct for p in pieces])
     logits = torch.cat([p.logits for p in pieces])
@@ -266,21 +265,26 @@ def run_attack(
     )
 
 
-def _attack_in_chunks(
-    model: ModelAdapter,
-    attack: Attack,
-    plan: ChunkPlan,
-    x: Tensor,
-    y: Tensor,
-    targets: Tensor | None,
-    constraint: Constraint,
-    criterion: Criterion,
-    budget: int | None,
-    seed: int,
-    warm: Tensor | None,
-) -> tuple[list[_Piece], int, float]:
+@dataclass(frozen=True)
+class _Job:
+    """One checked run_attack call: what every chunk of it is attacked with."""
+
+    model: ModelAdapter
+    attack: Attack
+    x: Tensor
+    y: Tensor
+    targets: Tensor | None
+    constraint: Constraint
+    criterion: Criterion
+    budget: int | None
+    seed: int
+    warm: Tensor | None
+
+
+def _attack_in_chunks(job: _Job, plan: ChunkPlan) -> tuple[list[_Piece], int, float]:
     """Attack the rows chunk by chunk as ``plan`` sizes them (eval mode is on), halving a chunk that runs out of
     memory; the pieces, the number of halvings and the seconds the failed attempts took."""
+    model, attack, x = job.model, job.attack, job.x
     n = x.shape[0]
     pieces: list[_Piece] = []
     begin, retries, lost = 0, 0, 0.0
@@ -291,9 +295,7 @@ def _attack_in_chunks(
             measuring = plan.measuring
             model.call_times = [] if measuring else None
             try:
-                piece = _attack_rows(
-                    model, attack, x, y, targets, constraint, criterion, budget, seed, warm, begin, stop
-                )
+                piece = _attack_rows(job, begin, stop)
             except Exception as error:
                 if not is_out_of_memory(error) or stop - begin <= 1 or not plan.splittable:
                     if is_out_of_memory(error) and not plan.splittable:
@@ -332,21 +334,10 @@ class _Piece:
     history: Tensor | None
 
 
-def _attack_rows(
-    model: ModelAdapter,
-    attack: Attack,
-    x: Tensor,
-    y: Tensor,
-    targets: Tensor | None,
-    constraint: Constraint,
-    criterion: Criterion,
-    budget: int | None,
-    seed: int,
-    warm: Tensor | None,
-    begin: int,
-    stop: int,
-) -> _Piece:
+def _attack_rows(job: _Job, begin: int, stop: int) -> _Piece:
     """Attack rows [begin, stop) with a fresh generator, enforce the threat model and re-check (eval mode is on)."""
+    model, attack, x, y, targets = job.model, job.attack, job.x, job.y, job.targets
+    constraint, criterion, budget, seed, warm = job.constraint, job.criterion, job.budget, job.seed, job.warm
     whole = begin == 0 and stop == x.shape[0]
     rows = slice(begin, stop)
     x_rows = x if whole else x[rows]
