@@ -167,7 +167,13 @@ class ChunkPlan:
     def next_size(self, remaining: int) -> int:
         """Rows of the next chunk. A chosen size (not a given one) takes a short tail along: a chunk of fewer than
         half the size costs more per sample than the few rows it adds to the one before."""
-        if self.requested == AUTO and self.splittable and not self.measuring and remaining < self.size * 3 // 2:
+        if (
+            self.requested == AUTO
+            and self.splittable
+            and not self.measuring
+            and remaining < self.size * 3 // 2
+            and remaining <= self.limit  # never past a size that ran out of memory
+        ):
             return remaining
         return min(self.size, remaining)
 
@@ -179,7 +185,7 @@ class ChunkPlan:
         best_before = min(self.measured.values(), default=None)
         self.measured[rows] = rate
         growth = GROWTH["cpu" if self.model.device.type == "cpu" else "other"]
-        larger = int(rows * growth)
+        larger = max(rows + 1, int(rows * growth))
         if (best_before is None or rate < best_before) and larger <= self.limit:
             self.size = larger
             return

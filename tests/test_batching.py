@@ -113,7 +113,7 @@ def test_auto_attacks_small_runs_whole_and_caches_what_it_measured(tiny_model, t
 
 
 class SlowAbove(nn.Module):
-    """Costs 2 ms per call plus 0.1 ms per sample up to ``knee`` rows per call, 3 ms per sample beyond (a cache that
+    """Costs 10 ms per call plus 0.1 ms per sample up to ``knee`` rows per call, 10 ms per sample beyond (a cache that
     overflows): the time per sample falls with the rows until the knee, then jumps."""
 
     def __init__(self, inner: nn.Module, knee: int) -> None:
@@ -121,7 +121,7 @@ class SlowAbove(nn.Module):
         self.inner, self.knee = inner, knee
 
     def forward(self, x):
-        time.sleep(0.002 + x.shape[0] * (0.0001 if x.shape[0] <= self.knee else 0.003))
+        time.sleep(0.01 + x.shape[0] * (0.0001 if x.shape[0] <= self.knee else 0.01))
         return self.inner(x)
 
 
@@ -131,9 +131,9 @@ def test_auto_measures_inside_the_attack_and_stops_below_the_knee(tiny_model, sm
     x = torch.rand(40, 1, 8, 8, generator=g) * 1.6 - 0.8
     y = tiny_model.predict(x).argmax(1)
     model = adapter(SlowAbove(tiny_model.module, knee=6), tiny_model, "knee")
-    result = run_attack(model, "pgd", x, y, eps=0.1, steps=4, early_stop=False)  # every chunk keeps its rows
+    result = run_attack(model, "pgd", x, y, eps=0.1, steps=12, early_stop=False)  # every chunk keeps its rows
     info = result.extra["batch_size"]
-    assert info["chosen"] == 6 and max(int(k) for k in info["ms_per_sample_step"]) == 9
+    assert info["chosen"] == 6 and max(int(k) for k in info["ms_per_sample_step"]) == 9, info["ms_per_sample_step"]
     assert info["ms_per_sample_step"]["9"] > 2 * info["ms_per_sample_step"][str(info["chosen"])]
 
 
@@ -153,6 +153,13 @@ def test_chunk_plan_climbs_settles_and_halves(tiny_model, small_sizes):
     assert plan.next_size(5) == 5  # a short tail goes along with the last chunk
     plan.out_of_memory(4)
     assert plan.size == 2 and batching.cached_batch_size(tiny_model) == 2
+    halved = ChunkPlan(tiny_model, "auto", 100)
+    halved.out_of_memory(12)
+    assert halved.size == 2 and halved.next_size(2) == 2
+    batching.remember_batch_size(tiny_model, 12)
+    cached = ChunkPlan(tiny_model, "auto", 100)
+    cached.out_of_memory(12)  # 12 rows did not fit: 6 from now on
+    assert cached.next_size(8) == 6  # a tail never takes a chunk past a size that ran out of memory
     given = ChunkPlan(tiny_model, 4, 100)
     assert given.next_size(5) == 4  # a given size is never exceeded
     coupled = ChunkPlan(tiny_model, 4, 100, splittable=False)
