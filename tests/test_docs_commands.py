@@ -77,3 +77,11 @@ def test_a_stale_option_is_caught(monkeypatch):
     monkeypatch.setattr(cli.commands["transfer"], "callback", lambda **options: None)
     result = CliRunner().invoke(cli, ["transfer", "--source", "bnn", "--target-class", "8", "--eps", "0.1"])
     assert result.exit_code == 2 and "No such option '--target-class'" in result.output
+
+
+def test_the_plugin_page_shows_the_example_plugin_as_it_is():
+    """docs/plugins.md prints the example's module verbatim, so the code a newcomer copies is the code that passes
+    advkit.testing (not an older draft drawing noise batch-wise)."""
+    page = (ROOT / "docs" / "plugins.md").read_text()
+    code = (ROOT / "examples" / "advkit-random-sign" / "advkit_random_sign" / "__init__.py").read_text()
+    assert f"```python\n{code}```" in page
