@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from advkit.errors import ParameterError
+from advkit.params import check_batch_size
 
 #: ``int`` fixes the chunk size; ``"auto"`` measures it (see the module docstring).
 BatchSize = int | Literal["auto"]
@@ -55,19 +55,6 @@ TIE = 1.03
 DEFAULT_BATCH_SIZE = 256
 
 _CHOSEN: dict[tuple, int] = {}
-
-
-def check_batch_size(value: object, name: str = "batch_size") -> BatchSize:
-    """``"auto"`` or an integer >= 1 (a numeric string such as ``"64"`` is read as one), else ParameterError."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == AUTO:
-            return AUTO
-        if text.isdigit() and int(text) >= 1:
-            return int(text)
-    elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise ParameterError(f"{name} must be 'auto' or an integer >= 1, got {value!r}")
 
 
 def cache_key(model) -> tuple:

@@ -361,6 +361,20 @@ def check_count(value: Any, what: str, *, low: int = 1, high: int | None = None,
     return int(value)
 
 
+def check_batch_size(value: Any, what: str = "batch_size") -> int | str:
+    """``"auto"`` or a whole number >= 1 (an integer, or a string of decimal digits such as ``"64"``), else
+    ParameterError. The one rule for ``batch_size=`` in Python and ``--batch-size`` on the CLI (see advkit.batching)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isascii() and text.isdecimal() and int(text) >= 1:
+            return int(text)
+    elif isinstance(value, Integral) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    raise ParameterError(f"{what} must be 'auto' or an integer >= 1, got {value!r}")
+
+
 def check_number(
     value: Any, what: str, *, ge: float | None = None, lt: float | None = None, optional: bool = True
 ) -> float | None:
@@ -380,6 +394,7 @@ __all__ = [
     "MAX_STEPS",
     "Bounds",
     "ParamSpec",
+    "check_batch_size",
     "check_count",
     "check_number",
     "check_seed",

@@ -171,7 +171,7 @@ def test_batch_size_values(value, expected):
     assert check_batch_size(value) == expected
 
 
-@pytest.mark.parametrize("value", [0, -1, "0", "x", 2.5, True, None, "1e3"])
+@pytest.mark.parametrize("value", [0, -1, "0", "x", 2.5, True, None, "1e3", "\u00b2", "\u0661\u0662"])
 def test_bad_batch_sizes_are_refused(tiny_model, tiny_batch, value):
     with pytest.raises(ParameterError, match="batch_size must be 'auto' or an integer >= 1"):
         check_batch_size(value)
@@ -252,4 +252,4 @@ def test_cli_batch_size_is_recorded_and_checked(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["batch_size"]["requested"] == 8 and summary["batch_size"]["chunks"] == 3
     bad = CliRunner().invoke(cli, ["attack", "--model", "cnn", "--eps", "0.1", "--batch-size", "0"])
-    assert bad.exit_code == 2 and "'0' is neither 'auto' nor a whole number >= 1" in bad.output
+    assert bad.exit_code == 2 and "--batch-size must be 'auto' or an integer >= 1, got '0'" in bad.output

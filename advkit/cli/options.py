@@ -41,19 +41,18 @@ EPS = EpsParamType()
 
 #: Seeds: the range torch.Generator.manual_seed takes.
 class BatchSizeParamType(click.ParamType):
-    """``auto`` or a whole number >= 1 (see advkit.batching)."""
+    """``auto`` or a whole number >= 1 (advkit.params.check_batch_size, the rule Python's batch_size= meets)."""
 
     name = "auto|N"
 
     def convert(self, value: Any, param, ctx) -> int | str:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-            return value
-        text = str(value).strip().lower()
-        if text == "auto":
-            return "auto"
-        if text.isdigit() and int(text) >= 1:
-            return int(text)
-        self.fail(f"{value!r} is neither 'auto' nor a whole number >= 1", param, ctx)
+        from advkit.errors import ParameterError
+        from advkit.params import check_batch_size
+
+        try:
+            return check_batch_size(value, "--batch-size")
+        except ParameterError as error:
+            self.fail(str(error), param, ctx)
 
 
 SEED = click.IntRange(0, 2**64 - 1)
