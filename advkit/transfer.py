@@ -227,7 +227,8 @@ def transfer_matrix(
     with ``eps``, like ``advkit attack --constraints``); without either, an L-inf ball of radius
     ``eps``; the model's box always applies. ``attack`` is a registered attack name and
     ``attack_params`` its hyperparameters: each source gets a fresh instance. ``targets=None``
-    means the sources. ``progress`` receives one line per step (for stderr).
+    means the sources. ``progress`` receives one line per step (for stderr). ``batch_size``: samples per chunk of the
+    attacks and of the models' predictions (a number or ``"auto"``, see :mod:`advkit.batching`).
 
     Raises ``ValueError`` for incompatible models or when no sample is usable.
     """

@@ -76,7 +76,7 @@ def _status_kb(field: str) -> int:
 
 def run_config(config: dict, model, x, y, job: dict) -> tuple[float, int, int | None]:
     """Seconds, backward passes and advkit's chunk size of one run of one configuration."""
-    eps, steps = job["eps"], config.get("steps", job["steps"])
+    eps, steps = job["eps"], job["steps"]
     if config["kind"] == "plain":
         chunk = config["chunk"] or len(y)
         low, high = model.bounds

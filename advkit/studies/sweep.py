@@ -69,7 +69,7 @@ def sweep_study(
     ``models`` (adapters keyed by the names in ``spec.models``) and ``dataset`` are what is swept; without them the
     names are loaded as model specs and the data from ``spec.data`` (see :func:`advkit.sweep.run_sweep`)."""
     from advkit.outputs import record
-    from advkit.report import write_report
+    from advkit.report import INDEX_COLUMNS, write_report
     from advkit.sanity import run_checks
     from advkit.sweep import run_sweep
 
@@ -85,8 +85,6 @@ def sweep_study(
     flags = run_checks(result) if checks else []
     files = write_report(result, flags, out)
     record(out, files)
-    from advkit.report import INDEX_COLUMNS
-
     columns = [c for c in INDEX_COLUMNS if c != "inferred" or spec.search == "descending"]
     return {
         "rows": result.table[columns].round(4).to_dict(orient="records"),
