@@ -37,6 +37,11 @@ class Attack:
     #: Is each sample's result independent of the other samples of the batch? The runner may then
     #: split a batch that runs out of memory (False for attacks that couple samples, e.g. universal).
     per_sample: ClassVar[bool] = True
+    #: Does ``run`` do all its model work through :func:`advkit.engine.optimize`? The runner then hands it the
+    #: whole batch with ``problem.window`` set, and the engine keeps a window of rows stepping, admitting the next
+    #: samples as others finish (every step's batch full). Otherwise (the default, for an attack with its own loop)
+    #: the runner attacks consecutive chunks.
+    windowed: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         validate(self)  # every field's declared type and range, whichever way the values came in

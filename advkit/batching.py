@@ -27,6 +27,7 @@ cached choice, else :data:`DEFAULT_BATCH_SIZE`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -51,6 +52,8 @@ MAX_SIZE = 16384
 #: Sizes within this factor of the fastest time per sample step count as equally fast; the largest is kept (fewer
 #: chunks spend less on each chunk's own passes: the clean check, the re-check, the last step's evaluation).
 TIE = 1.03
+#: Full-window steps timed per size while a window-mode run measures (their median is the size's rate).
+STEPS_PER_SIZE = 6
 #: Chunk size of passes without gradients for a model whose attack size is not known yet.
 DEFAULT_BATCH_SIZE = 256
 
@@ -136,6 +139,12 @@ class ChunkPlan:
     measured: dict[int, float] = field(default_factory=dict)  # rows -> seconds per sample step
     chunks: int = 0
     limit: int = MAX_SIZE
+    #: "chunks": the runner attacks consecutive chunks of ``size`` rows; "window": the engine keeps a window of
+    #: ``size`` rows full (the attack declares ``windowed``) and reports each step through :meth:`step_began`.
+    mode: str = "chunks"
+    steps: int = 0  # window mode: the engine's steps
+    _intervals: list[float] = field(default_factory=list)
+    _last: tuple[float, int] | None = None
 
     def __post_init__(self) -> None:
         self.requested = check_batch_size(self.requested)
@@ -166,7 +175,8 @@ class ChunkPlan:
 
     def observe(self, rows: int, rate: float | None) -> None:
         """A chunk of ``rows`` samples ran at ``rate`` seconds per sample step (None: not measured)."""
-        self.chunks += 1
+        if self.mode == "chunks":
+            self.chunks += 1
         if not self.measuring or rows != self.size or rate is None or rate <= 0:
             return
         best_before = min(self.measured.values(), default=None)
@@ -177,6 +187,29 @@ class ChunkPlan:
             self.size = larger
             return
         self._settle(self._best())
+
+    def window_size(self) -> int:
+        """Rows the engine steps at once now (window mode)."""
+        return self.size
+
+    def step_began(self, rows: int) -> None:
+        """Window mode: the engine starts a step on ``rows`` rows. While measuring, the time since the previous
+        step's start, per row, is recorded for full windows; after :data:`STEPS_PER_SIZE` of them their median
+        decides the climb (:meth:`observe`)."""
+        self.steps += 1
+        if not self.measuring:
+            return
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)  # time the work, not its queueing (only while measuring)
+        now = time.perf_counter()
+        if self._last is not None and self._last[1] == self.size:
+            self._intervals.append((now - self._last[0]) / self._last[1])
+        self._last = (now, rows)
+        if len(self._intervals) >= STEPS_PER_SIZE:
+            rates = sorted(self._intervals)
+            size = self.size
+            self._intervals, self._last = [], None
+            self.observe(size, rates[len(rates) // 2])
 
     def out_of_memory(self, rows: int) -> None:
         """``rows`` samples did not fit: halve, stop climbing, and cache what fits (for a chosen size)."""
@@ -208,7 +241,9 @@ class ChunkPlan:
             "requested": self.requested,
             "chosen": self.size,
             "how": self.how,
+            "mode": self.mode,
             "chunks": self.chunks,
+            **({"steps": self.steps} if self.mode == "window" else {}),
             "ms_per_sample_step": {str(k): round(1000 * v, 4) for k, v in sorted(self.measured.items())},
         }
 

@@ -23,6 +23,7 @@ ever kept as the best one.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import torch
@@ -162,6 +163,18 @@ def optimize(
         problem.nonfinite_counts = torch.zeros(n, dtype=torch.long, device=device)
     nonfinite = torch.zeros(n, dtype=torch.long, device=device)
     seed = stream_seed(problem.generator)  # one draw per call, whatever the batch holds
+    window = _Window(problem.window, n)
+    observe = getattr(update, "observe", None)
+    queue: deque[tuple[Tensor, int]] = deque()  # (samples, restart) waiting for a place in the window
+    queued = 0
+
+    def enqueue(idx: Tensor, restart: int) -> None:
+        nonlocal queued
+        if budget is not None:
+            idx = idx[backward[idx] < budget]
+        if idx.numel():
+            queue.append((idx, restart))
+            queued += idx.numel()
 
     def evaluate(
         idx: Tensor,
@@ -183,84 +196,156 @@ def optimize(
         best.offer(None if whole else idx, x_adv, value, reached)
         return reached
 
-    for restart in range(restarts):
-        idx = torch.arange(n, device=device) if restart == 0 else (~best.success).nonzero().squeeze(1)
-        if budget is not None:
-            idx = idx[backward[idx] < budget]
-        if idx.numel() == 0:
-            break
-        whole = idx.numel() == n  # the whole batch is active: skip gathers and scatters
-        x_i = x if whole else x[idx]
-        y_i = y if whole else y[idx]
-        t_i = target if (whole or target is None) else target[idx]
-        feasible_i, search_i = select(feasible, idx), select(search, idx)
+    def starts(idx: Tensor, restart: int) -> Tensor:
+        """The first (latent) perturbation of restart ``restart`` for samples ``idx``."""
+        x_i = x[idx]
         if restart == 0 and problem.start is not None:
-            delta = search_i.project((problem.start if whole else problem.start[idx]) - x_i, x_i)
-        else:
-            stream = None if seed is None else (seed, f"restart{restart}", (y_i, t_i))
-            delta = starting_delta(problem, x_i, search_i, init if restart == 0 else "random", stream)
-        if hasattr(update, "start"):
-            update.start(idx, n)
-        observe = getattr(update, "observe", None)
-        pending: list[tuple[Tensor, Tensor, Constraint, Tensor]] = []  # points updated but not yet evaluated
-        for step_index in range(steps):
-            point = delta if feasible.convex else feasible_i.project(delta, x_i)
-            x_adv = (x_i + point).requires_grad_(True)
-            logits = model(x_adv)
-            loss = objective(logits, y_i, t_i, x_adv, x_i)
-            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-            finite, bad = zero_nonfinite_rows(logits.detach(), grad)
-            if whole:
-                forward += 1
-                backward += 1
-                nonfinite += bad.long()
-            else:
-                forward[idx] += 1
-                backward[idx] += 1
-                nonfinite[idx] += bad.long()
-            value = finite_objective(loss.detach(), finite)
-            reached = evaluate(idx, whole, x_adv.detach(), logits.detach(), value, finite)
-            if history is not None and restart == 0:
-                history[step_index, idx] = loss.detach().to(history.dtype)
-            if observe is not None:
-                observe(idx, delta.detach(), value)
-            delta = update(delta.detach(), grad, x_i, idx, search_i)
-            keep = ~reached if early_stop else None
-            if budget is not None:
-                out_of_budget = backward[idx] >= budget
-                leaving = out_of_budget if keep is None else out_of_budget & keep
-                pending.append((idx[leaving], delta[leaving], select(feasible, idx[leaving]), x_i[leaving]))
-                keep = ~out_of_budget if keep is None else keep & ~out_of_budget
-            if keep is not None:
-                idx, x_i, y_i, delta = idx[keep], x_i[keep], y_i[keep], delta[keep]
-                t_i = None if t_i is None else t_i[keep]
-                feasible_i, search_i = select(feasible, idx), select(search, idx)
-                whole = False
-                if idx.numel() == 0:
-                    break
-        pending.append((idx, delta, feasible_i, x_i))
-        # One forward pass for the last update of each sample that did not stop on success; a sample that
-        # succeeded earlier (early_stop=False) keeps its best successful point, its last update unevaluated.
+            return select(search, idx).project(problem.start[idx] - x_i, x_i)
+        t_i = None if target is None else target[idx]
+        stream = None if seed is None else (seed, f"restart{restart}", (y[idx], t_i))
+        return starting_delta(problem, x_i, select(search, idx), init if restart == 0 else "random", stream)
+
+    pending: list[tuple[Tensor, Tensor, Tensor]] = []  # (samples, latent point, restart): updated, not evaluated
+    pending_rows = 0
+
+    def settle() -> None:
+        """One forward pass for the last update of each sample that left without stopping on success (a sample that
+        succeeded earlier, with early_stop=False, keeps its best successful point, its last update unevaluated);
+        samples still unsuccessful with restarts left join the queue again."""
+        nonlocal pending_rows
+        if not pending:
+            return
         idx = torch.cat([p[0] for p in pending])
-        if idx.numel():
-            x_adv = torch.cat([xs + (d if feasible.convex else c.project(d, xs)) for _, d, c, xs in pending])
-            if final == "last":
-                best.x[idx], best.success[idx] = x_adv, False
-                best.objective[idx] = float("-inf")
-                continue
-            whole = len(pending) == 1 and whole
+        delta = torch.cat([p[1] for p in pending])
+        restart_of = torch.cat([p[2] for p in pending])
+        pending.clear()
+        pending_rows = 0
+        x_i = x[idx]
+        x_adv = x_i + (delta if feasible.convex else select(feasible, idx).project(delta, x_i))
+        if final == "last":
+            best.x[idx], best.success[idx] = x_adv, False
+            best.objective[idx] = float("-inf")
+        else:
             unsolved = ~best.success[idx]
             if not bool(unsolved.all()):
-                idx, x_adv, whole = idx[unsolved], x_adv[unsolved], False
-                if idx.numel() == 0:
-                    continue
-            with torch.no_grad():
-                logits = model(x_adv)
-            if whole:
-                forward += 1
+                idx_u, x_u = idx[unsolved], x_adv[unsolved]
             else:
-                forward[idx] += 1
-            evaluate(idx, whole, x_adv, logits)
+                idx_u, x_u = idx, x_adv
+            if idx_u.numel():
+                with torch.no_grad():
+                    logits = model(x_u)
+                forward[idx_u] += 1
+                evaluate(idx_u, False, x_u, logits)
+        if restarts > 1:
+            again = ~best.success[idx] & (restart_of + 1 < restarts)
+            if bool(again.any()):
+                idx, restart_of = idx[again], restart_of[again] + 1
+                for r in range(1, restarts):
+                    enqueue(idx[restart_of == r], r)
+
+    enqueue(torch.arange(n, device=device), 0)
+    # The active rows: global sample indices, their inputs, labels, targets, latent points, steps taken and restart.
+    idx = torch.zeros(0, dtype=torch.long, device=device)
+    x_i, y_i, t_i = x[:0], y[:0], None if target is None else target[:0]
+    delta = x[:0].clone()
+    taken = torch.zeros(0, dtype=torch.long, device=device)
+    restart_of_row = torch.zeros(0, dtype=torch.long, device=device)
+    first_restart_only = True  # every active row is in its first restart (the history records those)
+    whole = False  # the active rows are the whole batch in order: skip gathers and scatters
+    finishing: dict[int, int] = {}  # iteration -> rows admitted together that take their last step then
+    iteration = 0
+    feasible_i = search_i = feasible
+    while True:
+        free = window.size() - idx.numel()
+        if free > 0 and queue:
+            groups: list[tuple[Tensor, int]] = []
+            while free > 0 and queue:
+                group, restart = queue.popleft()
+                if group.numel() > free:
+                    queue.appendleft((group[free:], restart))
+                    group = group[:free]
+                queued -= group.numel()
+                free -= group.numel()
+                groups.append((group, restart))
+            new_idx = torch.cat([g for g, _ in groups])
+            new_delta = torch.cat([starts(g, r) for g, r in groups])
+            new_restart = torch.cat([torch.full_like(g, r) for g, r in groups])
+            if hasattr(update, "start"):
+                update.start(new_idx, n)
+            whole = idx.numel() == 0 and new_idx.numel() == n and groups[0][1] == 0 and len(groups) == 1
+            first_restart_only = first_restart_only and all(r == 0 for _, r in groups)
+            idx = torch.cat([idx, new_idx])
+            delta = torch.cat([delta, new_delta])
+            taken = torch.cat([taken, torch.zeros_like(new_idx)])
+            restart_of_row = torch.cat([restart_of_row, new_restart])
+            x_i, y_i = (x, y) if whole else (x[idx], y[idx])
+            t_i = target if (whole or target is None) else target[idx]
+            feasible_i, search_i = (feasible, search) if whole else (select(feasible, idx), select(search, idx))
+            finishing[iteration + steps] = finishing.get(iteration + steps, 0) + new_idx.numel()
+        if idx.numel() == 0 or steps == 0:
+            if steps == 0 and idx.numel():  # no step to take: every admitted row is evaluated as it stands
+                pending.append((idx, delta, restart_of_row))
+                idx = idx[:0]
+                delta, taken, restart_of_row = delta[:0], taken[:0], restart_of_row[:0]
+            settle()
+            if queue:
+                continue
+            break
+        window.began(idx.numel())
+        point = delta if feasible.convex else feasible_i.project(delta, x_i)
+        x_adv = (x_i + point).requires_grad_(True)
+        logits = model(x_adv)
+        loss = objective(logits, y_i, t_i, x_adv, x_i)
+        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        finite, bad = zero_nonfinite_rows(logits.detach(), grad)
+        if whole:
+            forward += 1
+            backward += 1
+            nonfinite += bad.long()
+        else:
+            forward[idx] += 1
+            backward[idx] += 1
+            nonfinite[idx] += bad.long()
+        value = finite_objective(loss.detach(), finite)
+        reached = evaluate(idx, whole, x_adv.detach(), logits.detach(), value, finite)
+        if history is not None:
+            if first_restart_only:
+                history[taken, idx] = loss.detach().to(history.dtype)
+            else:
+                first = restart_of_row == 0
+                history[taken[first], idx[first]] = loss.detach()[first].to(history.dtype)
+        if observe is not None:
+            observe(idx, delta.detach(), value)
+        delta = update(delta.detach(), grad, x_i, idx, search_i)
+        taken += 1
+        iteration += 1
+        # Rows leave on success (early_stop), out of budget, or after their last step; the last two are evaluated later.
+        finished = iteration in finishing
+        leave = reached if early_stop else None
+        unevaluated = None
+        if budget is not None:
+            out_of_budget = backward[idx] >= budget
+            unevaluated = out_of_budget if leave is None else out_of_budget & ~leave
+            leave = out_of_budget if leave is None else leave | out_of_budget
+        if finished:
+            finishing.pop(iteration)
+            done = taken >= steps
+            last = done if leave is None else done & ~leave
+            unevaluated = last if unevaluated is None else unevaluated | last
+            leave = done if leave is None else leave | done
+        if unevaluated is not None:
+            pending.append((idx[unevaluated], delta[unevaluated], restart_of_row[unevaluated]))
+            pending_rows += pending[-1][0].numel()
+        if leave is not None:
+            keep = ~leave
+            idx, x_i, y_i, delta = idx[keep], x_i[keep], y_i[keep], delta[keep]
+            taken, restart_of_row = taken[keep], restart_of_row[keep]
+            t_i = None if t_i is None else t_i[keep]
+            feasible_i, search_i = select(feasible, idx), select(search, idx)
+            whole = False
+        # Evaluate the rows that left in batches (now, when a next restart waits on them or nothing else is left).
+        if pending_rows and (pending_rows >= window.size() or (restarts > 1 and not queue) or idx.numel() == 0):
+            settle()
     problem.backward_counts = backward.clone()
     problem.nonfinite_counts = problem.nonfinite_counts + nonfinite
     return EngineResult(
@@ -272,3 +357,20 @@ def optimize(
         history=history,
         nonfinite_counts=nonfinite,
     )
+
+
+class _Window:
+    """How many rows the engine steps at once: ``problem.window`` (None: every sample; an int; or an object with
+    ``window_size()`` and ``step_began(rows)``, e.g. :class:`advkit.batching.ChunkPlan`, which measures sizes)."""
+
+    def __init__(self, window: Any, n: int) -> None:
+        self.n = n
+        self.plan = window if hasattr(window, "window_size") else None
+        self.fixed = n if window is None or self.plan is not None else max(1, int(window))
+
+    def size(self) -> int:
+        return max(1, self.plan.window_size()) if self.plan is not None else self.fixed
+
+    def began(self, rows: int) -> None:
+        if self.plan is not None:
+            self.plan.step_began(rows)

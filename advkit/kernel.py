@@ -54,6 +54,10 @@ class Problem:
     #: Per-sample count of engine steps whose logits or input gradient had a NaN or inf,
     #: accumulated over every optimize() call on this problem (None until the engine runs).
     nonfinite_counts: Tensor | None = None
+    #: How many rows the engine steps at once: None (every sample), an int, or a plan with ``window_size()`` and
+    #: ``step_began(rows)`` that measures sizes (:class:`advkit.batching.ChunkPlan`). A row that leaves (fooled, out
+    #: of budget, done) is replaced by the next waiting sample, so each step's batch stays full.
+    window: Any = None
 
     def streams(self, label: str) -> SampleStreams:
         """Per-sample random numbers for an attack's own draws (``streams.rand(shape)``, ``.randn(shape)``, shape

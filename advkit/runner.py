@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from advkit.attack import Attack
-from advkit.batching import AUTO, BatchSize, ChunkPlan, check_batch_size, step_rate
+from advkit.batching import AUTO, BatchSize, ChunkPlan, check_batch_size, chunked, inference_batch_size, step_rate
 from advkit.constraints import Box, Constraint, LinfBall
 from advkit.criteria import Criterion, criterion_for
 from advkit.devices import free_device_memory, is_out_of_memory
@@ -212,6 +212,8 @@ def run_attack(
     check_outputs(model, x)
     n = x.shape[0]
     plan = ChunkPlan(model, batch_size, n, splittable=getattr(attack, "per_sample", True))
+    if plan.splittable and getattr(attack, "windowed", False):
+        plan.mode = "window"  # one problem; the engine keeps plan.size rows stepping and refills them
     with model.eval_mode():
         job = _Job(model, attack, x, y, targets, constraint, criterion, budget, seed, warm)
         pieces, retries, lost = _attack_in_chunks(job, plan)
@@ -290,6 +292,21 @@ def _attack_in_chunks(job: _Job, plan: ChunkPlan) -> tuple[list[_Piece], int, fl
     begin, retries, lost = 0, 0, 0.0
     try:
         while begin < n:
+            if plan.mode == "window":
+                attempt = time.perf_counter()
+                try:
+                    pieces.append(_attack_rows(job, 0, n, window=plan))
+                    plan.chunks = 1
+                except Exception as error:
+                    if not is_out_of_memory(error) or plan.size <= 1:
+                        raise
+                    retries += 1  # out of memory: halve the window and attack again (same streams, same results)
+                    plan.out_of_memory(plan.size)
+                    lost += time.perf_counter() - attempt
+                    free_device_memory(x.device)
+                    model.module.eval()
+                    continue
+                break
             stop = begin + plan.next_size(n - begin)
             attempt = time.perf_counter()
             measuring = plan.measuring
@@ -334,8 +351,9 @@ class _Piece:
     history: Tensor | None
 
 
-def _attack_rows(job: _Job, begin: int, stop: int) -> _Piece:
-    """Attack rows [begin, stop) with a fresh generator, enforce the threat model and re-check (eval mode is on)."""
+def _attack_rows(job: _Job, begin: int, stop: int, window: ChunkPlan | None = None) -> _Piece:
+    """Attack rows [begin, stop) with a fresh generator, enforce the threat model and re-check (eval mode is on).
+    With ``window`` the engine steps at most ``window.size`` rows at once (and the checks run in chunks)."""
     model, attack, x, y, targets = job.model, job.attack, job.x, job.y, job.targets
     constraint, criterion, budget, seed, warm = job.constraint, job.criterion, job.budget, job.seed, job.warm
     whole = begin == 0 and stop == x.shape[0]
@@ -352,8 +370,10 @@ def _attack_rows(job: _Job, begin: int, stop: int) -> _Piece:
         budget=budget,
         generator=torch.Generator(device=x.device).manual_seed(seed),
         start=None if warm is None else (warm if whole else warm[rows]),
+        window=window,
     )
-    clean = model.logits(x_rows)  # what the model says before the attack (outside the counter; OOM-split with the rows)
+    size = x_rows.shape[0] if window is None else inference_batch_size(model, window.requested)
+    clean = chunked(model.logits, x_rows, size)  # what the model says before the attack (outside the counter; OOM-split with the rows)
     clean_correct = (clean.argmax(1) == problem.y) & finite_rows(clean)
     forward0, backward0 = model.counter.snapshot()
     clock = time.perf_counter()
@@ -362,7 +382,7 @@ def _attack_rows(job: _Job, begin: int, stop: int) -> _Piece:
         torch.cuda.synchronize(x.device)  # the clock stops when the work is done, not when it is queued
     seconds = time.perf_counter() - clock
     x_adv = _enforce_threat_model(x_rows, x_adv, constraint)
-    logits = model.logits(x_adv)  # the independent re-check: a fresh pass on advkit's own copy, outside the counter
+    logits = chunked(model.logits, x_adv, size)  # the independent re-check: a fresh pass on advkit's own copy, outside the counter
     forward = model.counter.forward - forward0
     backward = model.counter.backward - backward0
     per_sample = _per_sample_backward(problem, backward)

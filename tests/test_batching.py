@@ -23,14 +23,16 @@ PER_SAMPLE = [name for name in sorted(registry.attacks()) if registry.get_attack
 
 
 class Widest(nn.Module):
-    """Records the most rows any forward pass saw."""
+    """Records the most rows any forward pass saw (and any pass that builds a graph: an attack step)."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
-        self.inner, self.widest = inner, 0
+        self.inner, self.widest, self.widest_step = inner, 0, 0
 
     def forward(self, x):
         self.widest = max(self.widest, x.shape[0])
+        if x.requires_grad:
+            self.widest_step = max(self.widest_step, x.shape[0])
         return self.inner(x)
 
 
@@ -57,11 +59,12 @@ def test_results_do_not_depend_on_the_batch_size(tiny_model, tiny_batch, small_s
     """Every per-sample attack gives the same per-sample results and pass counts whole, in chunks of 5 and in the
     chunks ``auto`` chooses (the model runs one sample at a time, so kernels give the same bits at any size)."""
     x, y = tiny_batch
-    exact = adapter(OneAtATime(tiny_model.module), tiny_model, "exact")
     target = (y + 3) % 10 if make_attack(name).targeted else None
-    runs = {
-        size: run_attack(
-            exact,
+    runs, widest = {}, {}
+    for size in (12, 5, "auto"):
+        recorder = Widest(OneAtATime(tiny_model.module))
+        runs[size] = run_attack(
+            adapter(recorder, tiny_model, "exact"),
             make_attack(name, **fast(name)),
             x,
             y,
@@ -70,11 +73,14 @@ def test_results_do_not_depend_on_the_batch_size(tiny_model, tiny_batch, small_s
             seed=3,
             batch_size=size,
         )  # fmt: skip
-        for size in (12, 5, "auto")
-    }
+        widest[size] = recorder.widest_step if size == "auto" else recorder.widest
     whole = runs[12]
-    assert runs[5].extra["batch_size"]["chunks"] == 3
-    assert runs["auto"].extra["batch_size"]["chunks"] > 1  # the climb really chunked the run
+    assert widest[12] == 12 and widest[5] <= 5  # no pass (steps, checks) on more rows than the size given
+    assert widest["auto"] < 12  # the climb really split the run's steps (its checks run at the inference size)
+    windowed = make_attack(name).windowed
+    assert runs[5].extra["batch_size"]["mode"] == ("window" if windowed else "chunks")
+    if not windowed:
+        assert runs[5].extra["batch_size"]["chunks"] == 3
     for size, other in runs.items():
         for field in ("x_adv", "success", "pred", "backward_counts"):
             a, b = getattr(other, field), getattr(whole, field)
@@ -89,7 +95,7 @@ def test_a_given_size_bounds_every_forward_pass_of_the_run(tiny_model, tiny_batc
     result = run_attack(model, "pgd", x, y, eps=0.1, steps=3, batch_size=4)
     assert widest.widest <= 4  # the clean check, the steps and the re-check
     assert result.extra["batch_size"] == {
-        "requested": 4, "chosen": 4, "how": "given", "chunks": 3, "ms_per_sample_step": {}
+        "requested": 4, "chosen": 4, "how": "given", "mode": "window", "chunks": 1, "steps": 9, "ms_per_sample_step": {}
     }  # fmt: skip
 
 
@@ -250,6 +256,7 @@ def test_cli_batch_size_is_recorded_and_checked(tmp_path):
     )
     assert done.exit_code == 0, done.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["batch_size"]["requested"] == 8 and summary["batch_size"]["chunks"] == 3
+    assert summary["batch_size"]["requested"] == 8 and summary["batch_size"]["chosen"] == 8
+    assert summary["batch_size"]["mode"] == "window" and summary["batch_size"]["steps"] >= 3 * 20 / 8
     bad = CliRunner().invoke(cli, ["attack", "--model", "cnn", "--eps", "0.1", "--batch-size", "0"])
     assert bad.exit_code == 2 and "--batch-size must be 'auto' or an integer >= 1, got '0'" in bad.output

@@ -40,6 +40,7 @@ class APGD(Attack):
     """
 
     name = "apgd"
+    windowed = True
     accepts_target = False
     steps: int = param(100, ge=1, le=MAX_STEPS, doc="steps per restart")
     restarts: int = param(1, ge=1, le=MAX_RESTARTS, doc="restarts (at most steps x restarts backward passes)")

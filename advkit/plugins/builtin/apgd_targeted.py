@@ -70,6 +70,7 @@ class APGDTargeted(Attack):
     """
 
     name = "apgd_targeted"
+    windowed = True
     targeted = True
     steps: int = param(100, ge=1, le=MAX_STEPS, doc="steps per restart")
     restarts: int = param(1, ge=1, le=MAX_RESTARTS, doc="restarts")

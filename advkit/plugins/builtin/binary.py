@@ -35,6 +35,7 @@ class BinaryPerturbation(Attack):
     """
 
     name = "binary"
+    windowed = True
     value: float | None = param(None, gt=0, doc="the one non-zero value of the perturbation; default the L-inf radius")
     steps: int = param(100, ge=1, le=MAX_STEPS, doc="maximum steps")
     step_size: float | None = param(None, gt=0, doc="step in model units")

@@ -28,6 +28,7 @@ class FGSM(Attack):
     """
 
     name = "fgsm"
+    windowed = True
     warm_startable = False
     step_size: float | None = param(None, gt=0, doc="step in model units; default the L-inf radius")
 

@@ -37,6 +37,7 @@ class Lookalike(Attack):
     """
 
     name = "lookalike"
+    windowed = True
     warm_startable = False
     targeted = True
     beta: float = param(1e-4, ge=0, doc="weight of the MSE to the reference image")

@@ -30,6 +30,7 @@ class Noise(Attack):
     """
 
     name = "noise"
+    windowed = True
     targeted = True
     steps: int = param(100, ge=1, le=MAX_STEPS, doc="maximum steps")
     step_size: float = param(1.0, gt=0, doc="multiple of alpha = 1 / (std(d) + 1e-8)")

@@ -35,6 +35,7 @@ class PGD(Attack):
     """
 
     name = "pgd"
+    windowed = True
     steps: int = param(40, ge=1, le=MAX_STEPS, doc="steps per restart")
     step_size: float | None = param(None, gt=0, doc="step in model units; default 2.5 * eps / steps")
     restarts: int = param(1, ge=1, le=MAX_RESTARTS, doc="random restarts")

@@ -31,6 +31,7 @@ class Targeted(Attack):
     """
 
     name = "targeted"
+    windowed = True
     targeted = True
     steps: int = param(100, ge=1, le=MAX_STEPS, doc="maximum steps")
     step_size: float | None = param(None, gt=0, doc="step in model units; default eps / 20")

@@ -32,6 +32,7 @@ class Untargeted(Attack):
     """
 
     name = "untargeted"
+    windowed = True
     accepts_target = False
     steps: int = param(100, ge=1, le=MAX_STEPS, doc="maximum steps (one forward + one backward pass each)")
     step_size: float | None = param(None, gt=0, doc="step in model units; default eps / 20")

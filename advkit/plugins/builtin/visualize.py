@@ -41,6 +41,7 @@ class Visualize(Attack):
     """
 
     name = "visualize"
+    windowed = True
     warm_startable = False
     targeted = True
     steps: int = param(200, ge=1, le=MAX_STEPS, doc="gradient-ascent iterations")
