@@ -32,7 +32,7 @@ def test_samples_leave_once_successful_and_counts_are_exact(tiny_model, tiny_bat
     x, y = tiny_batch
     problem = make_problem(tiny_model, x, y, eps=0.5)
     f0, b0 = tiny_model.counter.snapshot()
-    out = optimize(problem, update=GradientStep(sign_step, 0.05), objective=cross_entropy, steps=30, early_stop=True)
+    out = optimize(problem, update=GradientStep(sign_step, 0.015), objective=cross_entropy, steps=30, early_stop=True)
     # Per-sample counts add up to exactly what the model saw.
     assert int(out.forward_counts.sum()) == tiny_model.counter.forward - f0
     assert int(out.backward_counts.sum()) == tiny_model.counter.backward - b0
@@ -214,7 +214,7 @@ def test_a_tighter_set_is_optimized_over_while_the_bookkeeping_stays_on_the_prob
     problem = make_problem(tiny_model, x, y, eps=0.2)
     out = optimize(
         problem,
-        update=GradientStep(sign_step, 0.05),
+        update=GradientStep(sign_step, 0.015),
         objective=cross_entropy,
         steps=4,
         early_stop=False,
@@ -226,7 +226,7 @@ def test_a_tighter_set_is_optimized_over_while_the_bookkeeping_stays_on_the_prob
     with pytest.raises(TypeError, match="does not apply to variable='universal'"):
         optimize(
             problem,
-            update=GradientStep(sign_step, 0.05),
+            update=GradientStep(sign_step, 0.015),
             objective=cross_entropy,
             steps=1,
             variable="universal",
@@ -241,3 +241,49 @@ def test_binary_attack_reports_per_sample_passes(tiny_model, tiny_batch):
     result = run_attack(tiny_model, "binary", x, y, eps=0.2, steps=5, budget=5)
     assert result.backward_counts is not None and int(result.backward_counts.max()) <= 5
     assert int(result.backward_counts.sum()) == result.backward_passes
+
+
+class RowsPerCall(torch.nn.Module):
+    """Records the rows of every step (a forward pass that builds a graph), one sample at a time inside."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.step_rows = inner, []
+
+    def forward(self, x):
+        if x.requires_grad:
+            self.step_rows.append(x.shape[0])
+        return torch.cat([self.inner(row) for row in x.split(1)])
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_a_window_refills_as_rows_leave_and_changes_no_result(tiny_model, tiny_batch, adaptive):
+    """With early stopping, restarts and a budget, a window of 4 rows gives every sample the same point, success and
+    passes as stepping all 12 at once, and every step but the last few runs on a full window."""
+    from advkit.adaptive import AdaptiveMomentumStep
+    from advkit.models import ModelAdapter
+
+    x, y = tiny_batch
+    results, rows = {}, {}
+    for window in (None, 4):
+        recorder = RowsPerCall(tiny_model.module)
+        model = ModelAdapter(
+            recorder, name="rows", bounds=(-1.0, 1.0), input_shape=(1, 8, 8), class_names=tiny_model.class_names
+        )
+        problem = make_problem(model, x, y, eps=0.05, budget=10)
+        problem.window = window
+        update = AdaptiveMomentumStep(0.1, 6) if adaptive else GradientStep(sign_step, 0.015)
+        results[window] = optimize(
+            problem, update=update, objective=cross_entropy, steps=6, init="random", restarts=3, early_stop=True
+        )
+        rows[window] = recorder.step_rows
+    whole, windowed = results[None], results[4]
+    assert 0 < int(whole.success.sum()) < 12  # some samples leave early, some use their restarts
+    assert int(whole.backward_counts.max()) == 10  # the budget binds across restarts
+    for field in ("x_adv", "success", "best_objective", "forward_counts", "backward_counts"):
+        assert torch.equal(getattr(windowed, field), getattr(whole, field)), field
+    assert max(rows[4]) == 4 and sum(rows[4]) == int(whole.backward_counts.sum())
+    # the window stays full while samples wait: short steps only where a restart's queue ran dry (at most the 6 steps
+    # of each of the 3 restarts' tails), not a shrinking chunk per 4 samples
+    short = sum(r < 4 for r in rows[4])
+    assert short <= 3 * 6 and len(rows[4]) - short >= 5
