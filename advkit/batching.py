@@ -1,23 +1,25 @@
 """How many samples go through the model at once: a size the user fixes, or one chosen by measurement.
 
-Per-sample attacks run in chunks (attacks that couple a batch's samples, ``per_sample = False``
-such as ``universal``, keep their own batching). ``batch_size="auto"``, the default everywhere,
-chooses the size on the run's own work, so no pass is spent on measuring: the first chunks are
-attacked at growing sizes (32, 48, 72, ... on a CPU; 32, 64, 128, ... on a GPU), each chunk's
-time per sample step is measured (:func:`step_rate`: on a CPU the median time between the
-model's calls, per row; elsewhere the chunk's synchronized time per step), and the climb stops
-at the first size no faster than the best so far; the remaining samples run at the best size (the
-largest within 3% of the fastest).
+Attacks whose model work is all :func:`advkit.engine.optimize` (``windowed = True``, every built-in per-sample
+attack) get the whole batch, and the engine keeps a *window* of that many rows stepping: a row that leaves (fooled,
+out of budget, done) is replaced by the next waiting sample, so every step's batch stays full. Other per-sample
+attacks run in consecutive chunks; attacks that couple a batch's samples (``per_sample = False``, such as
+``universal``) keep their own batching. ``batch_size="auto"``, the default everywhere, chooses the size on the
+run's own work, so no pass is spent on measuring: the window (or the first chunks) grows (32, 48, 72, ... on a CPU;
+32, 64, 128, ... on a GPU), the time per sample step at each size is measured (window: the median time per row
+between :data:`STEPS_PER_SIZE` full steps; chunks: :func:`step_rate` on a CPU, the chunk's synchronized time per
+step elsewhere), and the climb stops at the first size no faster than the best so far; the rest of the run uses the
+best size (the largest within 3% of the fastest).
 A measurement inside the attack sees what a separate probe would miss (the attack's own state
 in the cache next to the model's activations). The choice is cached per model, device, dtype
 and thread count (:func:`cache_key`), so the next run in the process (the next sweep cell, the
 next transfer source) starts at it. Runs of at most :data:`WHOLE_BELOW` samples are attacked
 whole. On a CPU the best size is small (a chunk's working set should stay in cache); on a GPU it
-grows until memory or the samples run out; an out-of-memory error halves it (the runner retries
-the rows, see :mod:`advkit.runner`).
+grows until memory or the samples run out; an out-of-memory error halves it (the runner retries,
+see :mod:`advkit.runner`).
 
-Results do not depend on the chunking: the engine draws random starts per sample
-(:mod:`advkit.rng`) and keeps per-sample budgets, so a sample gets the same result in any chunk
+Results do not depend on the size: the engine draws random starts per sample
+(:mod:`advkit.rng`) and keeps per-sample step counters and budgets, so a sample gets the same result in any window or chunk
 (up to the last-bit differences that batched kernels may show between batch sizes).
 
 Passes without gradients (clean predictions, the runner's re-check, the sweep's checks of
@@ -158,7 +160,8 @@ class ChunkPlan:
         elif n <= WHOLE_BELOW:
             self.size, self.how = n, f"whole batch (runs of at most {WHOLE_BELOW} samples are not measured)"
         else:
-            self.size, self.how, self.measuring = FIRST_SIZE, "measured on this run's first chunks", True
+            first = "steps" if self.mode == "window" else "chunks"
+            self.size, self.how, self.measuring = FIRST_SIZE, f"measured on this run's first {first}", True
 
     def next_size(self, remaining: int) -> int:
         """Rows of the next chunk. A chosen size (not a given one) takes a short tail along: a chunk of fewer than

@@ -5,6 +5,11 @@ active set when they meet the success criterion (if the attack stops early) or e
 budget of backward passes; restarts run again only on samples not yet successful. The engine
 keeps, per sample, the best point seen (successful first, then highest objective).
 
+The batch is a window (``problem.window`` rows; all of them by default) over a queue of (sample, restart) pairs:
+each row carries its own step counter, and a row that leaves (fooled, out of budget, done with its steps) is
+replaced by the next waiting pair at once, so every step runs on a full batch; a sample's next restart joins the
+queue once its last point has been evaluated. Which rows share a step changes no sample's result.
+
 Non-convex sets (binary perturbations) are handled by lazy projection: the engine optimizes a
 latent perturbation in the set's convex relaxation and evaluates the model at its projection
 onto the real set, so every point ever evaluated or returned is feasible.

@@ -18,9 +18,10 @@ Two failure modes are handled here rather than left to plugins:
   seeded with ``seed``. ``result.extra["oom_retries"]`` counts the halvings; the passes of a chunk
   that ran out of memory are not in the counts (they produced nothing).
 
-Per-sample attacks run in chunks of ``batch_size`` samples (a number, or ``"auto"``: chosen on
-the run's first chunks, see :mod:`advkit.batching`; ``result.extra["batch_size"]`` says what was
-used). Since the engine draws its random starts per sample (see :mod:`advkit.rng`), the result
+Per-sample attacks see at most ``batch_size`` samples at once (a number, or ``"auto"``: chosen on
+the run's first steps, see :mod:`advkit.batching`; ``result.extra["batch_size"]`` says what was
+used): a ``windowed`` attack gets the whole batch and the engine steps a refilled window of that many
+rows (out of memory: the window halves and the run starts again); any other attack gets chunks. Since the engine draws its random starts per sample (see :mod:`advkit.rng`), the result
 equals that of an unsplit run, up to the floating-point differences batched kernels may show
 between batch sizes; the pass counts are the sums over the chunks. Attacks that couple the
 samples of a batch (``per_sample = False``, e.g. ``universal``) run whole and are never split:
@@ -175,7 +176,7 @@ def run_attack(
     ``budget`` caps backward passes per sample. ``seed`` seeds the attack's own generator; the
     global RNG is not touched. ``start`` warm-starts the attack (same shape as ``x``, e.g. the
     result of a smaller eps); attacks with ``warm_startable = False`` ignore it. ``batch_size``: samples per
-    chunk of a per-sample attack, an integer or ``"auto"`` (chosen on the run's first chunks and cached, see
+    chunk of a per-sample attack, an integer or ``"auto"`` (chosen on the run's first steps and cached, see
     :mod:`advkit.batching`; the result does not depend on it). On out-of-memory errors a chunk is split in
     halves (see the module docstring).
     """
@@ -211,9 +212,10 @@ def run_attack(
     warm = _warm_start(attack, start, x)
     check_outputs(model, x)
     n = x.shape[0]
-    plan = ChunkPlan(model, batch_size, n, splittable=getattr(attack, "per_sample", True))
-    if plan.splittable and getattr(attack, "windowed", False):
-        plan.mode = "window"  # one problem; the engine keeps plan.size rows stepping and refills them
+    splittable = getattr(attack, "per_sample", True)
+    # windowed: one problem, the engine keeps plan.size rows stepping and refills them; else the runner chunks
+    mode = "window" if splittable and getattr(attack, "windowed", False) else "chunks"
+    plan = ChunkPlan(model, batch_size, n, splittable=splittable, mode=mode)
     with model.eval_mode():
         job = _Job(model, attack, x, y, targets, constraint, criterion, budget, seed, warm)
         pieces, retries, lost = _attack_in_chunks(job, plan)
@@ -373,7 +375,9 @@ def _attack_rows(job: _Job, begin: int, stop: int, window: ChunkPlan | None = No
         window=window,
     )
     size = x_rows.shape[0] if window is None else inference_batch_size(model, window.requested)
-    clean = chunked(model.logits, x_rows, size)  # what the model says before the attack (outside the counter; OOM-split with the rows)
+    clean = chunked(
+        model.logits, x_rows, size
+    )  # what the model says before the attack (outside the counter; OOM-split with the rows)
     clean_correct = (clean.argmax(1) == problem.y) & finite_rows(clean)
     forward0, backward0 = model.counter.snapshot()
     clock = time.perf_counter()
@@ -382,7 +386,9 @@ def _attack_rows(job: _Job, begin: int, stop: int, window: ChunkPlan | None = No
         torch.cuda.synchronize(x.device)  # the clock stops when the work is done, not when it is queued
     seconds = time.perf_counter() - clock
     x_adv = _enforce_threat_model(x_rows, x_adv, constraint)
-    logits = chunked(model.logits, x_adv, size)  # the independent re-check: a fresh pass on advkit's own copy, outside the counter
+    logits = chunked(
+        model.logits, x_adv, size
+    )  # the independent re-check: a fresh pass on advkit's own copy, outside the counter
     forward = model.counter.forward - forward0
     backward = model.counter.backward - backward0
     per_sample = _per_sample_backward(problem, backward)

@@ -103,7 +103,7 @@ def test_auto_attacks_small_runs_whole_and_caches_what_it_measured(tiny_model, t
     x, y = tiny_batch
     first = run_attack(tiny_model, "pgd", x, y, eps=0.1, steps=3)
     info = first.extra["batch_size"]
-    assert info["requested"] == "auto" and info["how"] == "measured on this run's first chunks"
+    assert info["requested"] == "auto" and info["how"] == "measured on this run's first steps"
     rates = {int(k): v for k, v in info["ms_per_sample_step"].items()}
     fastest = min(rates.values())
     # the largest measured size within the tie margin of the fastest (ms are rounded to 4 places in the summary)

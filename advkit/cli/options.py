@@ -128,8 +128,8 @@ def batch_size_option(command: Callable) -> Callable:
         type=BatchSizeParamType(),
         default="auto",
         show_default=True,
-        help="Samples per chunk through the model (attacks, checks, selection): a number, or auto "
-        "(measured on the run's first chunks, cached per model, device and thread count).",
+        help="Samples through the model at once (attack steps, checks, selection): a number, or auto "
+        "(measured on the run's first steps, cached per model, device and thread count).",
     )(command)
 
 
