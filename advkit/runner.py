@@ -385,7 +385,7 @@ def _attack_rows(job: _Job, begin: int, stop: int, window: ChunkPlan | None = No
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)  # the clock stops when the work is done, not when it is queued
     seconds = time.perf_counter() - clock
-    x_adv = _enforce_threat_model(x_rows, x_adv, constraint)
+    x_adv = _enforce_threat_model_in_chunks(x_rows, x_adv, constraint, size)
     logits = chunked(
         model.logits, x_adv, size
     )  # the independent re-check: a fresh pass on advkit's own copy, outside the counter
@@ -470,6 +470,20 @@ def _per_sample_backward(problem: Problem, total: int) -> Tensor | None:
     if counts is None or int(counts.sum()) != total:
         return None  # the attack spent passes outside the engine: only the total is known
     return counts.detach().cpu()
+
+
+def _enforce_threat_model_in_chunks(x: Tensor, x_adv: Tensor, constraint: Constraint, size: int) -> Tensor:
+    """:func:`_enforce_threat_model` on chunks of ``size`` rows (the projection's temporaries stay a chunk's size)."""
+    n = x.shape[0]
+    if n <= size or not isinstance(x_adv, Tensor) or x_adv.shape != x.shape:
+        return _enforce_threat_model(x, x_adv, constraint)
+    parts = []
+    for begin in range(0, n, size):
+        rows = torch.arange(begin, min(begin + size, n), device=x.device)
+        parts.append(
+            _enforce_threat_model(x[begin : begin + size], x_adv[begin : begin + size], select(constraint, rows))
+        )
+    return torch.cat(parts)
 
 
 def _enforce_threat_model(x: Tensor, x_adv: Tensor, constraint: Constraint) -> Tensor:

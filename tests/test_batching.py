@@ -260,3 +260,26 @@ def test_cli_batch_size_is_recorded_and_checked(tmp_path):
     assert summary["batch_size"]["mode"] == "window" and summary["batch_size"]["steps"] >= 3 * 20 / 8
     bad = CliRunner().invoke(cli, ["attack", "--model", "cnn", "--eps", "0.1", "--batch-size", "0"])
     assert bad.exit_code == 2 and "--batch-size must be 'auto' or an integer >= 1, got '0'" in bad.output
+
+
+def test_the_threat_model_is_enforced_chunk_by_chunk_with_each_samples_own_radius(tiny_model, tiny_batch):
+    """An attack that returns points far outside the set gets them projected per sample, in chunks of the batch size,
+    each chunk onto its own samples' radii (a chunk must not take another chunk's radii)."""
+    from dataclasses import dataclass
+
+    from advkit.attack import Attack
+
+    @dataclass(kw_only=True)
+    class Overshoot(Attack):
+        name = "overshoot"
+        windowed = True  # the runner hands it the whole batch and enforces the set in chunks afterwards
+
+        def run(self, problem):
+            return problem.x + 5.0
+
+    x, y = tiny_batch
+    radii = torch.linspace(0.01, 0.3, x.shape[0])
+    result = run_attack(tiny_model, Overshoot(), x, y, constraint=LinfBall(radii), batch_size=5)
+    reached = (result.x_adv - x).flatten(1).abs().amax(1)
+    expected = torch.minimum(radii, (1.0 - x).flatten(1).amax(1))  # the box [-1, 1] may cut the step first
+    assert torch.allclose(reached, expected, atol=1e-6)
