@@ -171,15 +171,12 @@ def optimize(
     window = _Window(problem.window, n)
     observe = getattr(update, "observe", None)
     queue: deque[tuple[Tensor, int]] = deque()  # (samples, restart) waiting for a place in the window
-    queued = 0
 
     def enqueue(idx: Tensor, restart: int) -> None:
-        nonlocal queued
         if budget is not None:
             idx = idx[backward[idx] < budget]
         if idx.numel():
             queue.append((idx, restart))
-            queued += idx.numel()
 
     def evaluate(
         idx: Tensor,
@@ -257,7 +254,7 @@ def optimize(
     restart_of_row = torch.zeros(0, dtype=torch.long, device=device)
     first_restart_only = True  # every active row is in its first restart (the history records those)
     whole = False  # the active rows are the whole batch in order: skip gathers and scatters
-    finishing: dict[int, int] = {}  # iteration -> rows admitted together that take their last step then
+    finishing: set[int] = set()  # iterations after which rows admitted together have taken their last step
     iteration = 0
     feasible_i = search_i = feasible
     while True:
@@ -269,7 +266,6 @@ def optimize(
                 if group.numel() > free:
                     queue.appendleft((group[free:], restart))
                     group = group[:free]
-                queued -= group.numel()
                 free -= group.numel()
                 groups.append((group, restart))
             new_idx = torch.cat([g for g, _ in groups])
@@ -286,7 +282,7 @@ def optimize(
             x_i, y_i = (x, y) if whole else (x[idx], y[idx])
             t_i = target if (whole or target is None) else target[idx]
             feasible_i, search_i = (feasible, search) if whole else (select(feasible, idx), select(search, idx))
-            finishing[iteration + steps] = finishing.get(iteration + steps, 0) + new_idx.numel()
+            finishing.add(iteration + steps)
         if idx.numel() == 0 or steps == 0:
             if steps == 0 and idx.numel():  # no step to take: every admitted row is evaluated as it stands
                 pending.append((idx, delta, restart_of_row))
@@ -333,7 +329,7 @@ def optimize(
             unevaluated = out_of_budget if leave is None else out_of_budget & ~leave
             leave = out_of_budget if leave is None else leave | out_of_budget
         if finished:
-            finishing.pop(iteration)
+            finishing.discard(iteration)
             done = taken >= steps
             last = done if leave is None else done & ~leave
             unevaluated = last if unevaluated is None else unevaluated | last
@@ -369,7 +365,6 @@ class _Window:
     ``window_size()`` and ``step_began(rows)``, e.g. :class:`advkit.batching.ChunkPlan`, which measures sizes)."""
 
     def __init__(self, window: Any, n: int) -> None:
-        self.n = n
         self.plan = window if hasattr(window, "window_size") else None
         self.fixed = n if window is None or self.plan is not None else max(1, int(window))
 

@@ -175,10 +175,10 @@ def run_attack(
     always applies. ``confidence`` overrides the attack's default success confidence.
     ``budget`` caps backward passes per sample. ``seed`` seeds the attack's own generator; the
     global RNG is not touched. ``start`` warm-starts the attack (same shape as ``x``, e.g. the
-    result of a smaller eps); attacks with ``warm_startable = False`` ignore it. ``batch_size``: samples per
-    chunk of a per-sample attack, an integer or ``"auto"`` (chosen on the run's first steps and cached, see
-    :mod:`advkit.batching`; the result does not depend on it). On out-of-memory errors a chunk is split in
-    halves (see the module docstring).
+    result of a smaller eps); attacks with ``warm_startable = False`` ignore it. ``batch_size``: the most samples a
+    per-sample attack steps at once (its window or chunk), an integer or ``"auto"`` (chosen on the run's first steps and cached, see
+    :mod:`advkit.batching`; the result does not depend on it). On out-of-memory errors the window or chunk is
+    halved (see the module docstring).
     """
     model = load_model(model) if isinstance(model, str) else model
     if not isinstance(model, ModelAdapter):
@@ -375,9 +375,8 @@ def _attack_rows(job: _Job, begin: int, stop: int, window: ChunkPlan | None = No
         window=window,
     )
     size = x_rows.shape[0] if window is None else inference_batch_size(model, window.requested)
-    clean = chunked(
-        model.logits, x_rows, size
-    )  # what the model says before the attack (outside the counter; OOM-split with the rows)
+    # what the model says before the attack (outside the counter; OOM-split with the rows)
+    clean = chunked(model.logits, x_rows, size)
     clean_correct = (clean.argmax(1) == problem.y) & finite_rows(clean)
     forward0, backward0 = model.counter.snapshot()
     clock = time.perf_counter()
@@ -386,9 +385,8 @@ def _attack_rows(job: _Job, begin: int, stop: int, window: ChunkPlan | None = No
         torch.cuda.synchronize(x.device)  # the clock stops when the work is done, not when it is queued
     seconds = time.perf_counter() - clock
     x_adv = _enforce_threat_model_in_chunks(x_rows, x_adv, constraint, size)
-    logits = chunked(
-        model.logits, x_adv, size
-    )  # the independent re-check: a fresh pass on advkit's own copy, outside the counter
+    # the independent re-check: a fresh pass on advkit's own copy, outside the counter
+    logits = chunked(model.logits, x_adv, size)
     forward = model.counter.forward - forward0
     backward = model.counter.backward - backward0
     per_sample = _per_sample_backward(problem, backward)

