@@ -85,6 +85,13 @@ __all__ = ["evaluate_main", "train_main"]
     default=None,
     help="Adversarial training: PGD step size [default: 2.5 * adv-eps / adv-steps].",
 )
+@click.option(
+    "--adv-warmup",
+    type=click.IntRange(min=0),
+    default=DEFAULTS["adv_warmup"],
+    show_default=True,
+    help="Adversarial training: epochs over which eps (and the step size) ramp linearly from 0 to --adv-eps.",
+)
 @click.option("--name", default=None, help="Name of the written weights and manifest entry [default: the model].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_main(
@@ -106,6 +113,7 @@ def train_main(
     adv_eps: float,
     adv_steps: int,
     adv_step_size: float | None,
+    adv_warmup: int,
     name: str | None,
     quiet: bool,
 ) -> None:
@@ -116,7 +124,7 @@ def train_main(
             batch_size=batch_size,
             max_shift=max_shift, max_rotation=max_rotation, max_scale=max_scale, weight_decay=weight_decay,
             threads=threads, limit=limit, device=device, progress=not quiet, adv_eps=adv_eps, adv_steps=adv_steps,
-            adv_step_size=adv_step_size, name=name,
+            adv_step_size=adv_step_size, adv_warmup=adv_warmup, name=name,
         )  # fmt: skip
     except AdvkitError as error:
         raise click.UsageError(str(error)) from None

@@ -41,6 +41,7 @@ __all__ = [
     "MODEL_NAMES",
     "S6_MODEL_NAMES",
     "BinarizedTable2CNN",
+    "MadryMNIST",
     "S6CNN",
     "Sign",
     "SignSTE",
@@ -221,6 +222,33 @@ class S6CNN(nn.Module):
         return self.fc2(self.features(x))
 
 
+class MadryMNIST(nn.Module):
+    """The MadryLab MNIST challenge architecture for 1x28x28 inputs in [-1, 1]; outputs logits.
+
+    conv1 (5x5, 32, padding 2) -> ReLU -> 2x2 max-pool -> conv2 (5x5, 64, padding 2) -> ReLU -> 2x2 max-pool ->
+    fc1 (3136 -> 1024) -> ReLU -> fc2 (1024 -> num_classes), as in Madry et al., 2018 (github.com/MadryLab/
+    mnist_challenge, ``model.py``: "SAME" convolutions, so 28 -> 14 -> 7).
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=5, padding=2)
+        self.act1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=5, padding=2)
+        self.act2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(64 * 7 * 7, 1024)
+        self.act3 = nn.ReLU()
+        self.fc2 = nn.Linear(1024, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.act1(self.conv1(x)))
+        x = self.pool2(self.act2(self.conv2(x)))
+        return self.fc2(self.act3(self.fc1(torch.flatten(x, 1))))
+
+
 def set_straight_through(model: nn.Module, straight_through: bool) -> nn.Module:
     """Set the backward mode of every :class:`Sign` in ``model`` (in place); returns ``model``."""
     for m in model.modules():
@@ -234,6 +262,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "bnn": BinarizedTable2CNN,
     "s6": S6CNN,
     "s6bn": lambda **kw: S6CNN(batchnorm=True, **kw),
+    "madry": MadryMNIST,
 }
 #: The S1 zoo models ("cnn", "bnn"), each with committed weights of the same name.
 MODEL_NAMES: tuple[str, ...] = ("cnn", "bnn")
@@ -247,7 +276,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a fresh (randomly initialised) zoo architecture by name.
 
     ``"cnn"`` -> :class:`Table2CNN`, ``"bnn"`` -> :class:`BinarizedTable2CNN`, ``"s6"`` ->
-    :class:`S6CNN`, ``"s6bn"`` -> :class:`S6CNN` with ``batchnorm=True``; ``kwargs`` go to
+    :class:`S6CNN`, ``"s6bn"`` -> :class:`S6CNN` with ``batchnorm=True``, ``"madry"`` -> :class:`MadryMNIST`; ``kwargs`` go to
     the constructor (e.g. ``num_classes``, or ``straight_through`` for "bnn").
     Initialisation uses torch's global RNG (seed it with :func:`torch.manual_seed`).
     """

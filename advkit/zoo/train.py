@@ -104,6 +104,7 @@ DEFAULTS: dict[str, Any] = {
     "threads": 2,
     "adv_eps": 0.0,
     "adv_steps": 5,
+    "adv_warmup": 0,
 }
 
 _ARCHITECTURES = {
@@ -114,6 +115,8 @@ _ARCHITECTURES = {
     "logits out)",
     "s6": "advkit.zoo.architectures.S6CNN (S6: conv3x3x32 s1 p1 - ReLU - maxpool2 - conv3x3x32 s1 p1 - ReLU - "
     "maxpool2 - fc500 - ReLU - fc10, logits out)",
+    "madry": "advkit.zoo.architectures.MadryMNIST (MadryLab MNIST challenge: conv5x5x32 p2 - ReLU - maxpool2 - "
+    "conv5x5x64 p2 - ReLU - maxpool2 - fc1024 - ReLU - fc10, logits out)",
     "s6bn": "advkit.zoo.architectures.S6CNN(batchnorm=True) (S6 with BatchNorm2d after each conv, before its ReLU: "
     "conv3x3x32 - BN - ReLU - maxpool2 - conv3x3x32 - BN - ReLU - maxpool2 - fc500 - ReLU - fc10, logits out)",
 }
@@ -123,6 +126,8 @@ _NOTES = {
     "Activations binarized to +-1, weights real; same state_dict keys as cnn; no BatchNorm. "
     "load_zoo_module('bnn', straight_through=False) gives the true (zero) gradient of sign: gradient masking. ",
     "s6": "Input: float32 (N, 1, 28, 28) in [-1, 1] (pixel / 127.5 - 1); output: 10 logits. ",
+    "madry": "Input: float32 (N, 1, 28, 28) in [-1, 1] (pixel / 127.5 - 1); output: 10 logits. "
+    "eps 0.3 on the 0-1 scale is 0.6 in these units. ",
     "s6bn": "Input: float32 (N, 1, 28, 28) in [-1, 1] (pixel / 127.5 - 1); output: 10 logits. "
     "BatchNorm uses its running statistics in eval mode (load_zoo_module returns the model in eval mode). ",
 }
@@ -291,6 +296,7 @@ def _command(
     adv_steps: int = DEFAULTS["adv_steps"],
     adv_step_size: float | None = None,
     name: str | None = None,
+    adv_warmup: int = 0,
 ) -> str:
     parts = [
         "python", "-m", "advkit.zoo.train",
@@ -313,6 +319,8 @@ def _command(
     if adv_eps:  # standard training (the default) adds nothing, so older commands are unchanged
         parts += ["--adv-eps", repr(float(adv_eps)), "--adv-steps", str(adv_steps)]
         parts += ["--adv-step-size", repr(float(adv_step_size))]
+        if adv_warmup:  # no warm-up (the default) adds nothing, so older commands are unchanged
+            parts += ["--adv-warmup", str(adv_warmup)]
     if name is not None and name != model_name:
         parts += ["--name", name]
     if out_dir.resolve() == WEIGHTS_DIR.resolve():
@@ -349,6 +357,7 @@ def train_model(
     adv_eps: float = DEFAULTS["adv_eps"],
     adv_steps: int = DEFAULTS["adv_steps"],
     adv_step_size: float | None = None,
+    adv_warmup: int = DEFAULTS["adv_warmup"],
     name: str | None = None,
     pgd_eval: bool | None = None,
 ) -> TrainResult:
@@ -379,14 +388,17 @@ def train_model(
         adv_eps: > 0: adversarial training (S13): every batch is replaced by :func:`pgd_linf`
             examples of L-inf radius ``adv_eps`` (model units), 100% adversarial; 0: standard.
         adv_steps, adv_step_size: PGD steps and step size (default ``2.5 * adv_eps / adv_steps``).
+        adv_warmup: epochs over which the radius and the step size ramp linearly (per step) from 0 to ``adv_eps``
+            and ``adv_step_size`` (0: the full radius from the first batch). Large radii (MNIST at 0.3 on the 0-1
+            scale) often fail to train from scratch without it.
         name: name of the written weights, curves and manifest entry (default ``model_name``).
         pgd_eval: add clean/PGD top-1/top-5 on the held-out digits to the manifest entry
             (:func:`advkit.zoo.evaluate.zoo_metrics`); default: for the S6 architectures only.
     """
     if model_name not in ARCHITECTURE_NAMES:
         raise ValueError(f"unknown model name {model_name!r}; valid names: {', '.join(map(repr, ARCHITECTURE_NAMES))}")
-    if adv_eps < 0 or adv_steps < 1:
-        raise ValueError("adv_eps must be >= 0 and adv_steps >= 1")
+    if adv_eps < 0 or adv_steps < 1 or adv_warmup < 0:
+        raise ValueError("adv_eps must be >= 0, adv_steps >= 1 and adv_warmup >= 0")
     if adv_eps and adv_step_size is None:
         adv_step_size = 2.5 * adv_eps / adv_steps
     name = model_name if name is None else name
@@ -441,7 +453,11 @@ def train_model(
             xb = augment(x_train[bi])
             yb = y_train[bi]
             if adv_eps:
-                xb = pgd_linf(model, xb, yb, eps=adv_eps, steps=adv_steps, step_size=adv_step_size, generator=gen)
+                done = (epoch - 1) * steps_per_epoch + i // batch_size + 1  # this batch's step, 1-based
+                ramp = min(1.0, done / (adv_warmup * steps_per_epoch)) if adv_warmup else 1.0
+                xb = pgd_linf(
+                    model, xb, yb, eps=ramp * adv_eps, steps=adv_steps, step_size=ramp * adv_step_size, generator=gen
+                )
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
@@ -488,7 +504,7 @@ def train_model(
     command = _command(
         model_name, epochs=epochs, seed=seed, source=resolved_source, lr=lr, batch_size=batch_size, max_shift=max_shift,
         max_rotation=max_rotation, max_scale=max_scale, weight_decay=weight_decay, threads=threads, limit=limit,
-        device=device, out_dir=out, adv_eps=adv_eps, adv_steps=adv_steps, adv_step_size=adv_step_size, name=name,
+        device=device, out_dir=out, adv_eps=adv_eps, adv_steps=adv_steps, adv_step_size=adv_step_size, name=name, adv_warmup=adv_warmup,
     )  # fmt: skip
     entry = {
         "file": weights_path.name,
@@ -547,6 +563,10 @@ def train_model(
             "units": "model units, inputs in [-1, 1]",
             "steps": adv_steps,
             "step_size": adv_step_size,
+            "warmup_epochs": adv_warmup,
+            "warmup": "eps and step size ramp linearly per step from 0 over the warm-up epochs"
+            if adv_warmup
+            else "none",
             "random_start": "uniform in the eps ball",
             "projection": "eps ball, then [-1, 1]",
             "model_mode_while_crafting": "eval",

@@ -1,0 +1,1 @@
+"""Built-in plugin: ddn (being written)."""

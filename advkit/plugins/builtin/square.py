@@ -1,0 +1,1 @@
+"""Built-in plugin: square (being written)."""
