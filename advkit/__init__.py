@@ -28,6 +28,7 @@ _EXPORTS = {
     "load_model": "advkit.model_specs",
     "wrap": "advkit.model_specs",
     "load_dataset": "advkit.datasets",
+    "evaluate": "advkit.evaluation",
 }
 
 __all__ = ["__version__", "hookimpl", *_EXPORTS]

@@ -47,6 +47,12 @@ class Attack:
         validate(self)  # every field's declared type and range, whichever way the values came in
 
     @property
+    def requires_target(self) -> bool:
+        """Does this configured attack need target classes? ``targeted``, unless a parameter makes it pick its own
+        (``apgd_targeted`` with ``targets="malt"`` attacks untargeted, choosing its targets per sample)."""
+        return self.targeted
+
+    @property
     def success_confidence(self) -> float:
         """Probability the predicted (wrong or target) class needs for success; an attack's
         ``confidence`` field sets it, otherwise any misclassification counts."""

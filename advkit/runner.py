@@ -194,7 +194,7 @@ def run_attack(
     check_inputs(model, x)
     check_labels(model, y, x.shape[0])
     y = y.to(x.device)
-    if attack.targeted and target is None:
+    if attack.requires_target and target is None:
         raise ParameterError(f"attack {attack.name!r} is targeted: give a target class")
     if target is not None and not attack.accepts_target:
         raise ParameterError(

@@ -92,7 +92,7 @@ def _attack(attack: type[Attack] | Attack, **params) -> Attack:
 def _run(model, attack, x, y, constraint, seed=5):
     from advkit.runner import run_attack
 
-    target = (y + 3) % 10 if attack.targeted else None
+    target = (y + 3) % 10 if attack.requires_target else None
     return run_attack(model, attack, x, y, constraint=constraint, target=target, seed=seed)
 
 

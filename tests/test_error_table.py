@@ -955,7 +955,7 @@ API = [
         "unknown attack",
         lambda tmp: registry.get_attack("nope"),
         UnknownNameError,
-        "unknown attack 'nope'; valid attacks: .*binary, fgsm",
+        "unknown attack 'nope'; valid attacks: .*binary, .*fgsm",
     ),
     (
         "unknown model",

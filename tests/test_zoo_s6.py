@@ -162,7 +162,7 @@ def test_plugin_registers_model_specs(manifest: dict) -> None:
 
     specs: list[ModelSpec] = []
     mnist_s6_models.register_models(specs.append)
-    assert [s.name for s in specs] == [n for n in S6_WEIGHTS if n in manifest]
+    assert [s.name for s in specs] == [n for n in (*S6_WEIGHTS, "madry_adv") if n in manifest]
     assert mnist_s6_models._adapter is mnist_models._adapter  # reused, not copied
     for spec in specs:
         adapter = spec.load()

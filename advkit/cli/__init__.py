@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from advkit import __version__
-from advkit.cli import attack, listings, studies, sweep, transfer
+from advkit.cli import attack, evaluate, listings, studies, sweep, transfer
 
 #: Set to 1 to see the Python traceback of an unexpected error instead of the one-line message.
 TRACEBACK_ENV = "ADVKIT_TRACEBACK"
@@ -103,7 +103,7 @@ def _add_threads_option(command: click.Command) -> None:
     )
 
 
-for _module in (listings, attack, studies, transfer, sweep):
+for _module in (listings, attack, studies, transfer, sweep, evaluate):
     for _command in _module.COMMANDS:
         _add_threads_option(_command)
         cli.add_command(_command)

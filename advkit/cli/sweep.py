@@ -113,9 +113,6 @@ def sweep_command(
 
     for name in attack_names:
         registry.get_attack(name)
-    targeted = [a for a in attack_names if registry.get_attack(a).obj.targeted]
-    if targeted:
-        raise click.UsageError(f"sweeps run untargeted attacks; {', '.join(targeted)} need a target class")
     check_confidence(confidence)
     known = registry.constraints()  # built-ins and plugin sets
     unknown = [c.strip() for c in constraint_names.split(",") if c.strip() and c.strip() not in known]
@@ -126,8 +123,18 @@ def sweep_command(
     torch_device(device)
     eps = parse_eps_list(eps_values, _eps_item)
     attack_params = split_params(params, list(attack_names), parse_params)
-    for name in attack_names:  # every attack's parameters checked before any model is loaded or --out touched
-        registry.get_attack(name).obj(**attack_params.get(name, {}))
+    # every attack's parameters checked before any model is loaded or --out touched
+    configured = {name: registry.get_attack(name).obj(**attack_params.get(name, {})) for name in attack_names}
+    targeted = [name for name, attack in configured.items() if attack.requires_target]
+    if targeted:
+        raise click.UsageError(
+            f"sweeps run untargeted attacks; {', '.join(targeted)} need a target class"
+            + (
+                " (apgd_targeted picks its own with -p apgd_targeted.targets=malt)"
+                if "apgd_targeted" in targeted
+                else ""
+            )
+        )
     from advkit.cli.options import LEGACY_DATA
 
     spec = SweepSpec(

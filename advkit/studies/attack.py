@@ -141,7 +141,7 @@ def attack_study(
     target_index = None if target is None else resolve_class(names, target, what="--target")
     if target_index is not None and target_index == label_index:
         raise ParameterError(f"--target {target_index} equals the true label --label {label_index}")
-    if attack.targeted and target_index is None:
+    if attack.requires_target and target_index is None:
         raise ParameterError(f"attack {attack.name!r} is targeted: give --target")
     if target_index is not None and not attack.accepts_target:
         raise ParameterError(

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 import advkit
 from advkit.adaptive import step_for
 from advkit.attack import Attack
-from advkit.engine import Problem, optimize
+from advkit.engine import EngineResult, Problem, optimize, stream_seed
+from advkit.errors import ParameterError
 from advkit.objectives import logit_margin, negative_target_cross_entropy
 from advkit.params import MAX_RESTARTS, MAX_STEPS, param
+from advkit.targets import TARGET_RANKINGS, rank_targets
 
 
 def target_margin(logits: Tensor, y: Tensor, target: Tensor | None = None, x_adv=None, x=None) -> Tensor:
@@ -67,10 +70,12 @@ class APGDTargeted(Attack):
         rho (float, 0.75): halve eta at a checkpoint if the loss rose in fewer than this share of steps.
         loss (str, "ce+margin"): "ce+margin", "dlr", "ce" or "margin".
         confidence (float, 0.0): success needs the target at probability >= this.
+        targets (str, "given"): "given" (the run's target classes), or pick them per sample: "malt" or "logits".
+        top_k (int, 3): with targets "malt"/"logits", how many of each sample's ranked classes are attacked.
+        candidates (int, 9): with targets "malt", how many top-logit wrong classes MALT ranks (1 backward each).
     """
 
     name = "apgd_targeted"
-    windowed = True
     targeted = True
     steps: int = param(100, ge=1, le=MAX_STEPS, doc="steps per restart")
     restarts: int = param(1, ge=1, le=MAX_RESTARTS, doc="restarts")
@@ -81,8 +86,29 @@ class APGDTargeted(Attack):
     )
     loss: str = param("ce+margin", choices=lambda: LOSSES, doc="the targeted loss descended")
     confidence: float = param(0.0, ge=0, lt=1, doc="success needs the target at probability >= this")
+    targets: str = param("given", choices=("given", *TARGET_RANKINGS), doc="target classes: given, malt or logits")
+    top_k: int = param(3, ge=1, le=1000, doc="ranked targets attacked per sample (targets malt/logits)")
+    candidates: int = param(9, ge=1, le=1000, doc="top-logit wrong classes MALT ranks (targets malt)")
+
+    @property
+    def requires_target(self) -> bool:
+        return self.targets == "given"
+
+    @property
+    def windowed(self) -> bool:  # type: ignore[override]  # ranking targets is model work outside optimize()
+        return self.targets == "given"
 
     def run(self, problem: Problem) -> Tensor:
+        if self.targets == "given":
+            return self._attack(problem).x_adv
+        if problem.target is not None:
+            raise ParameterError(
+                f"apgd_targeted with targets={self.targets!r} picks its own target classes; give no target "
+                "(or targets='given' to attack the given ones)"
+            )
+        return self._attack_ranked_targets(problem)
+
+    def _attack(self, problem: Problem) -> EngineResult:
         update = step_for(problem, self.initial_step, self.steps, self.alpha, self.rho)
         return optimize(
             problem,
@@ -92,7 +118,47 @@ class APGDTargeted(Attack):
             init="zeros",
             restarts=self.restarts,
             early_stop=True,
-        ).x_adv
+        )
+
+    def _attack_ranked_targets(self, problem: Problem) -> Tensor:
+        """Untargeted: each sample's ranked classes in turn, each only on samples the earlier ones did not fool."""
+        ranked = rank_targets(problem, self.targets, self.candidates if self.targets == "malt" else self.top_k)
+        x_adv = problem.x.clone()
+        fooled = torch.zeros(problem.n, dtype=torch.bool, device=problem.x.device)
+        base = stream_seed(problem.generator)  # one draw, whatever number of targets runs: batch-independent seeds
+        for rank in range(min(self.top_k, ranked.shape[1])):
+            idx = (~fooled).nonzero().squeeze(1)
+            if problem.budget is not None:
+                idx = idx[problem.backward_counts[idx] < problem.budget]
+            if not len(idx):
+                break
+            generator = None
+            if base is not None:
+                generator = torch.Generator(device=problem.x.device).manual_seed((base + rank) % 2**62)
+            sub = Problem(
+                model=problem.model,
+                x=problem.x[idx],
+                y=problem.y[idx],
+                constraint=problem.constraint.select(idx)
+                if hasattr(problem.constraint, "select")
+                else problem.constraint,
+                criterion=problem.criterion,
+                target=ranked[idx, rank],
+                budget=problem.budget,
+                generator=generator,
+                backward_counts=problem.backward_counts[idx].clone(),
+                start=None if problem.start is None else problem.start[idx],
+            )
+            result = self._attack(sub)
+            problem.backward_counts[idx] = sub.backward_counts
+            if sub.nonfinite_counts is not None:
+                if problem.nonfinite_counts is None:
+                    problem.nonfinite_counts = torch.zeros_like(problem.backward_counts)
+                problem.nonfinite_counts[idx] += sub.nonfinite_counts
+            success = result.success  # the engine's claim on its own evaluated points; the runner re-checks
+            x_adv[idx] = torch.where(success.view(-1, *([1] * (x_adv.dim() - 1))), result.x_adv, x_adv[idx])
+            fooled[idx] = success
+        return x_adv
 
 
 @advkit.hookimpl

@@ -3,6 +3,9 @@
 * ``s6`` -- model A: the standard S6 CNN.
 * ``s6_adv`` -- model B: the same S6 CNN adversarially trained (S13, Madry-style PGD-5 at
   L-inf eps 0.3 in [-1, 1] units, i.e. 0.15 on the 0-1 scale).
+* ``madry_adv`` -- the MadryLab MNIST challenge architecture adversarially trained at L-inf eps 0.3 on the 0-1
+  scale (0.6 in [-1, 1] units; PGD-7, 40 epochs, eps ramped up over the first 10), the zoo model on which strong
+  and weak attacks differ.
 * ``s6bn`` -- the S6 CNN with BatchNorm, standard training (registered only if its
   weights are in the manifest).
 
@@ -19,6 +22,10 @@ S6_DESCRIPTION = "Model A: standard S6 CNN (conv32-pool-conv32-pool-fc500-fc10),
 S6_ADV_DESCRIPTION = (
     "Model B: S6 CNN adversarially trained with PGD-5 at eps 0.3 in [-1, 1] units (0.15 on 0-1), inputs in [-1, 1]"
 )
+MADRY_ADV_DESCRIPTION = (
+    "MadryLab MNIST challenge CNN (conv32-pool-conv64-pool-fc1024-fc10) adversarially trained with PGD-7 at eps 0.6 in "
+    "[-1, 1] units (0.3 on 0-1), inputs in [-1, 1]"
+)
 S6BN_DESCRIPTION = "S6 CNN with BatchNorm after each conv, standard training, inputs in [-1, 1]"
 
 
@@ -28,6 +35,10 @@ def load_s6() -> ModelAdapter:
 
 def load_s6_adv() -> ModelAdapter:
     return _adapter("s6_adv", S6_ADV_DESCRIPTION)
+
+
+def load_madry_adv() -> ModelAdapter:
+    return _adapter("madry_adv", MADRY_ADV_DESCRIPTION)
 
 
 def load_s6bn() -> ModelAdapter:
@@ -49,3 +60,5 @@ def register_models(register):
     register(ModelSpec(name="s6_adv", description=S6_ADV_DESCRIPTION, load=load_s6_adv, dataset="mnist"))
     if _has_weights("s6bn"):
         register(ModelSpec(name="s6bn", description=S6BN_DESCRIPTION, load=load_s6bn, dataset="mnist"))
+    if _has_weights("madry_adv"):
+        register(ModelSpec(name="madry_adv", description=MADRY_ADV_DESCRIPTION, load=load_madry_adv, dataset="mnist"))

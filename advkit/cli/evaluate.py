@@ -1,0 +1,96 @@
+"""``advkit evaluate``: robust accuracy under advkit's attack cascade (see :mod:`advkit.evaluation`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from advkit.cli.options import (
+    EPS,
+    batch_size_option,
+    claim_out,
+    data_option,
+    device_option,
+    emit_json,
+    json_option,
+    model_option,
+    open_data,
+    open_model,
+    record_out,
+    seed_option,
+    torch_device,
+)
+
+
+@click.command("evaluate")
+@model_option
+@data_option
+@click.option("--eps", type=EPS, required=True, help="Radius in model units (e.g. 0.3 or 8/255).")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+@click.option(
+    "--version",
+    type=click.Choice(["standard", "fast"]),
+    default="standard",
+    show_default=True,
+    help="standard: APGD-CE, APGD-T on MALT's top 3 targets; fast: APGD-CE, APGD-T on MALT's top target.",
+)
+@click.option(
+    "-n", "--n", "n", type=click.IntRange(min=1), default=100, show_default=True,
+    help="Test samples (class-interleaved); misclassified ones count as not robust.",
+)  # fmt: skip
+@seed_option
+@batch_size_option
+@device_option
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Report folder (samples.csv, stages.csv, summary.json, robust_accuracy.png, index.html); a rerun resumes "
+    "from its finished stages.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace a previous run's files in --out.")
+@json_option
+def evaluate_command(
+    model_spec, weights, bounds, mean, std, input_shape, class_names, data_spec, eps, norm, version, n, seed,
+    batch_size, device, out, overwrite, as_json,
+):  # fmt: skip
+    """Robust accuracy under a cascade of attacks, each on the samples still robust; resumable."""
+    from advkit.datasets import class_interleaved_order
+    from advkit.evaluation import cascade, evaluate
+    from advkit.evaluation_report import write_evaluation_report
+
+    cascade(version, norm)  # every stage's attack registered, before any model is loaded
+    dev = torch_device(device)
+    model = open_model(
+        model_spec, dev, weights=weights, bounds=bounds, mean=mean, std=std, input_shape=input_shape,
+        class_names=class_names,
+    )  # fmt: skip
+    dataset = open_data(data_spec, model)
+    claim_out(out, "evaluate", overwrite, continues=("evaluate",))
+    index = class_interleaved_order(dataset.labels)[:n]
+    x, y = dataset.take(index)
+    result = evaluate(
+        model, x.to(dev), y.to(dev), eps=eps, norm=norm, version=version, seed=seed, out=out, batch_size=batch_size,
+        progress=not as_json,
+    )  # fmt: skip
+    summary = result.summary()
+    if out is not None:
+        paths = write_evaluation_report(result, out)
+        record_out(out, paths, folders=("stages",))
+    if as_json:
+        emit_json(summary)
+        return
+    low, high = summary["robust_accuracy_95ci"]
+    click.echo(
+        f"{model.name}: robust accuracy {100 * summary['robust_accuracy']:.1f}% (95% CI {100 * low:.1f}-"
+        f"{100 * high:.1f}%) at {norm} eps {eps:g}, clean {100 * summary['clean_accuracy']:.1f}%, n={result.n}, "
+        f"{summary['seconds']:.1f} s"
+    )
+    for c in summary["checks"]:
+        click.echo(f"  {'FLAG' if c['status'] == 'flag' else 'ok  '} {c['check']}: {c['reason']}")
+    if out is not None:
+        click.echo(f"report: {out / 'index.html'}")
+
+
+COMMANDS = [evaluate_command]

@@ -1,0 +1,65 @@
+"""The report folder of ``advkit evaluate``: per-sample CSV, per-stage CSV, summary JSON, a figure and index.html."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from advkit.evaluation import EvaluationResult
+from advkit.provenance import write_summary
+
+__all__ = ["write_evaluation_report"]
+
+
+def write_evaluation_report(result: EvaluationResult, out: Path) -> list[Path]:
+    """Write ``samples.csv``, ``stages.csv``, ``summary.json``, ``robust_accuracy.png`` and ``index.html``."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = result.summary()
+    samples = pd.DataFrame(result.per_sample_rows())
+    stages = pd.DataFrame([{k: v for k, v in s.items() if k != "params"} for s in result.stages])
+    paths = [out / "samples.csv", out / "stages.csv", out / "robust_accuracy.png", out / "index.html"]
+    samples.to_csv(paths[0], index=False)
+    stages.to_csv(paths[1], index=False)
+    paths.append(write_summary(out / "summary.json", summary))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    labels = ["clean"] + [s["label"] for s in result.stages]
+    values = [100 * summary["clean_accuracy"]] + [100 * s["robust_after"] for s in result.stages]
+    ax.plot(range(len(values)), values, "o-")
+    ax.set_xticks(range(len(values)), labels, rotation=20, fontsize=8)
+    ax.set(
+        ylabel="accuracy (%)",
+        title=f"{result.model}: {result.norm} eps {result.eps:g}, robust accuracy after each stage",
+    )
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(paths[2], dpi=120)
+    low, high = summary["robust_accuracy_95ci"]
+    rows = "".join(
+        f"<tr><td>{html.escape(s['label'])}</td><td>{s['attacked']}</td><td>{s['fooled']}</td>"
+        f"<td>{100 * s['robust_after']:.1f}%</td><td>{s['forward_passes']}</td><td>{s['backward_passes']}</td>"
+        f"<td>{s['seconds']:.1f}</td></tr>"
+        for s in result.stages
+    )
+    checks = "".join(
+        f"<li><b>{html.escape(c['check'])}</b>: {html.escape(c['status'])} - {html.escape(c['reason'])}</li>"
+        for c in result.checks
+    )
+    paths[3].write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>advkit evaluate {html.escape(result.model)}</title>"
+        "</head><body style='font-family:sans-serif;max-width:900px;margin:auto'>"
+        f"<h1>{html.escape(result.model)}: robust accuracy {100 * summary['robust_accuracy']:.1f}%</h1>"
+        f"<p>{result.norm} eps {result.eps:g} (model units), {result.n} samples, clean accuracy "
+        f"{100 * summary['clean_accuracy']:.1f}%, 95% Wilson interval {100 * low:.1f}-{100 * high:.1f}%, "
+        f"cascade '{html.escape(result.version)}', seed {result.seed}, {summary['seconds']:.1f} s.</p>"
+        "<table border=1 cellpadding=4 style='border-collapse:collapse'><tr><th>stage</th><th>attacked</th>"
+        f"<th>fooled</th><th>robust after</th><th>forward</th><th>backward</th><th>seconds</th></tr>{rows}</table>"
+        f"<p><img src='robust_accuracy.png' alt='robust accuracy after each stage'></p><h2>Checks</h2><ul>{checks}</ul>"
+        "<p>Per sample: <a href='samples.csv'>samples.csv</a> (which stage first broke it); per stage: "
+        "<a href='stages.csv'>stages.csv</a>; everything: <a href='summary.json'>summary.json</a>.</p></body></html>"
+    )
+    return paths
