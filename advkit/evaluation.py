@@ -14,7 +14,6 @@ with a fresh forward pass) and runs the rest, ending with identical results.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -69,7 +68,7 @@ class EvaluationStoreError(AdvkitError, RuntimeError):
 
 
 def cascade(version: str, norm: str) -> list[Stage]:
-    """The stages of ``version`` for ``norm``, available attacks only where every one is registered (else an error)."""
+    """The stages of ``version`` for ``norm`` (a ParameterError if a version, a norm or a stage's attack is unknown)."""
     from advkit import registry
 
     if version not in CASCADES:
@@ -153,16 +152,6 @@ def _threat(norm: str, eps: float) -> Constraint:
     return LinfBall(float(eps)) if norm == "linf" else L2Ball(float(eps))
 
 
-def _digest(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, Tensor):
-            h.update(part.detach().cpu().contiguous().numpy().tobytes())
-        else:
-            h.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
 def _distance(norm: str, delta: Tensor) -> Tensor:
     flat = delta.flatten(1)
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
@@ -221,15 +210,21 @@ def evaluate(
 ) -> EvaluationResult:
     """Robust accuracy of ``model`` on ``(x, y)`` at L-inf or L2 radius ``eps`` (model units) under a cascade.
 
-    ``stages`` replaces the version's cascade. With ``out`` finished stages are stored and a rerun resumes from them.
+    ``stages`` replaces the version's cascade (the result's ``version`` is then "custom"). With ``out`` finished stages are stored and a rerun resumes from them.
     """
     from advkit.models import load_model
     from advkit.runner import run_attack
-    from advkit.sweep import model_fingerprint
+    from advkit.sweep import config_digest, model_fingerprint, tensor_digest
+    from advkit.validation import check_inputs, check_labels
 
     model = load_model(model) if isinstance(model, str) else model
     constraint = _threat(norm, eps)
-    stages = cascade(version, norm) if stages is None else stages
+    check_inputs(model, x)
+    check_labels(model, y, x.shape[0])
+    if stages is None:
+        stages = cascade(version, norm)
+    else:
+        version = "custom"
     clock = time.perf_counter()
     y = y.to(x.device)
     size = inference_batch_size(model, batch_size)
@@ -239,9 +234,10 @@ def evaluate(
     robust = clean_correct.clone()
     broken_by = torch.full_like(y, -1)
     x_adv = x.detach().clone()
-    fingerprint = _digest(
-        model_fingerprint(model), x, y, float(eps), norm, [(s.attack, s.params) for s in stages], int(seed)
-    )
+    fingerprint = config_digest({
+        "model": model_fingerprint(model), "data": tensor_digest(x, y), "eps": float(eps), "norm": norm,
+        "stages": [(s.attack, s.params) for s in stages], "seed": int(seed),
+    })  # fmt: skip
     out = None if out is None else Path(out)
     records = []
     for i, stage in enumerate(stages):
@@ -287,7 +283,7 @@ def evaluate(
     _final_check(model, x, y, x_adv, robust, clean_correct, norm, eps, size)
     checks = run_checks(model, x, y, clean_correct, records, size)
     return EvaluationResult(
-        model=model.name, eps=float(eps), norm=norm, version=version if stages is None else version, seed=int(seed),
+        model=model.name, eps=float(eps), norm=norm, version=version, seed=int(seed),
         y=y, clean_correct=clean_correct, robust=robust, broken_by=broken_by, x_adv=x_adv, stages=records,
         checks=checks, seconds=time.perf_counter() - clock,
     )  # fmt: skip

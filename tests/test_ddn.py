@@ -19,22 +19,12 @@ from torch import nn
 from advkit.constraints import Box, L2Ball
 from advkit.models import ModelAdapter
 from advkit.runner import run_attack
+from tests.conftest import OneAtATime
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 D = 20
 BOUND = 5.0  # inputs lie in [-1, 1] and the optimal perturbations are far shorter than 4: the box never binds
-
-
-class OneAtATime(nn.Module):
-    """Runs the module one sample at a time (the same bits per sample whatever the batch)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return torch.cat([self.inner(row) for row in x.split(1)])
 
 
 class Affine(nn.Module):

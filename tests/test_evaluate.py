@@ -13,7 +13,7 @@ from torch import nn
 from advkit.cli import cli
 from advkit.constraints import LinfBall
 from advkit.criteria import Misclassified
-from advkit.errors import ParameterError
+from advkit.errors import InputValidationError, ParameterError
 from advkit.evaluation import EvaluationStoreError, Stage, evaluate
 from advkit.kernel import Problem
 from advkit.models import ModelAdapter
@@ -44,10 +44,22 @@ def test_no_sample_a_stage_fooled_is_robust(tiny_model, tiny_batch):
     assert float((result.x_adv - x).abs().amax()) <= 0.02 + 1e-6
     # the second stage ran only on what the first left
     assert result.stages[1]["attacked"] == int(result.clean_correct.sum()) - result.stages[0]["fooled"]
+    assert result.version == "custom"  # its own stages, not a named cascade
     summary = result.summary()
     assert summary["n_robust"] == int(result.robust.sum())
     low, high = summary["robust_accuracy_95ci"]
     assert low <= summary["robust_accuracy"] <= high
+
+
+def test_bad_input_is_refused_before_any_pass(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    with pytest.raises(InputValidationError, match="labels"):
+        evaluate(tiny_model, x, y[:5], eps=0.02, stages=STAGES)
+    with pytest.raises(ParameterError, match="eps"):
+        evaluate(tiny_model, x, y, eps=-1.0, stages=STAGES)
+    with pytest.raises(ParameterError, match="version"):
+        evaluate(tiny_model, x, y, eps=0.02, version="huge")
+    assert tiny_model.counter.forward == 0
 
 
 def test_resume_after_a_kill_gives_identical_results(tiny_model, tiny_batch, tmp_path):

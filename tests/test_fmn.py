@@ -20,23 +20,13 @@ from advkit.models import ModelAdapter
 from advkit.plugins.builtin.fmn import FMN, keep_largest, lp_norm, project_l1_ball
 from advkit.runner import run_attack
 from advkit.testing import check_attack
+from tests.conftest import OneAtATime
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 D = 20
 BOUND = 5.0  # inputs lie in [-1, 1] and the optimal perturbations are far shorter than 4: the box never binds
 DUAL = {"linf": 1, "l2": 2, "l1": float("inf")}
-
-
-class OneAtATime(nn.Module):
-    """Runs the module one sample at a time (the same bits per sample whatever the batch)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return torch.cat([self.inner(row) for row in x.split(1)])
 
 
 def linear(weight: torch.Tensor, bias: torch.Tensor, *, bound: float = BOUND, one_at_a_time: bool = False):

@@ -13,6 +13,7 @@ from advkit.engine import Problem
 from advkit.models import ModelAdapter
 from advkit.plugins.builtin.square import Square, p_schedule, pulse, square_loss
 from advkit.runner import run_attack
+from tests.conftest import OneAtATime
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,17 +43,6 @@ class Guarded(nn.Module):
     def forward(self, x):
         self.grad_modes.append(torch.is_grad_enabled())
         return self.inner(NoBackward.apply(x))
-
-
-class OneByOne(nn.Module):
-    """The inner module one sample at a time: the same numbers per sample whatever the batch."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return torch.cat([self.inner(row) for row in x.split(1)])
 
 
 def linear_model(weight: torch.Tensor, bias: torch.Tensor, shape=(1, 4, 4), bounds=WIDE) -> ModelAdapter:
@@ -247,7 +237,7 @@ def test_a_targeted_run_reaches_the_target_on_a_linear_model():
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_a_batch_equals_its_slices_and_shuffles_and_the_seed_decides(tiny_model, tiny_batch, norm):
-    model = adapter(OneByOne(tiny_model.module), tiny_model)
+    model = adapter(OneAtATime(tiny_model.module), tiny_model)
     x, y = tiny_batch[0][:6], tiny_batch[1][:6]
     constraint = (lambda: LinfBall(0.05)) if norm == "linf" else (lambda: L2Ball(0.3))
 

@@ -10,7 +10,7 @@ from torch import Tensor
 import advkit
 from advkit.adaptive import step_for
 from advkit.attack import Attack
-from advkit.engine import EngineResult, Problem, optimize, stream_seed
+from advkit.engine import EngineResult, Problem, optimize, select, stream_seed
 from advkit.errors import ParameterError
 from advkit.objectives import logit_margin, negative_target_cross_entropy
 from advkit.params import MAX_RESTARTS, MAX_STEPS, param
@@ -139,9 +139,7 @@ class APGDTargeted(Attack):
                 model=problem.model,
                 x=problem.x[idx],
                 y=problem.y[idx],
-                constraint=problem.constraint.select(idx)
-                if hasattr(problem.constraint, "select")
-                else problem.constraint,
+                constraint=select(problem.constraint, idx),
                 criterion=problem.criterion,
                 target=ranked[idx, rank],
                 budget=problem.budget,
