@@ -17,6 +17,15 @@ attacked again and counts as robust at every smaller eps (the monotonicity that
 minimal-perturbation evaluations assume). The table's ``inferred`` column counts those samples
 per cell, so every number says how it was obtained.
 
+``search="minimal"`` gives whole curves from one minimal-norm run: ``fmn`` (in the norm of the sweep's
+L-inf or L2 ball, with ``attack_params["fmn"]``) runs once per model on the correctly classified
+samples, within the largest eps, and yields each sample's smallest adversarial perturbation found, hence
+its success at every eps (the table's ``fmn`` rows: a point counts at eps if it lies in that eps' set and
+fools a fresh forward pass). Then each listed attack runs at every eps, from its own start, only on the
+samples neither fmn nor the attack at a smaller eps already fooled within eps. Per-sample random streams
+make an attack's result on a sample independent of the others, so success at every eps is at least that
+of the same attack run alone at that eps.
+
 Every finished cell is written atomically (temp file, then ``os.replace``) under
 ``OUT/cells/``, with ``OUT/config.json`` holding the sweep's configuration; a rerun with the same
 configuration skips finished cells and ends with identical results, and a different
@@ -68,7 +77,10 @@ from advkit.validation import check_eps_in_range
 if TYPE_CHECKING:
     from advkit.datasets import Dataset
 
-SEARCHES = ("ascending", "descending")
+SEARCHES = ("ascending", "descending", "minimal")
+
+#: The minimal-norm attack of ``search="minimal"``: its cells come first in every table.
+MINIMAL_ATTACK = "fmn"
 
 #: Significant digits of the eps in the table and the success matrix (``f"{eps:g}"``): eps of one sweep must differ in them.
 EPS_DIGITS = 6
@@ -100,7 +112,8 @@ class SweepSpec:
     reuse: bool = True
     data: str = "auto"
     #: "ascending": every eps attacked (or carried by a checked point) from the smallest up;
-    #: "descending": from the largest down, samples not fooled at a larger eps inferred robust.
+    #: "descending": from the largest down, samples not fooled at a larger eps inferred robust;
+    #: "minimal": one fmn run gives success at every eps, then each attack runs where fmn did not succeed.
     search: str = "ascending"
 
     def __post_init__(self) -> None:
@@ -109,8 +122,13 @@ class SweepSpec:
             raise ParameterError("a sweep needs at least one model, one attack and one eps")
         if self.search not in SEARCHES:
             raise ParameterError(f"unknown search {self.search!r}; valid: {', '.join(SEARCHES)}")
-        if self.search == "descending" and not self.reuse:
-            raise ParameterError("search='descending' works by reusing the larger eps' results; it needs reuse=True")
+        if self.search in ("descending", "minimal") and not self.reuse:
+            raise ParameterError(f"search={self.search!r} works by reusing results across eps; it needs reuse=True")
+        if self.search == "minimal" and MINIMAL_ATTACK in self.attacks:
+            raise ParameterError(
+                f"search='minimal' runs {MINIMAL_ATTACK} itself (its rows come first in the table); do not list it among "
+                f"the attacks (its parameters go in attack_params[{MINIMAL_ATTACK!r}])"
+            )
         try:
             eps = [float(e) for e in self.eps]
         except (TypeError, ValueError):
@@ -148,6 +166,11 @@ class SweepSpec:
             if attack in seen:
                 raise ParameterError(f"attack {attack!r} is given twice; give each attack once")
             seen.add(attack)
+
+    @property
+    def cell_attacks(self) -> list[str]:
+        """The attacks with cells in this sweep: the listed ones, after fmn in a minimal search."""
+        return [MINIMAL_ATTACK, *self.attacks] if self.search == "minimal" else list(self.attacks)
 
 
 def load_model_ref(ref: str, device: str = "cpu") -> ModelAdapter:
@@ -232,7 +255,7 @@ def sweep_plugins(
     sources = [ref if models is None else models[ref].metadata.get("spec") for ref in spec.models]
     registered = [parse_spec(source) for source in sources if source]
     infos = [registry.get_model_spec(p.target).plugin for p in registered if p.kind == "registered"]
-    infos += [registry.get_attack(a).plugin for a in spec.attacks]
+    infos += [registry.get_attack(a).plugin for a in spec.cell_attacks]
     infos += [registry.get_constraint(c).plugin for c in _constraint_names(spec)]
     return {p.name: {"distribution": p.distribution, "version": p.version} for p in sorted(infos, key=lambda p: p.name)}
 
@@ -629,13 +652,16 @@ def run_cell(
     previous: Cell | None,
     clean_pred: Tensor | None = None,
     batch_size: int | str = "auto",
+    params: dict[str, Any] | None = None,
 ) -> Cell:
     """Attack the correctly classified samples at ``eps``, reusing ``previous`` (the cell of the neighbouring eps
     already run: smaller in an ascending search, larger in a descending one) when allowed.
 
     ``clean_pred``: the model's predictions on ``x`` (computed here if not given; a sweep computes them once per
-    model). Each sample's ``pred`` comes from the forward pass that judged its point, never from an extra one,
-    except for the points a descending search moved into this set without attacking them."""
+    model). ``params``: the attack's parameters (default ``spec.attack_params[attack]``). Each sample's ``pred``
+    comes from the forward pass that judged its point, never from an extra one, except for the points a
+    descending search moved into this set without attacking them. In a minimal search ``previous`` holds the
+    points of fmn and of the smaller eps; the samples not carried are attacked from the attack's own start."""
     from advkit.criteria import Misclassified
     from advkit.runner import run_attack
 
@@ -686,7 +712,7 @@ def run_cell(
             seed=spec.seed,
             start=warm,
             batch_size=batch_size,
-            **spec.attack_params.get(attack, {}),
+            **(spec.attack_params.get(attack, {}) if params is None else params),
         )
         x_adv[todo] = result.x_adv
         success[todo] = result.success
@@ -726,6 +752,8 @@ class SweepResult:
     y: Tensor
     config: dict
     models: dict[str, ModelAdapter]
+    #: where the work ran (:meth:`advkit.executors.ExecutorInfo.summary`); None: in process
+    executor: dict | None = None
 
 
 def success_level(spec: SweepSpec, attack: str) -> float:
@@ -756,8 +784,14 @@ def run_sweep(
     models: Mapping[str, ModelAdapter] | None = None,
     dataset: Dataset | None = None,
     batch_size: int | str = "auto",
+    executor: Any = None,
 ) -> SweepResult:
     """Run (or resume, when ``out`` holds finished cells of the same configuration) the whole sweep.
+
+    ``executor``: None (in this process) or an executor of :mod:`advkit.executors` (e.g. ``RayExecutor(workers=2)``):
+    the work is cut into (model, attack, sample shard) tasks, each running its shard through every eps; the merged
+    cells are the in-process ones (per-sample results), finished shards are stored under ``OUT/shards/`` and a rerun
+    resumes from them.
 
     ``models``: the adapters to sweep, keyed by the names in ``spec.models`` (default: each name loaded as a model
     spec). ``dataset``: the test set (default: ``spec.data``, or the models' own); checked against every model.
@@ -768,6 +802,7 @@ def run_sweep(
     holding another sweep's configuration or a cell it cannot verify, and (:class:`~advkit.errors.OutputFolderError`,
     see :mod:`advkit.outputs`) an ``out`` holding files a sweep did not write, unless ``overwrite`` (which also
     removes a previous sweep's files there)."""
+    given = models is not None  # adapters from the caller: workers get them through the object store
     models = sweep_models(spec, models, device)
     check_sweep_eps(spec, models)
     if data is None:
@@ -790,12 +825,20 @@ def run_sweep(
     if out is not None:
         cells_dir = Path(out) / "cells"
         created_config = prepare_out(Path(out), config, overwrite=overwrite, device=device)
+    info = None
     try:
-        cells = _run_cells(spec, models, x, y, cells_dir, config, progress, batch_size)
+        if executor is None:
+            cells = _run_cells(spec, models, x, y, cells_dir, config, progress, batch_size)
+        else:
+            cells, info = _run_cells_on(executor, spec, models, x, y, cells_dir, config, progress, batch_size, given)
     except BaseException:
         # A sweep that fails before finishing any cell (e.g. an attack refusing a parameter) leaves no
         # config.json behind, so rerunning with the mistake fixed into the same folder is not refused.
-        if created_config is not None and not any(cells_dir.glob("*.json")):
+        if (
+            created_config is not None
+            and not any(cells_dir.glob("*.json"))
+            and not any((Path(out) / "shards").glob("*/*.json"))
+        ):
             created_config.unlink(missing_ok=True)
         raise
     table = results_table(spec, models, cells)
@@ -810,6 +853,7 @@ def run_sweep(
         y=y.cpu(),
         config=config,
         models=models,
+        executor=None if info is None else info.summary(),
     )
 
 
@@ -828,8 +872,9 @@ def prepare_out(out: Path, config: dict, overwrite: bool = False, device: Any = 
     config_path, cells_dir = out / "config.json", out / "cells"
     if overwrite:  # the sweep's own store is replaced, whoever wrote what is there (e.g. an older advkit)
         config_path.unlink(missing_ok=True)
-        if cells_dir.is_dir():
-            shutil.rmtree(cells_dir)
+        for folder in (cells_dir, out / "shards"):
+            if folder.is_dir():
+                shutil.rmtree(folder)
     written = None
     if config_path.exists():
         try:
@@ -855,12 +900,12 @@ def prepare_out(out: Path, config: dict, overwrite: bool = False, device: Any = 
             for meta_path in sorted(cells_dir.glob("*.json")):
                 read_cell_meta(meta_path, meta_path.with_suffix(".safetensors"), config)
         written = config_path
-    for folder in (out, cells_dir):
+    for folder in (out, cells_dir, *sorted((out / "shards").glob("*"))):
         remove_leftover_temp_files(folder)
     cells_dir.mkdir(parents=True, exist_ok=True)
     if written is not None:
         atomic_write_json(config_path, {**config, "provenance": provenance(device, call="advkit.sweep.run_sweep")})
-    record(out, [config_path], folders=("cells",))
+    record(out, [config_path], folders=("cells", "shards"))
     return written
 
 
@@ -882,24 +927,224 @@ def _run_cells(
     clean_preds = {
         ref: models[ref].predict(x, batch_size).argmax(1) for ref in spec.models
     }  # once per model: runs and checks use them
-    order = spec.eps if spec.search == "ascending" else spec.eps[::-1]
-    jobs = [(ref, attack, eps) for ref in spec.models for attack in spec.attacks for eps in order]
+    order = spec.eps[::-1] if spec.search == "descending" else spec.eps
+    jobs = [(ref, attack, eps) for ref in spec.models for attack in spec.cell_attacks for eps in order]
     bar = tqdm(
         jobs, desc="sweep", unit="cell", file=sys.stderr, disable=None if progress else True
     )  # None: off when not a TTY
     for ref, attack, eps in bar:
         bar.set_postfix_str(f"{ref} {attack} eps={eps:g}")
         previous = cells.get((ref, attack, _previous_eps(order, eps)))
-        cell = None
-        if cells_dir is not None:
-            cell = Cell.load(cells_dir, config, spec, models[ref], attack, eps, x, y, clean_preds[ref])
+        if spec.search == "minimal":
+            previous = (
+                _minimal_previous(cells[(ref, MINIMAL_ATTACK, eps)], previous) if attack != MINIMAL_ATTACK else None
+            )
+
+        def load(attack: str = attack, eps: float = eps, ref: str = ref) -> Cell | None:
+            if cells_dir is None:
+                return None
+            return Cell.load(cells_dir, config, spec, models[ref], attack, eps, x, y, clean_preds[ref])
+
+        cell = load()
         if cell is None:
-            cell = run_cell(spec, models[ref], attack, eps, x, y, previous, clean_preds[ref], batch_size)
-            if cells_dir is not None:
+            if spec.search == "minimal" and attack == MINIMAL_ATTACK:
+                largest = spec.eps[-1]
+                source = cells.get((ref, attack, largest)) or load(attack, largest)
+                if source is None:
+                    params = minimal_params(spec, models[ref])
+                    source = run_cell(
+                        spec, models[ref], attack, largest, x, y, None, clean_preds[ref], batch_size, params
+                    )
+                    if cells_dir is not None:
+                        source.save(cells_dir, config)
+                cells[(ref, attack, largest)] = source
+                cell = (
+                    source
+                    if eps == largest
+                    else restrict_cell(spec, models[ref], source, eps, x, y, clean_preds[ref], batch_size)
+                )
+            else:
+                cell = run_cell(spec, models[ref], attack, eps, x, y, previous, clean_preds[ref], batch_size)
+            if cells_dir is not None and not Cell.paths(cells_dir, cell.model, attack, eps)[0].exists():
                 cell.save(cells_dir, config)
         cells[(ref, attack, eps)] = cell
     bar.close()
     return cells
+
+
+def run_shard(context, x: Tensor, y: Tensor, *, spec: SweepSpec, ref: str, attacks: list[str], begin: int, end: int,
+              batch_size: int | str) -> dict[tuple[str, str, float], Cell]:  # fmt: skip
+    """A task of a distributed sweep (see :mod:`advkit.executors`): samples ``[begin, end)`` of model ``ref`` through
+    every eps of ``attacks``, exactly as :func:`_run_cells` runs them in process (on a worker: ``context`` holds its
+    loaded models)."""
+    import dataclasses
+
+    model = context.model(ref)
+    part = dataclasses.replace(spec, models=[ref], attacks=list(attacks))
+    xs, ys = x[begin:end].to(model.device), y[begin:end].to(model.device)
+    return _run_cells(part, {ref: model}, xs, ys, None, {}, False, batch_size)
+
+
+def _merge_cells(parts: list[Cell]) -> Cell:
+    """One cell from its shards' cells, in sample order: tensors concatenated, passes, seconds and counts summed."""
+    first = parts[0]
+    joined = {k: torch.cat([getattr(p, k) for p in parts]) for k in CELL_TENSORS}
+    return Cell(
+        model=first.model, attack=first.attack, eps=first.eps, **joined,
+        forward=sum(p.forward for p in parts), backward=sum(p.backward for p in parts),
+        seconds=round(sum(p.seconds for p in parts), 4), carried=sum(p.carried for p in parts),
+        inferred=sum(p.inferred for p in parts),
+    )  # fmt: skip
+
+
+def _run_cells_on(executor, spec, models, x, y, cells_dir, config, progress, batch_size, ship_adapters: bool):
+    """:func:`_run_cells` as tasks on ``executor``: (model, attack, shard), or (model, shard) in a minimal search,
+    whose fmn run all attacks share. Finished shards are stored as they arrive (``OUT/shards/BEGIN-END/``) and reused
+    on a rerun; the merged cells go to ``OUT/cells/`` as in process."""
+    from advkit.executors import Task, progress_bar, shard_size_for, shards
+
+    clean_preds = {ref: models[ref].predict(x, batch_size).argmax(1) for ref in spec.models}
+    groups = [list(spec.attacks)] if spec.search == "minimal" else [[a] for a in spec.attacks]
+    out = None if cells_dir is None else Path(cells_dir).parent
+    cells: dict[tuple[str, str, float], Cell] = {}
+    clock = time.perf_counter()
+    with executor:
+        info = executor.begin_run()
+        ranges = shards(len(y), shard_size_for(len(y), executor))
+        info.shard_size = ranges[0][1] - ranges[0][0]
+        x_ref, y_ref = executor.put(x.cpu()), executor.put(y.cpu())
+        adapters = {ref: executor.put(models[ref]) for ref in spec.models} if ship_adapters else {}
+        parts: dict[tuple, dict] = {}
+        tasks = []
+
+        def keys_of(ref: str, group: list[str]) -> list[tuple[str, str, float]]:
+            attacks = [MINIMAL_ATTACK, *group] if spec.search == "minimal" else group
+            return [(ref, a, e) for a in attacks for e in spec.eps]
+
+        def load_all(folder, keys, xs, ys, pred):
+            if folder is None or not Path(folder).is_dir():
+                return None
+            found = {k: Cell.load(folder, config, spec, models[k[0]], k[1], k[2], xs, ys, pred) for k in keys}
+            return found if all(c is not None for c in found.values()) else None
+
+        for ref in spec.models:
+            for gi, group in enumerate(groups):
+                keys = keys_of(ref, group)
+                merged = load_all(cells_dir, keys, x, y, clean_preds[ref])
+                if merged is not None:
+                    cells.update(merged)
+                    continue
+                for begin, end in ranges:
+                    folder = None if out is None else out / "shards" / f"{begin}-{end}"
+                    rows = slice(begin, end)
+                    stored = load_all(folder, keys, x[rows], y[rows], clean_preds[ref][rows])
+                    if stored is not None:
+                        parts[(ref, gi, begin)] = stored
+                        info.resumed_tasks += 1
+                        continue
+                    kwargs = dict(spec=spec, ref=ref, attacks=group, begin=begin, end=end, batch_size=batch_size)
+                    if ship_adapters:
+                        kwargs["_adapters"] = {ref: adapters[ref]}
+                    label = f"{ref} {'+'.join(group)} samples {begin}-{end}"
+                    tasks.append(Task(key=(ref, gi, begin), func=run_shard, kwargs=kwargs, label=label))
+        info.tasks = len(tasks)
+        bar = progress_bar(len(tasks), progress, "sweep")
+        for task, result, seconds in executor.run(tasks, x_ref, y_ref):
+            if info.first_result_seconds is None:
+                info.first_result_seconds = time.perf_counter() - clock
+            info.task_seconds.append(seconds)
+            ref, _, begin = task.key
+            result = {k: Cell(**{**vars(c), "model": models[ref].name}) for k, c in result.items()}
+            if out is not None:
+                folder = out / "shards" / f"{begin}-{task.kwargs['end']}"
+                folder.mkdir(parents=True, exist_ok=True)
+                for cell in result.values():
+                    cell.save(folder, config)
+            parts[task.key] = result
+            bar.update(1)
+        bar.close()
+    for ref in spec.models:
+        for gi, group in enumerate(groups):
+            for key in keys_of(ref, group):
+                if key in cells:
+                    continue
+                cell = _merge_cells([parts[(ref, gi, begin)][key] for begin, _ in ranges])
+                if cells_dir is not None:
+                    cell.save(cells_dir, config)
+                cells[key] = cell
+    info.wall_seconds = time.perf_counter() - clock
+    return cells, info
+
+
+def minimal_params(spec: SweepSpec, model: ModelAdapter) -> dict[str, Any]:
+    """fmn's parameters in a minimal search: ``attack_params["fmn"]`` with the norm of the sweep's ball (L-inf or L2;
+    a ParameterError if the sweep's sets have neither, both, or the parameters name another norm)."""
+    constraint = sweep_constraint(spec, spec.eps[-1], model)
+    norms = [n for n, r in (("linf", constraint.linf_radius), ("l2", constraint.l2_radius)) if r is not None]
+    if len(norms) != 1:
+        raise ParameterError(
+            f"search='minimal' needs exactly one L-inf or L2 ball among the constraints (got {spec.constraints!r}), "
+            "so that fmn knows which norm to minimize"
+        )
+    params = dict(spec.attack_params.get(MINIMAL_ATTACK, {}))
+    if params.setdefault("norm", norms[0]) != norms[0]:
+        raise ParameterError(
+            f"search='minimal' with constraints {spec.constraints!r} minimizes the {norms[0]} norm; "
+            f"{MINIMAL_ATTACK}.norm={params['norm']!r} contradicts it"
+        )
+    return params
+
+
+def restrict_cell(
+    spec: SweepSpec,
+    model: ModelAdapter,
+    source: Cell,
+    eps: float,
+    x: Tensor,
+    y: Tensor,
+    clean_pred: Tensor,
+    batch_size: int | str,
+) -> Cell:
+    """The fmn cell at ``eps`` from the one at the largest eps: a sample counts as fooled where its minimal point lies
+    in the set at ``eps`` and fools a fresh (counted) forward pass; the other samples keep their clean input."""
+    from advkit.criteria import Misclassified
+
+    start_time = time.perf_counter()
+    device = x.device
+    source_x = source.x_adv.to(device)
+    attacked = source.attacked.to(device)
+    constraint = sweep_constraint(spec, eps, model)
+    keep = source.success.to(device) & constraint.contains(source_x - x, x)
+    x_adv = torch.where(keep.view(-1, *[1] * (x.dim() - 1)), source_x, x)
+    success = torch.zeros_like(keep)
+    pred = clean_pred.clone()  # every point that does not count is the clean input
+    if bool(keep.any()):
+        with torch.no_grad():
+            logits = chunked(model, x_adv[keep], inference_batch_size(model, batch_size))
+        success[keep] = Misclassified(success_level(spec, MINIMAL_ATTACK)).reached(logits, y[keep])
+        pred[keep] = torch.where(success[keep], logits.argmax(1), clean_pred[keep])
+    x_adv = torch.where(success.view(-1, *[1] * (x.dim() - 1)), x_adv, x)
+    delta = (x_adv - x).flatten(1)
+    nan = torch.full((len(y),), float("nan"), device=device)
+    return Cell(
+        model=model.name, attack=MINIMAL_ATTACK, eps=eps, attacked=attacked.cpu(), success=success.cpu(),
+        pred=pred.cpu(), linf=torch.where(attacked, delta.abs().amax(1), nan).cpu(),
+        l2=torch.where(attacked, delta.norm(dim=1), nan).cpu(), x_adv=x_adv.detach().cpu(),
+        forward=int(keep.sum()), backward=0, seconds=round(time.perf_counter() - start_time, 4), carried=int(success.sum()),
+    )  # fmt: skip
+
+
+def _minimal_previous(minimal: Cell, smaller: Cell | None) -> Cell:
+    """What a minimal search's attack cell may carry: the attack's own point at the smaller eps where it fooled, else
+    fmn's point at this eps (both re-checked by :func:`run_cell`)."""
+    if smaller is None:
+        return minimal
+    use = smaller.success.view(-1, *[1] * (smaller.x_adv.dim() - 1))
+    return Cell(
+        model=minimal.model, attack=smaller.attack, eps=smaller.eps, attacked=minimal.attacked,
+        success=smaller.success | minimal.success, pred=minimal.pred, linf=minimal.linf, l2=minimal.l2,
+        x_adv=torch.where(use, smaller.x_adv, minimal.x_adv), forward=0, backward=0, seconds=0.0, carried=0,
+    )  # fmt: skip
 
 
 def _previous_eps(eps_list: list[float], eps: float) -> float | None:
@@ -956,7 +1201,7 @@ def results_table(spec: SweepSpec, models: dict[str, ModelAdapter], cells: dict)
     rows = []
     for ref in spec.models:
         for eps in spec.eps:
-            group = [cells[(ref, a, eps)] for a in spec.attacks]
+            group = [cells[(ref, a, eps)] for a in spec.cell_attacks]
             for c in group:
                 rows.append(
                     _row(
@@ -1005,7 +1250,7 @@ def success_matrix(spec: SweepSpec, cells: dict, sample_index: Tensor) -> pd.Dat
     frames = []
     for ref in spec.models:
         columns = {}
-        for attack in spec.attacks:
+        for attack in spec.cell_attacks:
             for eps in spec.eps:
                 c = cells[(ref, attack, eps)]
                 columns[f"{attack}@{eps:g}"] = [

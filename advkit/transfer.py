@@ -18,7 +18,7 @@ It is still computed by the same forward pass, kept in the table and flagged ``w
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,7 +217,8 @@ def transfer_matrix(
     budget: int | None = None,
     progress: Callable[[str], None] | None = None,
     batch_size: int | str = "auto",
-    **attack_params: Any,
+    attack_params: Mapping[str, Any] | None = None,
+    **more_params: Any,
 ) -> TransferResult:
     """Attack each source white-box and feed its successful adversarial examples to every target.
 
@@ -226,7 +227,7 @@ def transfer_matrix(
     targeted attack). ``constraints`` is a constraint set or constraint names (built per model
     with ``eps``, like ``advkit attack --constraints``); without either, an L-inf ball of radius
     ``eps``; the model's box always applies. ``attack`` is a registered attack name and
-    ``attack_params`` its hyperparameters: each source gets a fresh instance. ``targets=None``
+    ``attack_params`` (or further keywords) its hyperparameters: each source gets a fresh instance. ``targets=None``
     means the sources. ``progress`` receives one line per step (for stderr). ``batch_size``: samples per chunk of the
     attacks and of the models' predictions (a number or ``"auto"``, see :mod:`advkit.batching`).
 
@@ -242,6 +243,7 @@ def transfer_matrix(
     check_compatible(everyone)
     if n is not None and n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    attack_params = {**(attack_params or {}), **more_params}  # a dict, so a parameter may be named like ours
     make_attack(attack, **attack_params)  # fail early on unknown names or parameters
     y = y.cpu()
     pool = torch.arange(y.shape[0])

@@ -23,7 +23,9 @@ versus torchattacks' and ART's PGD looped over the same eps (same steps, zero st
 2.5 eps / steps): total time, passes and success at every eps.
 
 Part 2 also runs advkit's descending search (largest eps first; samples not fooled at a larger
-eps counted robust at smaller ones without an attack, the table's "inferred").
+eps counted robust at smaller ones without an attack, the table's "inferred") and its minimal search
+(one fmn run gives success at every eps; pgd then runs from its own start only where fmn did not
+succeed, so success is at least an independent pgd's at every eps).
 
 Part 3: robust accuracy of the adversarially trained ``s6_adv`` at eps 0.1/0.2/0.3 (0-1 scale)
 under torchattacks' PGD and advkit configurations (pgd, apgd with CE, apgd with restarts and the
@@ -59,7 +61,8 @@ SWEEP_EPS_01 = [0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25]  # bench_sweep_
 ROBUST_EPS_01 = [0.1, 0.2, 0.3]
 REUSE, REUSE_STOP = "advkit run_sweep (reuse)", "advkit run_sweep (reuse, early_stop)"
 DESCEND = "advkit run_sweep (descending, early_stop)"
-ADVKIT_SWEEPS = ((REUSE, "advkit"), (REUSE_STOP, "advkit+stop"), (DESCEND, "advkit desc"))
+MINIMAL = "advkit run_sweep (minimal: fmn, then pgd early_stop)"
+ADVKIT_SWEEPS = ((REUSE, "advkit"), (REUSE_STOP, "advkit+stop"), (DESCEND, "advkit desc"), (MINIMAL, "advkit min"))
 TA_LOOP, ART_LOOP = "torchattacks loop", "ART loop"
 
 
@@ -380,6 +383,9 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
     classifier = art_classifier(peers, peer_module, model) if "art" in peers else None
 
     def advkit_sweep(early_stop: bool, search: str = "ascending"):
+        params = {"pgd": {"steps": args.sweep_steps, "random_start": False, "early_stop": early_stop}}
+        if search == "minimal":
+            params["fmn"] = {"steps": args.fmn_steps}
         spec = SweepSpec(
             models=[args.model],
             attacks=["pgd"],
@@ -387,7 +393,7 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
             n=args.n,
             reuse=True,
             search=search,
-            attack_params={"pgd": {"steps": args.sweep_steps, "random_start": False, "early_stop": early_stop}},
+            attack_params=params,
         )
         return run_sweep(spec, progress=False, data=(data.x, data.y, data.source))
 
@@ -401,6 +407,7 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
         REUSE: lambda: advkit_sweep(False),
         REUSE_STOP: lambda: advkit_sweep(True),
         DESCEND: lambda: advkit_sweep(True, "descending"),
+        MINIMAL: lambda: advkit_sweep(True, "minimal"),
     }
     runs: dict[str, Callable[[], object]] = dict(advkit_runs)
     if ta is not None:
@@ -442,6 +449,7 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
         row = {"eps (0-1)": e01}
         for label, short in ADVKIT_SWEEPS:
             table = outputs[label].table
+            table = table[table["attack"] == "pgd"].reset_index(drop=True)
             assert torch.equal(outputs[label].y, y_all) and int(table["n_attacked"].iloc[0]) == y_count, (
                 "advkit and the peers must attack the same digits"
             )
@@ -460,6 +468,7 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
     for label in labels:
         if label in advkit_runs:
             table = outputs[label].table
+            table = table[table["attack"] != "worst-case"]  # a minimal search's fmn rows count, its sums do not
             fwd, bwd = int(table["forward_passes"].sum()), int(table["backward_passes"].sum())
         else:
             fwd, bwd = counts[label]
@@ -489,7 +498,8 @@ def part_sweep(args, model: ModelAdapter, data, peers: dict) -> dict:
     print(
         "  (advkit's counts are its adapter's: attack passes plus one forward re-check of each carried sample;"
         " advkit+stop: pgd with early_stop=True; advkit desc: from the largest eps down, each point projected into the next"
-        " smaller ball and re-checked, samples not fooled at a larger eps counted robust ('inferred') without an attack)"
+        " smaller ball and re-checked, samples not fooled at a larger eps counted robust ('inferred') without an attack;"
+        f" advkit min: one fmn-{args.fmn_steps} run, then pgd from its zero start at every eps where fmn did not succeed)"
     )
     return {"per_eps": per_eps, "totals": totals_table, "never_lower": verdict}
 
@@ -622,6 +632,7 @@ def main() -> None:
         "--steps", type=int, nargs="+", default=[20, 40], help="PGD steps in part 1 (one row group each)"
     )
     parser.add_argument("--sweep-steps", type=int, default=20, help="PGD steps per eps in part 2")
+    parser.add_argument("--fmn-steps", type=int, default=20, help="fmn steps of part 2's minimal search")
     parser.add_argument("--eps", type=float, default=0.1, help="L-inf radius on the 0-1 scale (part 1)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sweep-repeats", type=int, default=3)

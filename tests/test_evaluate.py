@@ -141,3 +141,65 @@ def test_evaluate_command_writes_the_report(tmp_path):
         assert (out / name).is_file(), name
     bad = CliRunner().invoke(cli, ["evaluate", "--model", "cnn", "--eps", "0.3", "--version", "huge"])
     assert bad.exit_code == 2 and "huge" in bad.output
+
+
+def test_a_budget_caps_each_samples_backward_passes_over_the_cascade(tiny_model, tiny_batch, tmp_path):
+    x, y = tiny_batch
+    stages = [Stage("pgd", {"steps": 6}), Stage("pgd", {"steps": 6, "restarts": 2})]
+    free = evaluate(tiny_model, x, y, eps=0.02, stages=stages, seed=1)
+    assert int(free.backward_counts.max()) == 6 + 12  # a robust sample goes through both stages in full
+    capped = evaluate(tiny_model, x, y, eps=0.02, stages=stages, seed=1, budget=9, out=tmp_path)
+    counts = capped.backward_counts
+    assert int(counts.max()) <= 9 and capped.summary()["max_backward_per_sample"] == int(counts.max())
+    # stage 0 fits the budget, so it is the unbudgeted run; stage 1 gets the 3 passes stage 0 left each survivor
+    assert torch.equal(capped.broken_by == 0, free.broken_by == 0)
+    survivors = capped.robust | (capped.broken_by == 1)
+    assert bool((counts[survivors] == 9).all())
+    assert capped.stages[1]["backward_passes"] == 3 * capped.stages[1]["attacked"]
+    again = evaluate(tiny_model, x, y, eps=0.02, stages=stages, seed=1, budget=9, out=tmp_path)  # resumed
+    assert [s["resumed"] for s in again.stages] == [True, True] and torch.equal(again.backward_counts, counts)
+    with pytest.raises(EvaluationStoreError, match="another evaluation"):  # the budget is part of the fingerprint
+        evaluate(tiny_model, x, y, eps=0.02, stages=stages, seed=1, budget=8, out=tmp_path)
+    with pytest.raises(ParameterError, match="budget"):
+        evaluate(tiny_model, x, y, eps=0.02, stages=stages, budget=0)
+
+
+class Noisy(nn.Module):
+    """A randomized defense: noise on the input at every forward pass, in eval mode too."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x + 0.05 * torch.randn_like(x))
+
+
+def test_autoattacks_runtime_checks_fire_on_constructed_cases_and_not_on_a_plain_model():
+    x = torch.randn(12, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    plain = linear_model()
+    y = plain.predict(x).argmax(1)
+    stages = [Stage("pgd", {"steps": 2})]
+
+    def flags(module, classes=5):
+        model = ModelAdapter(
+            module, name="m", bounds=(-10.0, 10.0), input_shape=(6,), class_names=list("abcde")[:classes]
+        )
+        model.metadata["stochastic"] = isinstance(module, Noisy)  # random on purpose: the runner lets it through
+        result = evaluate(model, x, y.clamp_max(classes - 1), eps=0.1, stages=stages)
+        return {c["check"] for c in result.checks if c["status"] == "flag"}
+
+    assert flags(plain.module) == set()
+    assert flags(Noisy(plain.module)) == {"deterministic_outputs"}
+    with pytest.raises(InputValidationError, match="probabilities"):  # AutoAttack warns; advkit refuses
+        flags(nn.Sequential(plain.module, nn.Softmax(dim=1)))
+    two = ModelAdapter(
+        nn.Sequential(nn.Flatten(), nn.Linear(6, 2)).double(), name="m2", bounds=(-10.0, 10.0), input_shape=(6,),
+        class_names=list("ab"),
+    )  # fmt: skip
+    y2 = two.predict(x).argmax(1)
+    with pytest.raises(ParameterError, match="DLR loss needs at least 3 classes"):
+        evaluate(two, x, y2, eps=0.1, stages=[Stage("apgd", {"steps": 2, "loss": "dlr"})])
+    assert two.counter.forward == 0  # refused before any pass
+    wide = evaluate(two, x, y2, eps=0.1, stages=[Stage("apgd_targeted", {"steps": 2, "targets": "malt", "top_k": 3})])
+    assert {c["check"]: c["status"] for c in wide.checks}["enough_classes"] == "flag"

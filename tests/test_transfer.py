@@ -298,6 +298,10 @@ def test_cli_human_summary_and_targets_default_to_sources():
             "--target 12 is out of range",
         ),
         (["--source", "bnn", "--eps", "0.1", "-p", "wobble=1"], "no parameter 'wobble'"),
+        (
+            ["--source", "bnn", "--eps", "0.1", "--attack", "apgd_targeted", "-p", "targets=malt", "--target", "3"],
+            "picks its own targets",
+        ),
         (["--source", "bnn", "--eps", "0.1", "-n", "0"], "0 is not in the range x>=1"),
     ],
 )
@@ -305,6 +309,15 @@ def test_cli_errors(args, message):
     result = invoke(*args)
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_cli_apgd_targeted_with_malt_targets_needs_no_target():
+    result = invoke(
+        "--source", "cnn", "--to", "bnn", "--eps", "0.3", "-n", "3", "--attack", "apgd_targeted",
+        "-p", "targets=malt", "-p", "top_k=1", "-p", "steps=3",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "cnn -> bnn" in result.output
 
 
 def test_cli_refuses_models_of_different_input_spaces(monkeypatch):

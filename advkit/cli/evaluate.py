@@ -13,6 +13,8 @@ from advkit.cli.options import (
     data_option,
     device_option,
     emit_json,
+    executor_from_options,
+    executor_options,
     json_option,
     model_option,
     open_data,
@@ -30,17 +32,23 @@ from advkit.cli.options import (
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
 @click.option(
     "--version",
-    type=click.Choice(["standard", "fast"]),
+    type=click.Choice(["standard", "fast", "plus"]),
     default="standard",
     show_default=True,
-    help="standard: APGD-CE, APGD-T on MALT's top 3 targets; fast: APGD-CE, APGD-T on MALT's top target.",
+    help="standard: APGD-CE, APGD-T on MALT's top 3 targets, FAB-T on 3 targets, Square (500 queries); fast: "
+    "APGD-CE, APGD-T on MALT's top target; plus: standard with Square at 5,000 queries.",
 )
 @click.option(
     "-n", "--n", "n", type=click.IntRange(min=1), default=100, show_default=True,
     help="Test samples (class-interleaved); misclassified ones count as not robust.",
 )  # fmt: skip
 @seed_option
+@click.option(
+    "--budget", type=click.IntRange(min=1), default=None,
+    help="Backward passes per sample over the whole cascade; each stage gets what the earlier ones left.",
+)  # fmt: skip
 @batch_size_option
+@executor_options
 @device_option
 @click.option(
     "--out",
@@ -53,7 +61,7 @@ from advkit.cli.options import (
 @json_option
 def evaluate_command(
     model_spec, weights, bounds, mean, std, input_shape, class_names, data_spec, eps, norm, version, n, seed,
-    batch_size, device, out, overwrite, as_json,
+    budget, batch_size, executor, address, workers, gpus_per_worker, shard_size, device, out, overwrite, as_json,
 ):  # fmt: skip
     """Robust accuracy under a cascade of attacks, each on the samples still robust; resumable."""
     from advkit.datasets import class_interleaved_order
@@ -61,6 +69,7 @@ def evaluate_command(
     from advkit.evaluation_report import write_evaluation_report
 
     cascade(version, norm)  # every stage's attack registered, before any model is loaded
+    runner = executor_from_options(executor, address, workers, gpus_per_worker, shard_size)
     dev = torch_device(device)
     model = open_model(
         model_spec, dev, weights=weights, bounds=bounds, mean=mean, std=std, input_shape=input_shape,
@@ -68,16 +77,17 @@ def evaluate_command(
     )  # fmt: skip
     dataset = open_data(data_spec, model)
     claim_out(out, "evaluate", overwrite, continues=("evaluate",))
+    record_out(out, [], folders=("stages", "shards"))  # owned from the start: a rerun after kill -9 resumes them
     index = class_interleaved_order(dataset.labels)[:n]
     x, y = dataset.take(index)
     result = evaluate(
         model, x.to(dev), y.to(dev), eps=eps, norm=norm, version=version, seed=seed, out=out, batch_size=batch_size,
-        progress=not as_json,
+        budget=budget, progress=not as_json, executor=runner,
     )  # fmt: skip
     summary = result.summary()
     if out is not None:
         paths = write_evaluation_report(result, out)
-        record_out(out, paths, folders=("stages",))
+        record_out(out, paths, folders=("stages", "shards"))
     if as_json:
         emit_json(summary)
         return

@@ -133,6 +133,41 @@ def batch_size_option(command: Callable) -> Callable:
     )(command)
 
 
+def executor_options(command: Callable) -> Callable:
+    """``--executor local|ray``, ``--address``, ``--workers``, ``--gpus-per-worker``, ``--shard-size`` (one
+    ``executor`` argument: None in process, else an executor of :mod:`advkit.executors`)."""
+
+    options = [
+        _option("--shard-size", type=click.IntRange(min=1), default=None,
+                help="Samples per task with --executor ray (default 64, fewer so every worker gets one)."),
+        _option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                help="GPUs each Ray worker holds (its models then run on cuda)."),
+        _option("--workers", type=click.IntRange(min=1), default=None,
+                help="Ray workers (actors); default: one per CPU of the cluster."),
+        _option("--address", default=None,
+                help="Ray cluster to join: auto or HOST:PORT (default: start a local Ray)."),
+        _option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                help="local: in this process; ray: tasks over sample shards on Ray workers (pip install "
+                "'advkit[ray]'), with the same numbers."),
+    ]  # fmt: skip
+    for option in options:
+        command = option(command)
+    return command
+
+
+def executor_from_options(executor: str, address, workers, gpus_per_worker, shard_size):
+    """The executor the options name (None: in process); a UsageError for Ray-only options without ``ray``."""
+    from advkit.errors import ParameterError
+    from advkit.executors import make_executor
+
+    try:
+        return make_executor(
+            executor, address=address, workers=workers, gpus_per_worker=gpus_per_worker or 0.0, shard_size=shard_size
+        )
+    except ParameterError as error:
+        raise click.UsageError(str(error)) from None
+
+
 def device_option(command: Callable) -> Callable:
     return _option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:N or mps.")(
         command

@@ -15,6 +15,8 @@ from advkit.cli.options import (
     data_option,
     device_option,
     emit_json,
+    executor_from_options,
+    executor_options,
     json_option,
     parse_params,
     record_out,
@@ -81,14 +83,17 @@ def _eps_item(text: str) -> float:
 @click.option("--no-reuse", is_flag=True, help="Run every eps from scratch (no carry-over or warm start).")
 @click.option(
     "--search",
-    type=click.Choice(["ascending", "descending"]),
+    type=click.Choice(["ascending", "descending", "minimal"]),
     default="ascending",
     show_default=True,
     help="Order of the eps. descending: from the largest down, a sample not fooled at a larger eps counts as "
-    "robust at smaller ones without being attacked (the table's 'inferred' column); faster.",
+    "robust at smaller ones without being attacked (the table's 'inferred' column); faster. minimal: one fmn run "
+    "(minimal norm, its rows first; its parameters with -p fmn.KEY=VALUE) gives success at every eps, then each attack "
+    "runs from its own start only where fmn did not succeed: success at least the attack's own at every eps.",
 )
 @click.option("--no-checks", is_flag=True, help="Skip the sanity checks.")
 @batch_size_option
+@executor_options
 @device_option
 @click.option(
     "--out",
@@ -104,7 +109,8 @@ def _eps_item(text: str) -> float:
 @json_option
 def sweep_command(
     model_refs, data_spec, attack_names, eps_values, constraint_names, n, seed, budget, confidence, params, no_reuse,
-    search, no_checks, batch_size, device, out, overwrite, as_json,
+    search, no_checks, batch_size, executor, address, workers, gpus_per_worker, shard_size, device, out, overwrite,
+    as_json,
 ):  # fmt: skip
     """Success rate versus eps for several models and attacks: table, plots, sanity flags, resumable."""
     from advkit import registry
@@ -122,9 +128,17 @@ def sweep_command(
         )
     torch_device(device)
     eps = parse_eps_list(eps_values, _eps_item)
-    attack_params = split_params(params, list(attack_names), parse_params)
+    from advkit.sweep import MINIMAL_ATTACK
+
+    if search == "minimal" and MINIMAL_ATTACK in attack_names:
+        raise click.UsageError(
+            f"--search minimal runs {MINIMAL_ATTACK} itself (its rows come first); do not pass --attack {MINIMAL_ATTACK} "
+            f"(set its parameters with -p {MINIMAL_ATTACK}.KEY=VALUE)"
+        )
+    cell_attacks = [*([MINIMAL_ATTACK] if search == "minimal" else []), *attack_names]
+    attack_params = split_params(params, cell_attacks, parse_params)
     # every attack's parameters checked before any model is loaded or --out touched
-    configured = {name: registry.get_attack(name).obj(**attack_params.get(name, {})) for name in attack_names}
+    configured = {name: registry.get_attack(name).obj(**attack_params.get(name, {})) for name in cell_attacks}
     targeted = [name for name, attack in configured.items() if attack.requires_target]
     if targeted:
         raise click.UsageError(
@@ -143,9 +157,11 @@ def sweep_command(
         data=LEGACY_DATA.get(data_spec, data_spec) if data_spec not in (None, "auto") else "auto", search=search,
         attack_params=attack_params,
     )  # fmt: skip
+    runner = executor_from_options(executor, address, workers, gpus_per_worker, shard_size)
     summary = sweep_study(
-        spec, out, device, checks=not no_checks, progress=not as_json, overwrite=overwrite, batch_size=batch_size
-    )
+        spec, out, device, checks=not no_checks, progress=not as_json, overwrite=overwrite, batch_size=batch_size,
+        executor=runner,
+    )  # fmt: skip
     table = summary.pop("table")
     if as_json:
         emit_json(summary)

@@ -96,7 +96,7 @@ def transfer_command(
         sources, targets, dataset, attack_name, eps=eps,
         constraints=[c.strip() for c in constraint_names.split(",") if c.strip()], target=target,
         confidence=confidence, n=n, seed=seed, budget=budget, progress=progress, batch_size=batch_size,
-        **attack_params,
+        attack_params=attack_params,
     )  # fmt: skip
     if out is not None:
         study.write(out, overwrite=True)  # claimed before any work

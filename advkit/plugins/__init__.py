@@ -56,6 +56,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "ddn": "advkit.plugins.builtin.ddn",
     "cw": "advkit.plugins.builtin.cw",
     "deepfool": "advkit.plugins.builtin.deepfool",
+    "fab": "advkit.plugins.builtin.fab",
     "mnist_models": "advkit.plugins.builtin.mnist_models",
     "mnist_s6_models": "advkit.plugins.builtin.mnist_s6_models",
     "constraints": "advkit.plugins.builtin.constraints",

@@ -63,6 +63,7 @@ def sweep_study(
     models: Mapping[str, ModelAdapter] | None = None,
     dataset: Dataset | None = None,
     batch_size: int | str = "auto",
+    executor=None,
 ) -> dict:
     """Run the sweep into ``out``, then the sanity checks and the report; returns a JSON-able summary.
 
@@ -76,7 +77,7 @@ def sweep_study(
     try:
         result = run_sweep(
             spec, out, device=device, progress=progress, overwrite=overwrite, models=models, dataset=dataset,
-            batch_size=batch_size,
+            batch_size=batch_size, executor=executor,
         )  # fmt: skip
     except AdvkitError:
         raise  # the CLI prints it in one line
@@ -84,11 +85,17 @@ def sweep_study(
         raise ModelLoadError(str(error)) from None
     flags = run_checks(result) if checks else []
     files = write_report(result, flags, out)
+    if result.executor is not None:  # where the work ran: executor, workers, shard size, per-task seconds, overhead
+        from advkit.files import atomic_write_json
+
+        atomic_write_json(Path(out) / "executor.json", result.executor)
+        files.append(Path(out) / "executor.json")
     record(out, files)
     columns = [c for c in INDEX_COLUMNS if c != "inferred" or spec.search == "descending"]
     return {
         "rows": result.table[columns].round(4).to_dict(orient="records"),
         "flags": flags,
         "out": [str(p) for p in files],
+        "executor": result.executor,
         "table": result.table[columns],
     }

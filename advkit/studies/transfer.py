@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ def transfer_study(
     budget: int | None = None,
     progress: Callable[[str], None] | None = None,
     batch_size: int | str = "auto",
-    **attack_params: Any,
+    attack_params: Mapping[str, Any] | None = None,
+    **more_params: Any,
 ) -> StudyResult:
     """Attack each source on the first ``n`` samples of ``dataset`` (class-interleaved) every model classifies
     correctly, and feed its successful examples to every target (``targets=None``: the sources); the matrix of the
@@ -47,9 +48,13 @@ def transfer_study(
         raise ParameterError(str(error)) from None
     first = sources[0]
     attack_cls = registry.get_attack(attack).obj
+    attack_params = {**(attack_params or {}), **more_params}  # a dict, so a parameter may be named like ours
+    configured = attack_cls(**attack_params)  # its parameters decide whether it needs a target (targets=malt picks its own)
     target_class = None if target is None else resolve_class(first.class_names, target, what="--target")
-    if attack_cls.targeted and target_class is None:
+    if configured.requires_target and target_class is None:
         raise ParameterError(f"attack {attack!r} is targeted: give --target")
+    if target_class is not None and attack_cls.targeted and not configured.requires_target:
+        raise ParameterError(f"--target: attack {attack!r} picks its own targets with these parameters")
     if target_class is not None and not attack_cls.accepts_target:
         raise ParameterError(f"--target: attack {attack!r} is untargeted (it ignores target classes)")
     constraint = build_constraints(constraints, eps=eps, bounds=first.bounds, registry=registry.constraints())
@@ -71,7 +76,7 @@ def transfer_study(
             budget=budget,
             progress=progress,
             batch_size=batch_size,
-            **attack_params,
+            attack_params=attack_params,
         )
     except AdvkitError:
         raise
