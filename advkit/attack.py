@@ -58,6 +58,10 @@ class Attack:
         ``confidence`` field sets it, otherwise any misclassification counts."""
         return float(getattr(self, "confidence", 0.0))
 
+    def check_model(self, model: Any) -> None:
+        """Refuse (:class:`~advkit.errors.ParameterError`) a model this configured attack cannot work on, before any
+        pass (the runner calls it; e.g. the DLR loss needs 3 classes). The default accepts every model."""
+
     def run(self, problem: Problem) -> Tensor:
         """Return adversarial inputs for ``problem`` (same shape and dtype as ``problem.x``)."""
         raise NotImplementedError

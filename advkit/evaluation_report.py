@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from advkit.evaluation import EvaluationResult
 from advkit.provenance import write_summary
+from advkit.report import where_it_ran
 
 __all__ = ["write_evaluation_report"]
 
@@ -55,7 +56,8 @@ def write_evaluation_report(result: EvaluationResult, out: Path) -> list[Path]:
         f"<h1>{html.escape(result.model)}: robust accuracy {100 * summary['robust_accuracy']:.1f}%</h1>"
         f"<p>{result.norm} eps {result.eps:g} (model units), {result.n} samples, clean accuracy "
         f"{100 * summary['clean_accuracy']:.1f}%, 95% Wilson interval {100 * low:.1f}-{100 * high:.1f}%, "
-        f"cascade '{html.escape(result.version)}', seed {result.seed}, {summary['seconds']:.1f} s.</p>"
+        f"cascade '{html.escape(result.version)}', seed {result.seed}, {summary['seconds']:.1f} s; ran "
+        f"{html.escape(where_it_ran(result.executor))}.</p>"
         "<table border=1 cellpadding=4 style='border-collapse:collapse'><tr><th>stage</th><th>attacked</th>"
         f"<th>fooled</th><th>robust after</th><th>forward</th><th>backward</th><th>seconds</th></tr>{rows}</table>"
         f"<p><img src='robust_accuracy.png' alt='robust accuracy after each stage'></p><h2>Checks</h2><ul>{checks}</ul>"

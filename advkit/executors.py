@@ -26,7 +26,7 @@ from typing import Any
 
 from advkit.errors import AdvkitError, ParameterError
 
-__all__ = ["EXECUTORS", "ExecutorInfo", "RayExecutor", "TaskFailed", "make_executor", "shards"]
+__all__ = ["EXECUTORS", "ExecutorInfo", "RayExecutor", "TaskFailed", "describe_run", "make_executor", "shards"]
 
 EXECUTORS = ("local", "ray")
 #: Samples per shard when none is given: enough work per task to hide Ray's scheduling overhead (tens of ms).
@@ -87,40 +87,63 @@ class _Context:
     def __init__(self, device: str) -> None:
         self.device = device
         self.models: dict[str, Any] = {}
+        #: ref -> the shipped object a model came from (a later run that ships another one under the same ref replaces it)
+        self.shipped: dict[str, Any] = {}
 
     def model(self, ref: str, adapter: Any = None):
         if ref not in self.models:
             if adapter is not None:
                 self.models[ref] = adapter.to(self.device) if hasattr(adapter, "to") else adapter
             else:
-                from advkit.sweep import load_model_ref
+                from advkit.model_specs import load_model_ref
 
                 self.models[ref] = load_model_ref(ref, self.device)
         return self.models[ref]
 
+    def receive(self, ref: str, shipped: Any) -> None:
+        """Hold the model the driver shipped for ``ref`` (an adapter, or an object-store reference to one, fetched
+        only the first time this worker sees that reference)."""
+        token = shipped.hex() if _is_object_ref(shipped) else id(shipped)
+        if ref in self.models and self.shipped.get(ref) == token:
+            return
+        if _is_object_ref(shipped):
+            import ray
+
+            shipped = ray.get(shipped)
+        self.models.pop(ref, None)
+        self.model(ref, shipped)
+        self.shipped[ref] = token
+
+
+def _is_object_ref(value: Any) -> bool:
+    return type(value).__name__ == "ObjectRef"
+
 
 def call_task(context: _Context, func: Callable[..., Any], x, y, kwargs: dict[str, Any]) -> Any:
     """Run one task's function in ``context``: first the models the driver shipped (``_adapters``: ref -> adapter
-    or an object-store reference to it, fetched only by a worker that has not loaded that model yet)."""
+    or an object-store reference to it)."""
     kwargs = dict(kwargs)
-    for ref, adapter in (kwargs.pop("_adapters", None) or {}).items():
-        if ref not in context.models:
-            if type(adapter).__name__ == "ObjectRef":
-                import ray
-
-                adapter = ray.get(adapter)
-            context.model(ref, adapter)
+    for ref, shipped in (kwargs.pop("_adapters", None) or {}).items():
+        context.receive(ref, shipped)
     return func(context, x, y, **kwargs)
 
 
 @dataclass
 class Task:
-    """One unit of work: ``func(context, x, y, **kwargs)`` on a worker (``x``, ``y`` from the object store)."""
+    """One unit of work: ``func(context, x, y, **kwargs)`` on a worker, ``x``, ``y`` its shard's samples (object-store
+    references on Ray: a worker fetches only the shards of its tasks)."""
 
     key: Any
     func: Callable[..., Any]
     kwargs: dict[str, Any]
     label: str
+    x: Any = None
+    y: Any = None
+
+
+def put_shards(executor, x, y, ranges: Sequence[tuple[int, int]]) -> dict[int, tuple[Any, Any]]:
+    """Each shard's samples put into the executor's store once (on the CPU), by the shard's first index."""
+    return {begin: (executor.put(x[begin:end].cpu()), executor.put(y[begin:end].cpu())) for begin, end in ranges}
 
 
 class LocalExecutor:
@@ -147,11 +170,11 @@ class LocalExecutor:
         self.info = ExecutorInfo("local", 1, self.shard_size)
         return self.info
 
-    def run(self, tasks: Sequence[Task], x, y) -> Iterator[tuple[Task, Any, float]]:
+    def run(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, Any, float]]:
         for task in tasks:
             start = time.perf_counter()
             try:
-                out = call_task(self.context, task.func, x, y, task.kwargs)
+                out = call_task(self.context, task.func, task.x, task.y, task.kwargs)
             except AdvkitError:
                 raise
             except Exception as error:
@@ -267,7 +290,7 @@ class RayExecutor:
 
         return ray.put(value)
 
-    def run(self, tasks: Sequence[Task], x, y) -> Iterator[tuple[Task, Any, float]]:
+    def run(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, Any, float]]:
         """Each task on the next idle actor; yields (task, result, seconds on the worker) as tasks finish. A task that
         raises stops the run: no new task starts, those in flight finish and are yielded (so the caller stores
         them), then :class:`TaskFailed` names the task that raised."""
@@ -278,7 +301,7 @@ class RayExecutor:
 
         def submit(actor) -> None:
             task = queue.pop(0)
-            running[actor.call.remote(task.func, x, y, dict(task.kwargs))] = (task, actor)
+            running[actor.call.remote(task.func, task.x, task.y, dict(task.kwargs))] = (task, actor)
 
         for actor in self.actors[: len(queue)]:
             submit(actor)
@@ -331,6 +354,22 @@ def shard_size_for(n: int, executor: LocalExecutor | RayExecutor) -> int:
         return executor.shard_size
     workers = getattr(executor, "workers", None) or 1
     return max(1, min(DEFAULT_SHARD_SIZE, math.ceil(max(n, 1) / workers)))
+
+
+def describe_run(summary: dict | None) -> str | None:
+    """One line on where a run's work ran (an :meth:`ExecutorInfo.summary`), or None for an in-process run."""
+    if not summary:
+        return None
+    overhead = summary.get("overhead_seconds_per_task")
+    first = summary.get("first_result_seconds")
+    wall = summary.get("wall_seconds")
+    return (
+        f"executor {summary.get('executor')}: {summary.get('workers')} worker(s), shard size "
+        f"{summary.get('shard_size')}, {summary.get('tasks')} task(s) run, {summary.get('resumed_tasks')} resumed"
+        + ("" if not isinstance(wall, (int, float)) else f", {wall:.1f} s wall")
+        + ("" if not isinstance(first, (int, float)) else f", first result after {first:.1f} s")
+        + ("" if not isinstance(overhead, (int, float)) else f", {overhead:.3f} s overhead per task")
+    )
 
 
 def progress_bar(total: int, enabled: bool, desc: str):

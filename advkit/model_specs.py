@@ -67,6 +67,7 @@ __all__ = [
     "ParsedSpec",
     "describe_specs",
     "load_model",
+    "load_model_ref",
     "parse_spec",
     "resolve_classes",
     "robustbench_checkpoint_path",
@@ -1372,3 +1373,11 @@ def _code_sha256(module: Any) -> str | None:
     from advkit.files import sha256_file
 
     return sha256_file(Path(path))
+
+
+def load_model_ref(ref: str, device: str = "cpu") -> ModelAdapter:
+    """Load any model spec (``name:key=value``, ``torchvision:NAME``, ``file.py:factory``...); the adapter keeps the
+    full reference as its name (how sweeps and workers name the models they load)."""
+    model = load_model(ref, device)
+    model.name = ref
+    return model

@@ -190,10 +190,12 @@ def build_index(out: Path) -> list[Path]:
     table = read_results(out / "results.csv")
     flags = read_flags(out / "flags.json")
     config = read_config(out / "config.json")
+    executor = _read_json(out / "executor.json", None, "it records where advkit sweep ran the work")
     figure = save_figure(success_figure(table), out / "success_vs_eps.png")
     extra_figures = sorted(p.name for p in out.glob("*.png") if p.name != figure.name)
     page = out / "index.html"
-    atomic_write_bytes(page, render_html(table, flags, config, [figure.name, *extra_figures]).encode())
+    html_text = render_html(table, flags, config, [figure.name, *extra_figures], executor=executor)
+    atomic_write_bytes(page, html_text.encode())
     return [figure, page]
 
 
@@ -205,6 +207,15 @@ table { border-collapse: collapse; font-size: 0.85em; margin-bottom: 1.5em; }
 td, th { border: 1px solid #dadce0; padding: 3px 8px; text-align: left; }
 .bad { color: #b3261e; font-weight: 600; } .good { color: #137333; font-weight: 600; }
 img { max-width: 100%; border: 1px solid #dadce0; }"""
+
+
+def where_it_ran(executor: dict | None) -> str:
+    """One line for a report's configuration: in process, or the executor, workers, tasks and overheads."""
+    from advkit.executors import describe_run
+
+    if not isinstance(executor, dict) or executor.get("executor") in (None, "in process", "local"):
+        return "in process"
+    return describe_run(executor) or "in process"
 
 
 def build_transfer_index(out: Path) -> Path:
@@ -234,6 +245,7 @@ def build_transfer_index(out: Path) -> Path:
             "cell",
         )
     }
+    facts["ran on"] = where_it_ran(summary.get("executor"))
     fact_rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>advkit transfer report</title>
@@ -287,7 +299,9 @@ INDEX_COLUMNS = (
 )
 
 
-def render_html(table: pd.DataFrame, flags: list[dict], config: dict, figures: list[str]) -> str:
+def render_html(
+    table: pd.DataFrame, flags: list[dict], config: dict, figures: list[str], executor: dict | None = None
+) -> str:
     raised = [f for f in flags if f["status"] == "flag"]
     verdict = (
         f'<p class="bad">{len(raised)} sanity check(s) raised a flag: read them before trusting the numbers.</p>'
@@ -319,6 +333,7 @@ def render_html(table: pd.DataFrame, flags: list[dict], config: dict, figures: l
         ),
         "versions": f"advkit {config.get('advkit')}, torch {config.get('torch')}",
         "plugins": ", ".join(_plugin_text(name, info) for name, info in config.get("plugins", {}).items()),
+        "ran on": where_it_ran(executor),
     }
     fact_rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
     images = "\n".join(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import torch
 from torch import Tensor
 
 
@@ -132,4 +133,50 @@ class AttackResult:
         }
 
 
-__all__ = ["AttackResult"]
+def merge_results(parts: list[AttackResult]) -> AttackResult:
+    """One result from the results of consecutive sample shards of one run (same model, attack, threat model and
+    seed): per-sample tensors concatenated in order, passes, seconds and counts summed. Per-sample random streams make
+    it the result of the whole run (see :mod:`advkit.rng`)."""
+    if not parts:
+        raise ValueError("no results to merge")
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    settings = ("model", "attack", "attack_params", "bounds", "constraints", "criterion", "eps", "seed", "budget")
+    for part in parts[1:]:
+        differ = [k for k in settings if getattr(part, k) != getattr(first, k)]
+        if differ:
+            raise ValueError(f"results of different runs cannot be merged (they differ in {', '.join(differ)})")
+
+    def cat(name: str) -> Tensor | None:
+        values = [getattr(p, name) for p in parts]
+        return None if any(v is None for v in values) else torch.cat(values)
+
+    artifacts: dict = {}
+    for key in dict.fromkeys(k for p in parts for k in p.artifacts):
+        values = [p.artifacts.get(key) for p in parts]
+        per_sample = all(isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == p.n for v, p in zip(values, parts))
+        artifacts[key] = torch.cat(values) if per_sample else values
+    gradients = [p.extra.get("nonfinite_gradients") for p in parts]
+    extra = {
+        **first.extra,
+        "nonfinite_logits": sum(int(p.extra.get("nonfinite_logits", 0)) for p in parts),
+        "nonfinite_gradients": None if any(g is None for g in gradients) else sum(gradients),
+        "oom_retries": sum(int(p.extra.get("oom_retries", 0)) for p in parts),
+        "batch_size": [p.extra.get("batch_size") for p in parts],
+        "shards": len(parts),
+    }
+    return replace(
+        first,
+        **{k: cat(k) for k in ("x", "x_adv", "y", "target", "pred", "confidence", "success", "backward_counts")},
+        nonfinite=cat("nonfinite"),
+        clean_correct=cat("clean_correct"),
+        forward_passes=sum(p.forward_passes for p in parts),
+        backward_passes=sum(p.backward_passes for p in parts),
+        seconds=sum(p.seconds for p in parts),
+        artifacts=artifacts,
+        extra=extra,
+    )
+
+
+__all__ = ["AttackResult", "merge_results"]

@@ -167,6 +167,7 @@ def run_attack(
     seed: int = 0,
     start: Tensor | None = None,
     batch_size: BatchSize = AUTO,
+    gradient: Any = None,
     **attack_params: Any,
 ) -> AttackResult:
     """Attack ``(x, y)`` on ``model`` and return an independently checked result.
@@ -178,18 +179,28 @@ def run_attack(
     result of a smaller eps); attacks with ``warm_startable = False`` ignore it. ``batch_size``: the most samples a
     per-sample attack steps at once (its window or chunk), an integer or ``"auto"`` (chosen on the run's first steps and cached, see
     :mod:`advkit.batching`; the result does not depend on it). On out-of-memory errors the window or chunk is
-    halved (see the module docstring).
+    halved (see the module docstring). ``gradient``: a gradient estimator for adaptive attacks (``"eot:flip,crop,samples=8"``,
+    ``"bpda"``, ``"transfer:MODEL"``, see :mod:`advkit.gradients`): the attack differentiates the model through it,
+    while the clean check and the re-check use the model itself; ``budget`` counts the estimator's real backward passes.
     """
     model = load_model(model) if isinstance(model, str) else model
     if not isinstance(model, ModelAdapter):
         raise ParameterError(
             f"model must be a registered name or an advkit ModelAdapter (see advkit.models), got {type(model).__name__}"
         )
+    if gradient is not None:
+        from advkit.gradients import with_gradient
+
+        model = with_gradient(model, gradient)
     attack = make_attack(attack, **attack_params)
+    attack.check_model(model)  # e.g. a loss that needs more classes than the model has: refused before any pass
     seed = check_seed(seed)
     batch_size = check_batch_size(batch_size)
     budget = check_count(budget, "budget (backward passes per sample)", low=1)
     confidence = check_number(confidence, "confidence", ge=0, lt=1)
+    cost = getattr(model, "backward_per_call", 1)
+    if budget is not None and budget < cost:
+        raise ParameterError(f"budget {budget} is below one call of the gradient estimator ({cost} backward passes)")
     constraint = threat_model(model, constraint, eps)
     check_inputs(model, x)
     check_labels(model, y, x.shape[0])
@@ -265,6 +276,7 @@ def run_attack(
             "nonfinite_gradients": None if nonfinite_steps is None else int((nonfinite_steps > 0).sum()),
             "oom_retries": retries,
             "batch_size": plan.to_dict(),
+            **({"gradient": model.estimator.describe()} if hasattr(model, "estimator") else {}),
         },
     )
 
@@ -362,6 +374,7 @@ def _attack_rows(job: _Job, begin: int, stop: int, window: ChunkPlan | None = No
     rows = slice(begin, stop)
     x_rows = x if whole else x[rows]
     constraint = constraint if whole else select(constraint, torch.arange(begin, stop, device=x.device))
+    cost = getattr(model, "backward_per_call", 1)  # an EOT model's call costs K backward passes per sample
     problem = Problem(
         model=model,
         x=x_rows.detach().clone(),
@@ -369,7 +382,7 @@ def _attack_rows(job: _Job, begin: int, stop: int, window: ChunkPlan | None = No
         constraint=constraint,
         criterion=criterion,
         target=None if targets is None else (targets if whole else targets[rows]),
-        budget=budget,
+        budget=None if budget is None else budget // cost,  # the attack counts calls
         generator=torch.Generator(device=x.device).manual_seed(seed),
         start=None if warm is None else (warm if whole else warm[rows]),
         window=window,
@@ -389,7 +402,7 @@ def _attack_rows(job: _Job, begin: int, stop: int, window: ChunkPlan | None = No
     logits = chunked(model.logits, x_adv, size)
     forward = model.counter.forward - forward0
     backward = model.counter.backward - backward0
-    per_sample = _per_sample_backward(problem, backward)
+    per_sample = _per_sample_backward(problem, backward, cost)
     n = x_rows.shape[0]
     if budget is not None and backward > budget * n:
         raise BudgetExceeded(f"attack {attack.name!r} used {backward} backward passes; budget {budget} x {n} samples")
@@ -462,12 +475,13 @@ def _warm_start(attack: Attack, start: Tensor | None, x: Tensor) -> Tensor | Non
     return start.detach().to(device=x.device, dtype=x.dtype).clone()
 
 
-def _per_sample_backward(problem: Problem, total: int) -> Tensor | None:
-    """The engine's per-sample backward passes, if they account for every pass the model saw."""
+def _per_sample_backward(problem: Problem, total: int, cost: int = 1) -> Tensor | None:
+    """The engine's per-sample backward passes (its differentiated calls x ``cost`` passes each), if they account for
+    every pass the model saw."""
     counts = problem.backward_counts
-    if counts is None or int(counts.sum()) != total:
+    if counts is None or int(counts.sum()) * cost != total:
         return None  # the attack spent passes outside the engine: only the total is known
-    return counts.detach().cpu()
+    return counts.detach().cpu() * cost
 
 
 def _enforce_threat_model_in_chunks(x: Tensor, x_adv: Tensor, constraint: Constraint, size: int) -> Tensor:

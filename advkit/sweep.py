@@ -69,7 +69,7 @@ from advkit.constraints import build_constraints
 from advkit.datasets import class_interleaved_order
 from advkit.errors import AdvkitError, ParameterError
 from advkit.files import atomic_write_bytes, atomic_write_json
-from advkit.model_specs import parse_spec
+from advkit.model_specs import load_model_ref, parse_spec
 from advkit.models import ModelAdapter
 from advkit.stats import wilson_interval
 from advkit.validation import check_eps_in_range
@@ -171,16 +171,6 @@ class SweepSpec:
     def cell_attacks(self) -> list[str]:
         """The attacks with cells in this sweep: the listed ones, after fmn in a minimal search."""
         return [MINIMAL_ATTACK, *self.attacks] if self.search == "minimal" else list(self.attacks)
-
-
-def load_model_ref(ref: str, device: str = "cpu") -> ModelAdapter:
-    """Load any model spec (``name:key=value``, ``torchvision:NAME``, ``file.py:factory``...); the adapter keeps the
-    full reference as its name."""
-    from advkit.model_specs import load_model
-
-    model = load_model(ref, device)
-    model.name = ref
-    return model
 
 
 # ----------------------------------------------------------------------------- storage
@@ -972,17 +962,16 @@ def _run_cells(
     return cells
 
 
-def run_shard(context, x: Tensor, y: Tensor, *, spec: SweepSpec, ref: str, attacks: list[str], begin: int, end: int,
+def run_shard(context, x: Tensor, y: Tensor, *, spec: SweepSpec, ref: str, attacks: list[str],
               batch_size: int | str) -> dict[tuple[str, str, float], Cell]:  # fmt: skip
-    """A task of a distributed sweep (see :mod:`advkit.executors`): samples ``[begin, end)`` of model ``ref`` through
-    every eps of ``attacks``, exactly as :func:`_run_cells` runs them in process (on a worker: ``context`` holds its
-    loaded models)."""
+    """A task of a distributed sweep (see :mod:`advkit.executors`): one shard's samples ``x, y`` on model ``ref``
+    through every eps of ``attacks``, exactly as :func:`_run_cells` runs them in process (on a worker: ``context``
+    holds its loaded models)."""
     import dataclasses
 
     model = context.model(ref)
     part = dataclasses.replace(spec, models=[ref], attacks=list(attacks))
-    xs, ys = x[begin:end].to(model.device), y[begin:end].to(model.device)
-    return _run_cells(part, {ref: model}, xs, ys, None, {}, False, batch_size)
+    return _run_cells(part, {ref: model}, x.to(model.device), y.to(model.device), None, {}, False, batch_size)
 
 
 def _merge_cells(parts: list[Cell]) -> Cell:
@@ -1001,7 +990,7 @@ def _run_cells_on(executor, spec, models, x, y, cells_dir, config, progress, bat
     """:func:`_run_cells` as tasks on ``executor``: (model, attack, shard), or (model, shard) in a minimal search,
     whose fmn run all attacks share. Finished shards are stored as they arrive (``OUT/shards/BEGIN-END/``) and reused
     on a rerun; the merged cells go to ``OUT/cells/`` as in process."""
-    from advkit.executors import Task, progress_bar, shard_size_for, shards
+    from advkit.executors import Task, progress_bar, put_shards, shard_size_for, shards
 
     clean_preds = {ref: models[ref].predict(x, batch_size).argmax(1) for ref in spec.models}
     groups = [list(spec.attacks)] if spec.search == "minimal" else [[a] for a in spec.attacks]
@@ -1012,7 +1001,6 @@ def _run_cells_on(executor, spec, models, x, y, cells_dir, config, progress, bat
         info = executor.begin_run()
         ranges = shards(len(y), shard_size_for(len(y), executor))
         info.shard_size = ranges[0][1] - ranges[0][0]
-        x_ref, y_ref = executor.put(x.cpu()), executor.put(y.cpu())
         adapters = {ref: executor.put(models[ref]) for ref in spec.models} if ship_adapters else {}
         parts: dict[tuple, dict] = {}
         tasks = []
@@ -1042,25 +1030,28 @@ def _run_cells_on(executor, spec, models, x, y, cells_dir, config, progress, bat
                         parts[(ref, gi, begin)] = stored
                         info.resumed_tasks += 1
                         continue
-                    kwargs = dict(spec=spec, ref=ref, attacks=group, begin=begin, end=end, batch_size=batch_size)
+                    kwargs = dict(spec=spec, ref=ref, attacks=group, batch_size=batch_size)
                     if ship_adapters:
                         kwargs["_adapters"] = {ref: adapters[ref]}
                     label = f"{ref} {'+'.join(group)} samples {begin}-{end}"
-                    tasks.append(Task(key=(ref, gi, begin), func=run_shard, kwargs=kwargs, label=label))
+                    tasks.append(Task(key=(ref, gi, begin, end), func=run_shard, kwargs=kwargs, label=label))
+        data = put_shards(executor, x, y, sorted({task.key[2:] for task in tasks}))
+        for task in tasks:
+            task.x, task.y = data[task.key[2]]
         info.tasks = len(tasks)
         bar = progress_bar(len(tasks), progress, "sweep")
-        for task, result, seconds in executor.run(tasks, x_ref, y_ref):
+        for task, result, seconds in executor.run(tasks):
             if info.first_result_seconds is None:
                 info.first_result_seconds = time.perf_counter() - clock
             info.task_seconds.append(seconds)
-            ref, _, begin = task.key
+            ref, gi, begin, end = task.key
             result = {k: Cell(**{**vars(c), "model": models[ref].name}) for k, c in result.items()}
             if out is not None:
-                folder = out / "shards" / f"{begin}-{task.kwargs['end']}"
+                folder = out / "shards" / f"{begin}-{end}"
                 folder.mkdir(parents=True, exist_ok=True)
                 for cell in result.values():
                     cell.save(folder, config)
-            parts[task.key] = result
+            parts[(ref, gi, begin)] = result
             bar.update(1)
         bar.close()
     for ref in spec.models:

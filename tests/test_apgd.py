@@ -48,3 +48,39 @@ def test_apgd_matches_pgd_at_an_equal_budget(zoo_cnn, mnist_test, correct_digits
     apgd = run_attack(zoo_cnn, "apgd", x, y, eps=eps, steps=40, loss=loss, seed=0, budget=40)
     assert pgd.success_rate > 0.2
     assert int(apgd.success.sum()) >= int(pgd.success.sum()) - 1  # random starts differ: one sample of luck either way
+
+
+def test_dlr_on_too_few_classes_is_refused_before_any_pass_in_python_and_on_the_cli(tmp_path):
+    from click.testing import CliRunner
+    from torch import nn
+
+    from advkit.cli import cli
+    from advkit.errors import ParameterError
+    from advkit.models import ModelAdapter
+    from advkit.runner import run_attack
+
+    two = ModelAdapter(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), name="two", bounds=(0.0, 1.0),
+                       input_shape=(4,), class_names=["a", "b"])  # fmt: skip
+    x = torch.rand(6, 4, generator=torch.Generator().manual_seed(0))
+    y = two.predict(x).argmax(1)
+    with pytest.raises(ParameterError, match="DLR loss needs at least 3 classes, the model has 2"):
+        run_attack(two, "apgd", x, y, eps=0.1, loss="dlr")
+    with pytest.raises(ParameterError, match="targeted DLR loss needs at least 4 classes"):
+        run_attack(two, "apgd_targeted", x, y, eps=0.1, target=1, loss="dlr")
+    assert two.counter.forward == 0 and two.counter.backward == 0
+    assert run_attack(two, "apgd", x, y, eps=0.1, loss="ce", steps=2).n == 6  # the other losses still work
+    model_file = tmp_path / "two.py"
+    model_file.write_text(
+        "import torch\nfrom torch import nn\nfrom advkit.models import ModelAdapter\n\n"
+        "def make():\n    torch.manual_seed(0)\n"
+        "    return ModelAdapter(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), name='two', bounds=(0.0, 1.0), "
+        "input_shape=(4,), class_names=['a', 'b'])\n"
+    )
+    data = tmp_path / "d.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.rand(8, 4), "y": torch.tensor([0, 1] * 4), "bounds": torch.tensor([0.0, 1.0])}, str(data))
+    out = CliRunner().invoke(cli, ["attack", "--model", f"{model_file}:make", "--data", f"tensors:{data}",
+                                   "--attack", "apgd", "-p", "loss=dlr", "--eps", "0.1", "-n", "2"])  # fmt: skip
+    assert out.exit_code != 0 and "Traceback" not in out.output, out.output
+    assert "the DLR loss needs at least 3 classes" in out.output

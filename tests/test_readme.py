@@ -35,3 +35,15 @@ def test_the_check_notices_drift(check_readme, tmp_path):
     assert check_readme.check(readme, only=["zoo-accuracy"])  # a changed number is caught
     check_readme.check(readme, only=["zoo-accuracy"], write=True)
     assert not check_readme.check(readme, only=["zoo-accuracy"]) and "**98.2%**" in readme.read_text()
+
+
+def test_the_main_job_check_allows_a_sample_of_machine_drift_and_nothing_more(check_readme):
+    block = (
+        "  success        20/100 = 20.0%  (wrong class with p >= 0.90, re-checked by a fresh forward pass)\n"
+        "  passes         8716 forward, 8636 backward, at most 100 per sample; 8.25 s; seed 0\n"
+    )
+    other_machine = block.replace("20/100 = 20.0%", "21/100 = 21.0%").replace("8716", "8643").replace("8.25", "6.05")
+    assert check_readme._close(block, other_machine)
+    assert not check_readme._close(block, block.replace("20/100 = 20.0%", "30/100 = 30.0%"))
+    assert not check_readme._close(block, block.replace("8716 forward", "9716 forward"))
+    assert not check_readme._close(block, block.replace("re-checked", "checked"))

@@ -15,6 +15,7 @@ from advkit.cli.options import (
     data_option,
     device_option,
     emit_json,
+    gradient_from_params,
     json_option,
     model_option,
     n_option,
@@ -57,6 +58,12 @@ from advkit.cli.options import (
 @click.option(
     "-p", "--param", "params", multiple=True, help="Attack parameter key=value (repeatable; see `advkit attacks NAME`)."
 )
+@click.option(
+    "--gradient",
+    default=None,
+    help="Gradient estimator for adaptive attacks: eot:TRANSFORMS[,samples=K] (flip, crop, rotate, grayscale, noise, "
+    "jpeg, identity), bpda[:modules=Sign,surrogate=identity|clip] or transfer:MODEL (also -p gradient=...).",
+)
 @batch_size_option
 @device_option
 @click.option(
@@ -86,6 +93,7 @@ def attack(
     budget: int | None,
     confidence: float | None,
     params: tuple[str, ...],
+    gradient: str | None,
     batch_size: int | str,
     device: str,
     survival: bool,
@@ -112,6 +120,7 @@ def attack(
             "e.g. --attack targeted or apgd_targeted"
         )
     fields = {f.name for f in attack_cls.param_fields()}
+    gradient, params = gradient_from_params(gradient, params, fields)
     attack_params = parse_params(
         params,
         attack_cls,
@@ -138,6 +147,7 @@ def attack(
         seed=seed,
         survival=survival,
         batch_size=batch_size,
+        gradient=gradient,
     )
     summary = study.summary()
     if out is not None:

@@ -99,6 +99,11 @@ def evaluate_command(
     )
     for c in summary["checks"]:
         click.echo(f"  {'FLAG' if c['status'] == 'flag' else 'ok  '} {c['check']}: {c['reason']}")
+    from advkit.executors import describe_run
+
+    where = describe_run(summary.get("executor"))
+    if where:
+        click.echo(where)
     if out is not None:
         click.echo(f"report: {out / 'index.html'}")
 

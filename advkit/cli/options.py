@@ -371,6 +371,30 @@ def parse_params(pairs: tuple[str, ...], attack_cls, **named: Any) -> dict[str, 
     return params
 
 
+def gradient_from_params(gradient: str | None, params: tuple[str, ...], fields: set[str]):
+    """``--gradient SPEC`` or ``-p gradient=SPEC`` (for an attack without a parameter of that name), checked before
+    any model is loaded (a transfer surrogate is loaded with the run); the other ``-p`` pairs."""
+    rest, given = [], [] if gradient is None else [gradient]
+    for pair in params:
+        key, sep, raw = pair.partition("=")
+        if sep and key.strip() == "gradient" and "gradient" not in fields:
+            given.append(raw)
+        else:
+            rest.append(pair)
+    if len(given) > 1:
+        raise click.UsageError("the gradient estimator is given twice (--gradient and -p gradient=); give it once")
+    spec = given[0] if given else None
+    if spec is not None and not spec.strip().startswith("transfer:"):
+        from advkit.errors import ParameterError
+        from advkit.gradients import parse_gradient
+
+        try:
+            parse_gradient(spec)
+        except ParameterError as error:
+            raise click.UsageError(str(error)) from None
+    return spec, tuple(rest)
+
+
 def attack_instance(attack_cls, params: dict[str, Any]):
     """The attack built from checked parameters: its declared types and ranges are enforced here, before any work."""
     return attack_cls(**params)

@@ -171,6 +171,11 @@ def sweep_command(
     click.echo(f"sanity checks: {len(raised)} flag(s)" + ("" if raised else " - none raised"))
     for f in raised:
         click.echo(f"  FLAG {f['check']} [{f['model']}{' ' + f['attack'] if f['attack'] else ''}]: {f['reason']}")
+    from advkit.executors import describe_run
+
+    where = describe_run(summary.get("executor"))
+    if where:
+        click.echo(where)
     click.echo(f"report: {out / 'index.html'}")
 
 

@@ -15,6 +15,8 @@ from advkit.cli.options import (
     data_option,
     device_option,
     emit_json,
+    executor_from_options,
+    executor_options,
     json_option,
     n_option,
     open_data,
@@ -59,12 +61,13 @@ from advkit.cli.options import (
 @confidence_option
 @click.option("-p", "--param", "params", multiple=True, help="Attack parameter key=value (repeatable).")
 @batch_size_option
+@executor_options
 @device_option
 @out_options("Write transfer.csv, transfer_matrix.csv, transfer.png, masks.safetensors and summary.json here.")
 @json_option
 def transfer_command(
     source_specs, target_specs, data_spec, attack_name, eps, constraint_names, target, n, seed, budget, confidence,
-    params, batch_size, device, out, overwrite, as_json,
+    params, batch_size, executor, address, workers, gpus_per_worker, shard_size, device, out, overwrite, as_json,
 ):  # fmt: skip
     """Attack each source, feed its successful examples to every target; matrix of the share that still fools (S5)."""
     from advkit import registry
@@ -72,6 +75,7 @@ def transfer_command(
 
     check_confidence(confidence)
     torch_device(device)
+    runner = executor_from_options(executor, address, workers, gpus_per_worker, shard_size)
     attack_cls = registry.get_attack(attack_name).obj
     if target is not None and not attack_cls.accepts_target:
         raise click.UsageError(f"--target: attack {attack_name!r} is untargeted (it ignores target classes)")
@@ -96,7 +100,7 @@ def transfer_command(
         sources, targets, dataset, attack_name, eps=eps,
         constraints=[c.strip() for c in constraint_names.split(",") if c.strip()], target=target,
         confidence=confidence, n=n, seed=seed, budget=budget, progress=progress, batch_size=batch_size,
-        attack_params=attack_params,
+        attack_params=attack_params, executor=runner,
     )  # fmt: skip
     if out is not None:
         study.write(out, overwrite=True)  # claimed before any work

@@ -120,12 +120,13 @@ def attack_study(
     seed: int = 0,
     survival: bool = False,
     batch_size: int | str = "auto",
+    gradient: Any = None,
     **attack_params: Any,
 ) -> AttackStudy:
     """Attack the first ``n`` samples of ``dataset`` (class-interleaved) that ``model`` classifies correctly.
 
     ``eps`` sizes the named ``constraints`` (the model's box always applies; ``eps=None`` asks for a run bounded only
-    by the named sets). ``label`` keeps only samples of that class; a ``target`` (index or class name) makes the
+    by the named sets). ``gradient``: a gradient estimator spec (see :mod:`advkit.gradients`). ``label`` keeps only samples of that class; a ``target`` (index or class name) makes the
     attack targeted and leaves out samples already of the target class. The data set is checked against the model
     (shape, value range, classes) before anything runs.
     """
@@ -164,6 +165,7 @@ def attack_study(
             budget=budget,
             seed=seed,
             batch_size=batch_size,
+            gradient=gradient,
         )
     except AdvkitError:
         raise

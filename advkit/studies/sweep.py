@@ -84,12 +84,13 @@ def sweep_study(
     except OSError as error:  # e.g. a model whose weights are not on this machine (the message says where to put them)
         raise ModelLoadError(str(error)) from None
     flags = run_checks(result) if checks else []
-    files = write_report(result, flags, out)
-    if result.executor is not None:  # where the work ran: executor, workers, shard size, per-task seconds, overhead
-        from advkit.files import atomic_write_json
+    from advkit.files import atomic_write_json
 
-        atomic_write_json(Path(out) / "executor.json", result.executor)
-        files.append(Path(out) / "executor.json")
+    # where the work ran (executor, workers, shard size, per-task seconds, overhead), before the report that shows it;
+    # written for an in-process run too, so a folder a Ray run used never keeps that run's record
+    where = Path(out) / "executor.json"
+    atomic_write_json(where, result.executor or {"executor": "in process"})
+    files = [where, *write_report(result, flags, out)]
     record(out, files)
     columns = [c for c in INDEX_COLUMNS if c != "inferred" or spec.search == "descending"]
     return {

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from advkit.errors import AdvkitError, AttackError
+from advkit.executors import describe_run
 from advkit.models import ModelAdapter
 from advkit.provenance import write_summary
 from advkit.studies import StudyResult
@@ -29,12 +30,14 @@ def transfer_study(
     progress: Callable[[str], None] | None = None,
     batch_size: int | str = "auto",
     attack_params: Mapping[str, Any] | None = None,
+    executor: Any = None,
     **more_params: Any,
 ) -> StudyResult:
     """Attack each source on the first ``n`` samples of ``dataset`` (class-interleaved) every model classifies
     correctly, and feed its successful examples to every target (``targets=None``: the sources); the matrix of the
     share that still fools. Candidates are read and checked ``batch_size`` at a time, only until ``n`` are found; the sources are
-    attacked in chunks of ``batch_size`` (``"auto"``: see :mod:`advkit.batching`)."""
+    attacked in chunks of ``batch_size`` (``"auto"``: see :mod:`advkit.batching`). ``executor``: see
+    :func:`advkit.transfer.transfer_matrix` (None: in this process)."""
     from advkit import registry
     from advkit.classes import resolve_class
     from advkit.constraints import build_constraints
@@ -49,7 +52,8 @@ def transfer_study(
     first = sources[0]
     attack_cls = registry.get_attack(attack).obj
     attack_params = {**(attack_params or {}), **more_params}  # a dict, so a parameter may be named like ours
-    configured = attack_cls(**attack_params)  # its parameters decide whether it needs a target (targets=malt picks its own)
+    # its parameters decide whether it needs a target (targets=malt picks its own)
+    configured = attack_cls(**attack_params)
     target_class = None if target is None else resolve_class(first.class_names, target, what="--target")
     if configured.requires_target and target_class is None:
         raise ParameterError(f"attack {attack!r} is targeted: give --target")
@@ -77,6 +81,7 @@ def transfer_study(
             progress=progress,
             batch_size=batch_size,
             attack_params=attack_params,
+            executor=executor,
         )
     except AdvkitError:
         raise
@@ -155,6 +160,9 @@ def format_summary(s: dict) -> str:
             f"    {pair:<{width}} {c['n_target_fooled']:>4}/{c['n_source_fooled']:<4} = {c['transfer_rate']:.2f}  "
             f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]{note}"
         )
+    where = describe_run(s.get("executor"))
+    if where:
+        lines.append(f"  ran on    {where}")
     if s.get("out"):
         lines.append(f"  wrote     {', '.join(s['out'])}")
     return "\n".join(lines)

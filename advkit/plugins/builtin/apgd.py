@@ -10,6 +10,7 @@ import advkit
 from advkit.adaptive import step_for
 from advkit.attack import Attack
 from advkit.engine import Problem, optimize
+from advkit.errors import ParameterError
 from advkit.objectives import UNTARGETED_LOSSES
 from advkit.params import MAX_RESTARTS, MAX_STEPS, param
 
@@ -51,6 +52,12 @@ class APGD(Attack):
     rho: float = param(
         0.75, ge=0, le=1, doc="halve the step at a checkpoint if the loss rose in fewer than this share of steps"
     )
+
+    def check_model(self, model) -> None:
+        if self.loss == "dlr" and model.num_classes < 3:
+            raise ParameterError(
+                f"apgd: the DLR loss needs at least 3 classes, the model has {model.num_classes}; use loss=ce"
+            )
 
     def run(self, problem: Problem) -> Tensor:
         update = step_for(problem, self.initial_step, self.steps, self.alpha, self.rho)

@@ -98,6 +98,13 @@ class APGDTargeted(Attack):
     def windowed(self) -> bool:  # type: ignore[override]  # ranking targets is model work outside optimize()
         return self.targets == "given"
 
+    def check_model(self, model) -> None:
+        if self.loss == "dlr" and model.num_classes < 4:
+            raise ParameterError(
+                f"apgd_targeted: the targeted DLR loss needs at least 4 classes, the model has {model.num_classes}; "
+                "use loss=ce+margin"
+            )
+
     def run(self, problem: Problem) -> Tensor:
         if self.targets == "given":
             return self._attack(problem).x_adv

@@ -1,0 +1,342 @@
+"""Gradient estimators for adaptive attacks: the model an attack differentiates, replaced where its gradient lies.
+
+An estimator wraps a :class:`~advkit.models.ModelAdapter` in another adapter that every attack uses like the model
+itself (so it works for every attack, engine-based or with its own loop); the runner's clean check, its re-check of
+every returned point and ``predict`` still use the real model, so a reported success is a success on the model as it
+is. ``run_attack(..., gradient="...")`` and ``advkit attack --gradient ...`` take a spec:
+
+* ``eot:TRANSFORMS[,samples=K]`` (expectation over transformation, Athalye et al. 2018): the attack sees the average
+  of the model's logits over K random draws of the transforms (``identity``, ``flip``, ``crop``, ``rotate``,
+  ``grayscale``, ``noise``, ``jpeg``, composed in the order given), so its gradient is the gradient of the averaged
+  logits (the average of the loss gradients for losses linear in the logits, such as the margin). Each call costs K
+  forward passes (and K backward when differentiated), counted at the model. The draws are a function of each
+  sample's content and the estimator's ``seed`` only, so a batch draws what its slices draw.
+* ``bpda[:modules=Sign,surrogate=identity|clip]`` (backward pass differentiable approximation, Athalye et al. 2018):
+  the forward pass is the model's; in the backward pass the named module types (class names; default advkit's
+  ``Sign``) act as the identity or as ``clamp(x, -1, 1)`` (whose gradient is the hard-tanh straight-through
+  estimator). Passes as the plain model.
+* ``transfer:MODEL`` (a model spec): the forward value is the model's logits, the gradient comes from the surrogate
+  ``MODEL``'s logits at the same point; each call costs one forward pass of the model and one forward (and backward)
+  pass of the surrogate, all counted.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advkit.errors import ParameterError
+from advkit.models import ModelAdapter
+
+__all__ = ["BPDA", "EOT", "ESTIMATORS", "EOT_TRANSFORMS", "TransferGradient", "parse_gradient", "with_gradient"]
+
+ESTIMATORS = ("eot", "bpda", "transfer")
+#: EOT's largest number of draws per call.
+MAX_SAMPLES = 1024
+
+
+# ----------------------------------------------------------------------------- EOT's random transforms
+
+
+def _row_uniforms(x: Tensor, seed: int, k: int, count: int) -> Tensor:
+    """``count`` numbers in [0, 1) per row of ``x``, a function of the row's content, ``seed`` and draw ``k`` only
+    (no generator state, so a batch draws what its slices draw)."""
+    flat = x.detach().flatten(1).to(torch.float64)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    weights = torch.rand(flat.shape[1], generator=g, dtype=torch.float64).to(flat.device)
+    key = (flat * weights).sum(1, keepdim=True) * 12.9898 + 78.233 * (k + 1)
+    j = torch.arange(1, count + 1, device=flat.device, dtype=torch.float64)
+    values = torch.sin(key * j + 0.6180339887 * j * (k + 1)) * 43758.5453123
+    return (values - values.floor()).to(x.dtype)
+
+
+def _affine(x: Tensor, theta: Tensor, low: float) -> Tensor:
+    """Each image moved by its own 2x3 affine map (bilinear), corners filled with the low bound."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x - low, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + low
+
+
+def _flip(x: Tensor, u: Tensor, bounds, options) -> Tensor:
+    return torch.where((u[:, 0] < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def _crop(x: Tensor, u: Tensor, bounds, options) -> Tensor:
+    """A random crop keeping an area in [crop_area, 1] at a random place, resized back."""
+    smallest = float(options.get("crop_area", 0.8))
+    side = torch.sqrt(smallest + (1 - smallest) * u[:, 0])
+    theta = torch.zeros(x.shape[0], 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = side
+    theta[:, 0, 2] = (1 - side) * (2 * u[:, 1] - 1)
+    theta[:, 1, 2] = (1 - side) * (2 * u[:, 2] - 1)
+    return _affine(x, theta, bounds[0])
+
+
+def _rotate(x: Tensor, u: Tensor, bounds, options) -> Tensor:
+    """A rotation by an angle uniform in [-angle, angle] degrees (default 30) about the centre."""
+    angle = math.radians(float(options.get("angle", 30.0))) * (2 * u[:, 0] - 1)
+    theta = torch.zeros(x.shape[0], 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle), -torch.sin(angle)
+    theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle), torch.cos(angle)
+    return _affine(x, theta, bounds[0])
+
+
+def _grayscale(x: Tensor, u: Tensor, bounds, options) -> Tensor:
+    """ITU-R 601 luma on half of the draws (3-channel images)."""
+    if x.shape[1] != 3:
+        raise ParameterError(f"eot grayscale needs 3-channel images, got {x.shape[1]} channel(s)")
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    gray = (x * weights).sum(1, keepdim=True).expand_as(x)
+    return torch.where((u[:, 0] < 0.5).view(-1, 1, 1, 1), gray, x)
+
+
+def _noise(x: Tensor, u: Tensor, bounds, options) -> Tensor:
+    """Gaussian noise of std ``sigma`` (default 0.05) x the range width, clipped to the bounds."""
+    sigma = float(options.get("sigma", 0.05)) * (bounds[1] - bounds[0])
+    index = torch.arange(x[0].numel(), device=x.device, dtype=torch.float64).view(1, -1)
+    phase = u[:, :2].to(torch.float64) * 1000.0
+    a = torch.sin(index * 12.9898 + phase[:, :1]) * 43758.5453
+    b = torch.sin(index * 78.233 + phase[:, 1:]) * 24634.6345
+    u1, u2 = (a - a.floor()).clamp_min(1e-12), b - b.floor()
+    gauss = (torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).to(x.dtype).view_as(x)
+    return (x + sigma * gauss).clamp(*bounds)
+
+
+def _jpeg(x: Tensor, u: Tensor, bounds, options) -> Tensor:
+    """Quantization to between 8 and 32 levels per channel (JPEG-like loss of detail), straight-through in the
+    backward pass."""
+    low, high = bounds
+    levels = (8 + (u[:, 0] * 25).floor()).view(-1, 1, 1, 1)
+    scaled = (x - low) / (high - low) * (levels - 1)
+    quantized = torch.round(scaled) / (levels - 1) * (high - low) + low
+    return x + (quantized - x).detach()
+
+
+#: name -> (function, random numbers per row, description)
+EOT_TRANSFORMS: dict[str, tuple[Callable[..., Tensor], int, str]] = {
+    "identity": (lambda x, u, bounds, options: x, 0, "the input unchanged (EOT then equals the plain gradient)"),
+    "flip": (_flip, 1, "horizontal flip on half of the draws"),
+    "crop": (_crop, 3, "random crop of area in [crop_area, 1] (0.8), resized back"),
+    "rotate": (_rotate, 1, "rotation uniform in [-angle, angle] degrees (30)"),
+    "grayscale": (_grayscale, 1, "grayscale on half of the draws (3 channels)"),
+    "noise": (_noise, 2, "gaussian noise, std sigma (0.05) x the range width"),
+    "jpeg": (_jpeg, 1, "quantization to 8-32 levels, straight-through"),
+}
+
+
+# ----------------------------------------------------------------------------- the estimators
+
+
+@dataclass(frozen=True)
+class EOT:
+    """Average the logits over ``samples`` random draws of ``transforms`` (applied in order)."""
+
+    transforms: tuple[str, ...]
+    samples: int = 8
+    seed: int = 0
+    options: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.transforms if t not in EOT_TRANSFORMS]
+        if not self.transforms or unknown:
+            raise ParameterError(
+                f"eot: unknown transform {unknown[0]!r}" if unknown else "eot: give at least one transform"
+            )
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise ParameterError(f"eot: samples must lie in 1..{MAX_SAMPLES}, got {self.samples}")
+
+    def describe(self) -> str:
+        return f"eot:{','.join(self.transforms)},samples={self.samples}"
+
+
+@dataclass(frozen=True)
+class BPDA:
+    """Replace the backward pass of the named module types by the identity or by clamp(x, -1, 1)."""
+
+    modules: tuple[str, ...] = ("Sign",)
+    surrogate: str = "identity"
+
+    def __post_init__(self) -> None:
+        if self.surrogate not in ("identity", "clip"):
+            raise ParameterError(f"bpda: surrogate must be identity or clip, got {self.surrogate!r}")
+
+    def describe(self) -> str:
+        return f"bpda:modules={'+'.join(self.modules)},surrogate={self.surrogate}"
+
+
+@dataclass(frozen=True)
+class TransferGradient:
+    """The forward value of the model, the gradient of a surrogate model at the same point."""
+
+    surrogate: ModelAdapter
+
+    def describe(self) -> str:
+        return f"transfer:{self.surrogate.name}"
+
+
+Estimator = EOT | BPDA | TransferGradient
+
+
+def parse_gradient(spec: str | Estimator | None, device: Any = "cpu") -> Estimator | None:
+    """An estimator from ``eot:flip,crop,samples=8``, ``bpda``, ``bpda:modules=Sign+Hardtanh,surrogate=clip`` or
+    ``transfer:MODEL`` (None passes through; an estimator object is returned as it is)."""
+    if spec is None or isinstance(spec, (EOT, BPDA, TransferGradient)):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ParameterError(
+            f"gradient: expected a spec such as eot:flip,samples=8, bpda or transfer:MODEL, got {spec!r}"
+        )
+    kind, _, rest = spec.strip().partition(":")
+    if kind not in ESTIMATORS:
+        raise ParameterError(f"gradient: unknown estimator {kind!r}; valid: {', '.join(ESTIMATORS)}")
+    if kind == "transfer":
+        if not rest:
+            raise ParameterError("gradient: transfer needs a surrogate model, e.g. transfer:cnn")
+        from advkit.model_specs import load_model_ref
+
+        return TransferGradient(load_model_ref(rest, device))
+    names, options = [], {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if sep:
+            options[key.strip()] = value.strip()
+        else:
+            names.append(item)
+    if kind == "bpda":
+        if names:
+            raise ParameterError(f"gradient: bpda takes modules=... and surrogate=..., got {names[0]!r}")
+        unknown = sorted(set(options) - {"modules", "surrogate"})
+        if unknown:
+            raise ParameterError(f"gradient: bpda has no option {unknown[0]!r} (valid: modules, surrogate)")
+        modules = tuple(m for m in options.get("modules", "Sign").split("+") if m)
+        return BPDA(modules=modules, surrogate=options.get("surrogate", "identity"))
+    numeric = {}
+    for key, value in options.items():
+        if key not in ("samples", "seed", "crop_area", "angle", "sigma"):
+            raise ParameterError(f"gradient: eot has no option {key!r} (valid: samples, seed, crop_area, angle, sigma)")
+        try:
+            numeric[key] = float(value)
+        except ValueError:
+            raise ParameterError(f"gradient: eot {key}={value!r} is not a number") from None
+        if not math.isfinite(numeric[key]):
+            raise ParameterError(f"gradient: eot {key}={value!r} must be finite")
+    for key in ("samples", "seed"):
+        if key in numeric and numeric[key] != int(numeric[key]):
+            raise ParameterError(f"gradient: eot {key} must be an integer, got {options[key]}")
+    extra = {k: v for k, v in numeric.items() if k not in ("samples", "seed")}
+    return EOT(
+        transforms=tuple(names), samples=int(numeric.get("samples", 8)), seed=int(numeric.get("seed", 0)), options=extra
+    )
+
+
+class _Estimated(ModelAdapter):
+    """An adapter that an attack uses like ``base``; its calls go through the estimator, while ``module`` (hence the
+    runner's clean check, re-check and ``predict``) is the real model's. Every pass is counted on ``base.counter``."""
+
+    def __init__(self, base: ModelAdapter, estimator: Estimator) -> None:
+        super().__init__(
+            base.module, name=base.name, bounds=base.bounds, input_shape=base.input_shape, class_names=base.class_names,
+            dataset=base.dataset, description=base.description, metadata={**base.metadata, "gradient": estimator.describe()},
+        )  # fmt: skip
+        self.base, self.estimator = base, estimator
+        self.counter = base.counter  # every pass counted where the runner reads it
+        #: backward passes one differentiated call costs per sample (the runner sizes budgets and counts by it)
+        self.backward_per_call = estimator.samples if isinstance(estimator, EOT) else 1
+        self.guide = None
+        if isinstance(estimator, TransferGradient):
+            self.guide = copy.copy(estimator.surrogate)  # the surrogate, counting into this model's counter
+            self.guide.counter = base.counter
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.call_times is not None:  # the runner times calls to size chunks
+            self.call_times.append((time.perf_counter(), x.shape[0]))
+        e = self.estimator
+        if isinstance(e, EOT):
+            return self._eot(x, e)
+        if isinstance(e, BPDA):
+            with _bpda_hooks(self.base.module, e):
+                return self.base(x)
+        value = self.base(x.detach())  # TransferGradient: the model's logits, the surrogate's gradient
+        if not x.requires_grad:
+            return value
+        guide = self.guide(x)
+        return value + (guide - guide.detach())
+
+    def _eot(self, x: Tensor, e: EOT) -> Tensor:
+        moved = [t for t in e.transforms if t != "identity"]
+        if moved and x.dim() != 4:
+            raise ParameterError(f"eot: {moved[0]} needs image batches (N, C, H, W), got shape {tuple(x.shape)}")
+        total = None
+        for k in range(e.samples):
+            point = x
+            for t in moved:
+                fn, count, _ = EOT_TRANSFORMS[t]
+                u = _row_uniforms(x, e.seed + 1000 * e.transforms.index(t), k, count)
+                point = fn(point, u, self.bounds, e.options)
+            logits = self.base(point)
+            total = logits if total is None else total + logits
+        return total / e.samples
+
+
+class _bpda_hooks:
+    """Forward hooks on the module types ``estimator.modules`` making their output ``s + (out - s).detach()``, with
+    ``s`` the identity (or ``clamp(x, -1, 1)``) of their input: the same forward value, the surrogate's gradient."""
+
+    def __init__(self, module: nn.Module, estimator: BPDA) -> None:
+        self.targets = [m for m in module.modules() if type(m).__name__ in estimator.modules]
+        if not self.targets:
+            found = sorted({type(m).__name__ for m in module.modules()})
+            raise ParameterError(
+                f"bpda: the model has no module of type {', '.join(estimator.modules)} (its types: {', '.join(found)})"
+            )
+        self.clip = estimator.surrogate == "clip"
+        self.handles: list[Any] = []
+
+    def _hook(self, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
+        source = inputs[0]
+        surrogate = source.clamp(-1, 1) if self.clip else source
+        return surrogate + (output - surrogate).detach()
+
+    def __enter__(self) -> _bpda_hooks:
+        self.handles = [m.register_forward_hook(self._hook) for m in self.targets]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def with_gradient(model: ModelAdapter, gradient: str | Estimator | None, device: Any = None) -> ModelAdapter:
+    """``model`` as an attack should differentiate it under ``gradient`` (a spec or an estimator; None: ``model``)."""
+    estimator = parse_gradient(gradient, model.device if device is None else device)
+    if estimator is None:
+        return model
+    if isinstance(estimator, TransferGradient):
+        surrogate = estimator.surrogate
+        for what, a, b in (
+            ("input shape", model.input_shape, surrogate.input_shape),
+            ("number of classes", model.num_classes, surrogate.num_classes),
+            ("input bounds", model.bounds, surrogate.bounds),
+        ):
+            if a != b:
+                raise ParameterError(
+                    f"gradient transfer: the surrogate {surrogate.name!r} differs in {what} ({b} vs {a})"
+                )
+        surrogate.module.eval()
+    return _Estimated(model, estimator)
+
+
+def describe_estimators() -> list[str]:
+    """One line per estimator and EOT transform (for listings)."""
+    lines = ["eot:TRANSFORMS[,samples=K,seed=S]  average logits over K draws of the transforms"]
+    lines += [f"  {name}: {desc}" for name, (_, _, desc) in EOT_TRANSFORMS.items()]
+    lines += ["bpda[:modules=A+B,surrogate=identity|clip]  identity or clip in the backward pass of those modules"]
+    lines += ["transfer:MODEL  the model's logits, the surrogate MODEL's gradient"]
+    return lines

@@ -1,0 +1,221 @@
+"""Gradient estimators (advkit.gradients): EOT over K identity draws is the plain gradient, BPDA's identity surrogate
+passes the gradient through Sign unchanged and its clip surrogate is the zoo BNN's own straight-through gradient, a
+transfer estimator takes the surrogate's gradient at the model's logits; passes and budgets count every real pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advkit.errors import ParameterError
+from advkit.gradients import BPDA, EOT, _row_uniforms, parse_gradient, with_gradient
+from advkit.model_specs import load_model
+from advkit.models import ModelAdapter
+from advkit.runner import run_attack
+from advkit.zoo.architectures import Sign
+
+
+def input_gradient(model: ModelAdapter, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    point = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(point), y, reduction="sum"), point)
+    return grad
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_test):
+    return mnist_test.x[:12], mnist_test.y[:12]
+
+
+def test_eot_over_identity_draws_is_the_plain_gradient_at_k_passes_each(digits):
+    x, y = digits
+    cnn = load_model("cnn").to("cpu")
+    cnn.module.eval()
+    plain = input_gradient(cnn, x, y)
+    for samples in (1, 4):
+        eot = with_gradient(cnn, f"eot:identity,samples={samples}")
+        before = cnn.counter.snapshot()
+        grad = input_gradient(eot, x, y)
+        assert torch.allclose(grad, plain, rtol=1e-5, atol=1e-7)
+        assert (cnn.counter.forward - before[0], cnn.counter.backward - before[1]) == (samples * 12, samples * 12)
+    flipped = input_gradient(with_gradient(cnn, "eot:flip,crop,samples=3"), x, y)
+    assert not torch.allclose(flipped, plain)  # real transforms move the gradient
+
+
+def test_eot_draws_depend_on_each_sample_only_and_change_with_the_draw(digits):
+    x, _ = digits
+    whole = _row_uniforms(x, 0, 0, 3)
+    assert torch.equal(whole[4:9], _row_uniforms(x[4:9], 0, 0, 3))
+    assert not torch.equal(whole, _row_uniforms(x, 0, 1, 3)) and not torch.equal(whole, _row_uniforms(x, 1, 0, 3))
+    assert float(whole.min()) >= 0 and float(whole.max()) < 1
+
+
+class SignNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.first = nn.Linear(6, 5)
+        self.sign = Sign(straight_through=False)  # the true derivative: zero everywhere
+        self.second = nn.Linear(5, 3)
+        with torch.no_grad():
+            for layer in (self.first, self.second):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g))
+
+    def forward(self, x):
+        return self.second(self.sign(self.first(x)))
+
+
+def test_bpda_identity_passes_the_gradient_through_sign_unchanged():
+    net = ModelAdapter(SignNet(), name="signnet", bounds=(-1.0, 1.0), input_shape=(6,), class_names=list("abc"))
+    x = torch.rand(5, 6, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    weights = torch.randn(5, 3, generator=torch.Generator().manual_seed(3))
+    point = x.clone().requires_grad_(True)
+    (masked,) = torch.autograd.grad((net(point) * weights).sum(), point)
+    assert torch.count_nonzero(masked) == 0  # what a plain attack sees
+    bpda = with_gradient(net, "bpda")
+    point = x.clone().requires_grad_(True)
+    out = bpda(point)
+    (grad,) = torch.autograd.grad((out * weights).sum(), point)
+    closed_form = weights @ net.module.second.weight @ net.module.first.weight  # d/dx of c . W2 (W1 x) per row
+    assert torch.allclose(grad, closed_form, atol=1e-5)
+    assert torch.equal(out, net(x))  # the forward pass is the model's
+    assert not net.module.sign._forward_hooks  # the hooks live only inside a call
+
+
+def test_bpda_clip_on_the_masked_bnn_is_the_zoo_bnns_straight_through_gradient(digits):
+    x, y = digits
+    masked, ste = load_model("bnn:straight_through=false"), load_model("bnn")
+    masked.module.eval(), ste.module.eval()
+    assert torch.count_nonzero(input_gradient(masked, x, y)) == 0
+    bpda = with_gradient(masked, BPDA(surrogate="clip"))
+    assert torch.equal(input_gradient(bpda, x, y), input_gradient(ste, x, y))
+
+
+def test_bpda_attack_breaks_the_masked_bnn_as_the_ste_model_does(digits, mnist_test):
+    x, y = mnist_test.x[:40], mnist_test.y[:40]
+    masked = load_model("bnn:straight_through=false")
+    plain = run_attack(masked, "pgd", x, y, eps=0.3, steps=10, seed=0)
+    adaptive = run_attack(masked, "pgd", x, y, eps=0.3, steps=10, seed=0, gradient="bpda:surrogate=clip")
+    ste = run_attack(load_model("bnn"), "pgd", x, y, eps=0.3, steps=10, seed=0)
+    assert adaptive.extra["gradient"] == "bpda:modules=Sign,surrogate=clip"
+    assert torch.equal(adaptive.success, ste.success) and adaptive.success_rate > plain.success_rate + 0.2
+
+
+def test_transfer_gradient_is_the_surrogates_at_the_models_logits(digits):
+    x, y = digits
+    target, surrogate = load_model("bnn:straight_through=false"), load_model("cnn")
+    target.module.eval(), surrogate.module.eval()
+    estimated = with_gradient(target, "transfer:cnn")
+    before = target.counter.snapshot()
+    point = x.clone().requires_grad_(True)
+    out = estimated(point)
+    (grad,) = torch.autograd.grad(F.cross_entropy(out, y, reduction="sum"), point)
+    assert (target.counter.forward - before[0], target.counter.backward - before[1]) == (24, 12)
+    assert torch.equal(out.detach(), target.logits(x))
+    probe = x.clone().requires_grad_(True)
+    z = surrogate.module(probe)
+    weights = (F.softmax(out.detach(), 1) - F.one_hot(y, 10)).detach()  # d CE / d logits at the model's logits
+    (expected,) = torch.autograd.grad((z * weights).sum(), probe)
+    assert torch.allclose(grad, expected, atol=1e-5)
+
+
+def test_budgets_count_every_eot_draw(digits):
+    x, y = digits
+    cnn = load_model("cnn")
+    result = run_attack(cnn, "pgd", x, y, eps=0.2, steps=10, budget=8, gradient="eot:identity,samples=4")
+    assert result.summary()["max_backward_per_sample"] == 8  # two steps of four draws each
+    assert result.backward_passes == int(result.backward_counts.sum()) <= 8 * 12
+    with pytest.raises(ParameterError, match="below one call of the gradient estimator"):
+        run_attack(cnn, "pgd", x, y, eps=0.2, budget=3, gradient="eot:identity,samples=4")
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("nope", "unknown estimator 'nope'"),
+        ("eot:blur", "unknown transform 'blur'"),
+        ("eot:", "at least one transform"),
+        ("eot:flip,samples=0", "samples must lie in 1..1024"),
+        ("eot:flip,samples=2.5", "samples must be an integer"),
+        ("eot:flip,sigma=nan", "must be finite"),
+        ("eot:flip,wobble=1", "no option 'wobble'"),
+        ("bpda:surrogate=tanh", "identity or clip"),
+        ("transfer:", "needs a surrogate model"),
+    ],
+)
+def test_bad_specs_are_refused_precisely(spec, message):
+    with pytest.raises(ParameterError, match=message):
+        parse_gradient(spec)
+
+
+def test_the_cli_takes_the_estimator_as_an_option_or_a_parameter_and_refuses_bad_ones():
+    import json
+
+    from click.testing import CliRunner
+
+    from advkit.cli import cli
+
+    args = ["attack", "--model", "bnn:straight_through=false", "--attack", "pgd", "--eps", "0.3", "-n", "10",
+            "--steps", "5", "--json"]  # fmt: skip
+    plain = json.loads(CliRunner().invoke(cli, args).output)
+    option = CliRunner().invoke(cli, [*args, "--gradient", "bpda:surrogate=clip"])
+    param = CliRunner().invoke(cli, [*args, "-p", "gradient=bpda:surrogate=clip"])
+    assert option.exit_code == 0 and param.exit_code == 0, (option.output, param.output)
+    a, b = json.loads(option.output), json.loads(param.output)
+    assert a["gradient"] == b["gradient"] == "bpda:modules=Sign,surrogate=clip" and "gradient" not in plain
+    assert a["success_rate"] == b["success_rate"] > plain["success_rate"]
+    bad = CliRunner().invoke(cli, [*args, "--gradient", "eot:blur"])
+    assert bad.exit_code == 2 and "unknown transform 'blur'" in bad.output and "Traceback" not in bad.output
+    twice = CliRunner().invoke(cli, [*args, "--gradient", "bpda", "-p", "gradient=bpda"])
+    assert twice.exit_code == 2 and "given twice" in twice.output
+
+
+def test_eot_averages_a_randomized_models_logits_over_its_draws():
+    class Noisy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.linear(x + 0.5 * torch.randn_like(x))
+
+    torch.manual_seed(0)
+    model = ModelAdapter(Noisy(), name="noisy", bounds=(-1.0, 1.0), input_shape=(4,), class_names=list("abc"))
+    x = torch.zeros(3, 4)
+    one = with_gradient(model, EOT(("identity",), samples=1))(x)
+    many = with_gradient(model, EOT(("identity",), samples=256))(x)
+    expected = model.module.linear(x)
+    assert (many - expected).abs().max() < (one - expected).abs().max()
+    assert (many - expected).abs().max() < 0.2
+
+
+def test_every_eot_transform_keeps_images_in_bounds_and_differentiable():
+    from advkit.gradients import EOT_TRANSFORMS
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    model = ModelAdapter(net, name="rgb", bounds=(0.0, 1.0), input_shape=(3, 8, 8), class_names=list("abcde"))
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    seen = []
+    for name, (fn, count, _) in EOT_TRANSFORMS.items():
+        if name != "identity":
+            moved = fn(x, _row_uniforms(x, 0, 0, count), model.bounds, {})
+            assert moved.shape == x.shape and float(moved.min()) >= -1e-6 and float(moved.max()) <= 1 + 1e-6, name
+            seen.append(not torch.equal(moved, x))
+        estimated = with_gradient(model, f"eot:{name},samples=2")
+        point = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(estimated(point).sum(), point)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+    assert all(seen)  # each transform changed the images of at least one draw
+    with pytest.raises(ParameterError, match="grayscale needs 3-channel images"):
+        with_gradient(load_model("cnn"), "eot:grayscale")(torch.zeros(2, 1, 28, 28))
+
+
+def test_a_surrogate_of_another_input_space_is_refused():
+    from advkit.gradients import TransferGradient
+
+    other = ModelAdapter(nn.Sequential(nn.Flatten(), nn.Linear(16, 10)), name="other", bounds=(-1.0, 1.0),
+                         input_shape=(1, 4, 4), class_names=[str(i) for i in range(10)])  # fmt: skip
+    with pytest.raises(ParameterError, match="differs in input shape"):
+        with_gradient(load_model("cnn"), TransferGradient(other))
