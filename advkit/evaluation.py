@@ -122,6 +122,8 @@ class EvaluationResult:
     budget: int | None = None
     #: where the work ran (:meth:`advkit.executors.ExecutorInfo.summary`); None: in this process
     executor: dict | None = None
+    #: the gradient estimator every stage differentiated the model through (:mod:`advkit.gradients`); None: none
+    gradient: str | None = None
 
     @property
     def n(self) -> int:
@@ -136,6 +138,7 @@ class EvaluationResult:
             "norm": self.norm,
             "version": self.version,
             "seed": self.seed,
+            "gradient": self.gradient,
             "budget": self.budget,
             "max_backward_per_sample": (
                 None if self.backward_counts is None or not n else int(self.backward_counts.max())
@@ -281,7 +284,7 @@ def evaluate(
         model=model.name, eps=float(eps), norm=norm, version=version, seed=int(seed),
         y=y, clean_correct=clean_correct, robust=robust, broken_by=broken_by, x_adv=x_adv, stages=records,
         checks=checks, seconds=time.perf_counter() - clock, backward_counts=spent, budget=budget,
-        executor=None if info is None else info.summary(),
+        executor=None if info is None else info.summary(), gradient=model.metadata.get("gradient"),
     )  # fmt: skip
 
 

@@ -216,7 +216,17 @@ def tensor_digest(*tensors: Tensor) -> str:
 def model_fingerprint(model: ModelAdapter) -> str:
     """The weight file's sha256 from the adapter's metadata, else a hash of the state dict; for a model from your
     own file or module also of that code and the adapter's bounds and input shape (a sweep resumes only on the
-    same network, not merely the same weights)."""
+    same network, not merely the same weights). A model behind a gradient estimator (:mod:`advkit.gradients`) has
+    another fingerprint for each estimator: its results are another attack's."""
+    gradient = model.metadata.get("gradient")
+    if gradient is not None:
+        inner = getattr(model, "base", None)
+        weights = model_fingerprint(inner) if inner is not None else _weights_fingerprint(model)
+        return hashlib.sha256(canonical_json({"model": weights, "gradient": gradient}).encode()).hexdigest()
+    return _weights_fingerprint(model)
+
+
+def _weights_fingerprint(model: ModelAdapter) -> str:
     if model.metadata.get("sha256"):
         return str(model.metadata["sha256"])
     state = tensor_digest(*(v.float() for v in model.module.state_dict().values()))

@@ -219,3 +219,27 @@ def test_a_surrogate_of_another_input_space_is_refused():
                          input_shape=(1, 4, 4), class_names=[str(i) for i in range(10)])  # fmt: skip
     with pytest.raises(ParameterError, match="differs in input shape"):
         with_gradient(load_model("cnn"), TransferGradient(other))
+
+
+def test_evaluate_takes_an_estimator_and_its_fingerprint_differs_from_the_plain_models():
+    import json
+
+    from click.testing import CliRunner
+
+    from advkit.cli import cli
+    from advkit.sweep import model_fingerprint
+
+    masked = load_model("bnn:straight_through=false")
+    fingerprints = {model_fingerprint(masked), model_fingerprint(with_gradient(masked, "bpda")),
+                    model_fingerprint(with_gradient(masked, "bpda:surrogate=clip"))}  # fmt: skip
+    assert len(fingerprints) == 3  # a resumed run never mixes estimators
+    args = ["evaluate", "--model", "bnn:straight_through=false", "--eps", "0.3", "--version", "fast", "-n", "12",
+            "--json"]  # fmt: skip
+    plain = CliRunner().invoke(cli, args)
+    adaptive = CliRunner().invoke(cli, [*args, "--gradient", "bpda:surrogate=clip"])
+    assert plain.exit_code == 0 and adaptive.exit_code == 0, (plain.output, adaptive.output)
+    a, b = json.loads(plain.output), json.loads(adaptive.output)
+    assert a["gradient"] is None and b["gradient"] == "bpda:modules=Sign,surrogate=clip"
+    assert b["robust_accuracy"] < a["robust_accuracy"]  # the masked gradients no longer hide the BNN's weakness
+    bad = CliRunner().invoke(cli, [*args, "--gradient", "eot:blur"])
+    assert bad.exit_code == 2 and "unknown transform 'blur'" in bad.output

@@ -16,6 +16,7 @@ from advkit.cli.options import (
     device_option,
     emit_json,
     gradient_from_params,
+    gradient_option,
     json_option,
     model_option,
     n_option,
@@ -58,12 +59,7 @@ from advkit.cli.options import (
 @click.option(
     "-p", "--param", "params", multiple=True, help="Attack parameter key=value (repeatable; see `advkit attacks NAME`)."
 )
-@click.option(
-    "--gradient",
-    default=None,
-    help="Gradient estimator for adaptive attacks: eot:TRANSFORMS[,samples=K] (flip, crop, rotate, grayscale, noise, "
-    "jpeg, identity), bpda[:modules=Sign,surrogate=identity|clip] or transfer:MODEL (also -p gradient=...).",
-)
+@gradient_option
 @batch_size_option
 @device_option
 @click.option(

@@ -15,6 +15,8 @@ from advkit.cli.options import (
     emit_json,
     executor_from_options,
     executor_options,
+    gradient_from_params,
+    gradient_option,
     json_option,
     model_option,
     open_data,
@@ -35,8 +37,8 @@ from advkit.cli.options import (
     type=click.Choice(["standard", "fast", "plus"]),
     default="standard",
     show_default=True,
-    help="standard: APGD-CE, APGD-T on MALT's top 3 targets, FAB-T on 3 targets, Square (500 queries); fast: "
-    "APGD-CE, APGD-T on MALT's top target; plus: standard with Square at 5,000 queries.",
+    help="standard: APGD-CE, APGD-T on MALT's top 3 targets, Square (200 queries); fast: APGD-CE, APGD-T on "
+    "MALT's top target; plus: standard's gradient stages, FAB-T on 3 targets, Square at 5,000 queries.",
 )
 @click.option(
     "-n", "--n", "n", type=click.IntRange(min=1), default=100, show_default=True,
@@ -47,6 +49,7 @@ from advkit.cli.options import (
     "--budget", type=click.IntRange(min=1), default=None,
     help="Backward passes per sample over the whole cascade; each stage gets what the earlier ones left.",
 )  # fmt: skip
+@gradient_option
 @batch_size_option
 @executor_options
 @device_option
@@ -61,7 +64,8 @@ from advkit.cli.options import (
 @json_option
 def evaluate_command(
     model_spec, weights, bounds, mean, std, input_shape, class_names, data_spec, eps, norm, version, n, seed,
-    budget, batch_size, executor, address, workers, gpus_per_worker, shard_size, device, out, overwrite, as_json,
+    budget, gradient, batch_size, executor, address, workers, gpus_per_worker, shard_size, device, out, overwrite,
+    as_json,
 ):  # fmt: skip
     """Robust accuracy under a cascade of attacks, each on the samples still robust; resumable."""
     from advkit.datasets import class_interleaved_order
@@ -69,6 +73,7 @@ def evaluate_command(
     from advkit.evaluation_report import write_evaluation_report
 
     cascade(version, norm)  # every stage's attack registered, before any model is loaded
+    gradient, _ = gradient_from_params(gradient, (), set())  # a bad spec is refused before any model is loaded
     runner = executor_from_options(executor, address, workers, gpus_per_worker, shard_size)
     dev = torch_device(device)
     model = open_model(
@@ -76,6 +81,14 @@ def evaluate_command(
         class_names=class_names,
     )  # fmt: skip
     dataset = open_data(data_spec, model)
+    if gradient is not None:  # every stage differentiates the model through it; the checks use the model itself
+        from advkit.errors import ParameterError
+        from advkit.gradients import with_gradient
+
+        try:
+            model = with_gradient(model, gradient, dev)
+        except ParameterError as error:
+            raise click.UsageError(str(error)) from None
     claim_out(out, "evaluate", overwrite, continues=("evaluate",))
     record_out(out, [], folders=("stages", "shards"))  # owned from the start: a rerun after kill -9 resumes them
     index = class_interleaved_order(dataset.labels)[:n]

@@ -371,6 +371,16 @@ def parse_params(pairs: tuple[str, ...], attack_cls, **named: Any) -> dict[str, 
     return params
 
 
+def gradient_option(command: Callable) -> Callable:
+    """``--gradient SPEC``: a gradient estimator for adaptive attacks (see :mod:`advkit.gradients`)."""
+    return _option(
+        "--gradient",
+        default=None,
+        help="Gradient estimator for adaptive attacks: eot:TRANSFORMS[,samples=K] (flip, crop, rotate, grayscale, "
+        "noise, jpeg, identity), bpda[:modules=Sign,surrogate=identity|clip] or transfer:MODEL.",
+    )(command)
+
+
 def gradient_from_params(gradient: str | None, params: tuple[str, ...], fields: set[str]):
     """``--gradient SPEC`` or ``-p gradient=SPEC`` (for an attack without a parameter of that name), checked before
     any model is loaded (a transfer surrogate is loaded with the run); the other ``-p`` pairs."""
