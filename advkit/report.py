@@ -335,6 +335,8 @@ def render_html(
         "plugins": ", ".join(_plugin_text(name, info) for name, info in config.get("plugins", {}).items()),
         "ran on": where_it_ran(executor),
     }
+    if spec.get("gradient"):
+        facts["gradient estimator"] = spec["gradient"]
     fact_rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
     images = "\n".join(
         f'<figure><img src="{html.escape(name)}" alt="{html.escape(name)}"><figcaption>{html.escape(name)}'

@@ -115,11 +115,22 @@ class SweepSpec:
     #: "descending": from the largest down, samples not fooled at a larger eps inferred robust;
     #: "minimal": one fmn run gives success at every eps, then each attack runs where fmn did not succeed.
     search: str = "ascending"
+    #: a gradient estimator every attack differentiates the models through (:mod:`advkit.gradients`); None: none
+    gradient: str | None = None
 
     def __post_init__(self) -> None:
         """Refuses (``ParameterError``) anything it would otherwise have to guess about: no silent de-duplication."""
         if not self.models or not self.attacks or not self.eps:
             raise ParameterError("a sweep needs at least one model, one attack and one eps")
+        if self.gradient is not None:
+            if not isinstance(self.gradient, str):
+                raise ParameterError(
+                    f"gradient must be an estimator spec (a string), got {type(self.gradient).__name__}"
+                )
+            if not self.gradient.strip().startswith("transfer:"):  # a surrogate is loaded with the models
+                from advkit.gradients import parse_gradient
+
+                parse_gradient(self.gradient)
         if self.search not in SEARCHES:
             raise ParameterError(f"unknown search {self.search!r}; valid: {', '.join(SEARCHES)}")
         if self.search in ("descending", "minimal") and not self.reuse:
@@ -264,9 +275,12 @@ def fingerprint(spec: SweepSpec, models: dict[str, ModelAdapter], x: Tensor, y: 
     """Everything that decides the results: weights, data, attacks with parameters, seed, versions (as JSON values)."""
     from advkit import __version__
 
+    described = asdict(spec)
+    if described.get("gradient") is None:
+        described.pop("gradient", None)  # sweeps without an estimator keep the fingerprints they had
     return _jsonable(
         {
-            "spec": asdict(spec),
+            "spec": described,
             "models": {ref: model_fingerprint(m) for ref, m in models.items()},
             "data": {"source": source, "n": int(len(y)), "sha256": tensor_digest(x, y)},
             "advkit": __version__,
@@ -592,9 +606,9 @@ def sweep_models(
     spec: SweepSpec, models: Mapping[str, ModelAdapter] | None = None, device: Any = "cpu"
 ) -> dict[str, ModelAdapter]:
     """The sweep's adapters in ``spec.models``' order: the ones handed over (keyed by exactly those names), else
-    each name loaded as a model spec on ``device``."""
+    each name loaded as a model spec on ``device``; behind ``spec.gradient``'s estimator where the sweep has one."""
     if models is None:
-        return {ref: load_model_ref(ref, device) for ref in spec.models}
+        return {ref: _with_estimator(spec, load_model_ref(ref, device)) for ref in spec.models}
     if sorted(models) != sorted(spec.models):
         raise ParameterError(
             f"the models handed over ({', '.join(models)}) are not the sweep's ({', '.join(spec.models)}); key them "
@@ -611,8 +625,17 @@ def sweep_models(
         if model.name != ref:  # cells and tables are keyed by the sweep's name; the caller's adapter keeps its own
             model = copy.copy(model)
             model.name = ref
-        named[ref] = model
+        named[ref] = _with_estimator(spec, model)
     return named
+
+
+def _with_estimator(spec: SweepSpec, model: ModelAdapter) -> ModelAdapter:
+    """``model`` behind the sweep's gradient estimator (unless it is behind one already)."""
+    if spec.gradient is None or hasattr(model, "estimator"):
+        return model
+    from advkit.gradients import with_gradient
+
+    return with_gradient(model, spec.gradient)
 
 
 def sweep_dataset(spec: SweepSpec, models: dict[str, ModelAdapter]):
@@ -979,7 +1002,7 @@ def run_shard(context, x: Tensor, y: Tensor, *, spec: SweepSpec, ref: str, attac
     holds its loaded models)."""
     import dataclasses
 
-    model = context.model(ref)
+    model = _with_estimator(spec, context.model(ref))
     part = dataclasses.replace(spec, models=[ref], attacks=list(attacks))
     return _run_cells(part, {ref: model}, x.to(model.device), y.to(model.device), None, {}, False, batch_size)
 

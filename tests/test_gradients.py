@@ -243,3 +243,26 @@ def test_evaluate_takes_an_estimator_and_its_fingerprint_differs_from_the_plain_
     assert b["robust_accuracy"] < a["robust_accuracy"]  # the masked gradients no longer hide the BNN's weakness
     bad = CliRunner().invoke(cli, [*args, "--gradient", "eot:blur"])
     assert bad.exit_code == 2 and "unknown transform 'blur'" in bad.output
+
+
+def test_sweep_takes_an_estimator_records_it_and_refuses_to_resume_without_it(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from advkit.cli import cli
+
+    base = ["sweep", "--model", "bnn:straight_through=false", "--attack", "pgd", "--eps", "0.2,0.3", "-n", "12",
+            "-p", "pgd.steps=5", "--no-checks", "--json"]  # fmt: skip
+    plain = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "plain")])
+    out = tmp_path / "bpda"
+    adaptive = CliRunner().invoke(cli, [*base, "--gradient", "bpda:surrogate=clip", "--out", str(out)])
+    assert plain.exit_code == 0 and adaptive.exit_code == 0, (plain.output, adaptive.output)
+    a, b = json.loads(plain.output)["rows"], json.loads(adaptive.output)["rows"]
+    assert all(rb["success_rate"] >= ra["success_rate"] for ra, rb in zip(a, b))
+    assert b[-1]["success_rate"] > a[-1]["success_rate"]
+    assert json.loads((out / "config.json").read_text())["spec"]["gradient"] == "bpda:surrogate=clip"
+    assert "gradient estimator" in (out / "index.html").read_text()
+    again = CliRunner().invoke(cli, [*base, "--out", str(out)])  # the same folder without the estimator
+    assert again.exit_code != 0 and "Traceback" not in again.output
+    assert "gradient" not in json.loads((tmp_path / "plain" / "config.json").read_text())["spec"]

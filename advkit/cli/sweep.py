@@ -17,6 +17,8 @@ from advkit.cli.options import (
     emit_json,
     executor_from_options,
     executor_options,
+    gradient_from_params,
+    gradient_option,
     json_option,
     parse_params,
     record_out,
@@ -93,6 +95,7 @@ def _eps_item(text: str) -> float:
 )
 @click.option("--no-checks", is_flag=True, help="Skip the sanity checks.")
 @batch_size_option
+@gradient_option
 @executor_options
 @device_option
 @click.option(
@@ -109,8 +112,8 @@ def _eps_item(text: str) -> float:
 @json_option
 def sweep_command(
     model_refs, data_spec, attack_names, eps_values, constraint_names, n, seed, budget, confidence, params, no_reuse,
-    search, no_checks, batch_size, executor, address, workers, gpus_per_worker, shard_size, device, out, overwrite,
-    as_json,
+    search, no_checks, batch_size, gradient, executor, address, workers, gpus_per_worker, shard_size, device, out,
+    overwrite, as_json,
 ):  # fmt: skip
     """Success rate versus eps for several models and attacks: table, plots, sanity flags, resumable."""
     from advkit import registry
@@ -135,6 +138,7 @@ def sweep_command(
             f"--search minimal runs {MINIMAL_ATTACK} itself (its rows come first); do not pass --attack {MINIMAL_ATTACK} "
             f"(set its parameters with -p {MINIMAL_ATTACK}.KEY=VALUE)"
         )
+    gradient, _ = gradient_from_params(gradient, (), set())  # a bad spec is refused before any model is loaded
     cell_attacks = [*([MINIMAL_ATTACK] if search == "minimal" else []), *attack_names]
     attack_params = split_params(params, cell_attacks, parse_params)
     # every attack's parameters checked before any model is loaded or --out touched
@@ -155,7 +159,7 @@ def sweep_command(
         models=list(model_refs), attacks=list(attack_names), eps=eps, constraints=constraint_names, n=n, seed=seed,
         budget=budget, confidence=confidence, reuse=not no_reuse,
         data=LEGACY_DATA.get(data_spec, data_spec) if data_spec not in (None, "auto") else "auto", search=search,
-        attack_params=attack_params,
+        attack_params=attack_params, gradient=gradient,
     )  # fmt: skip
     runner = executor_from_options(executor, address, workers, gpus_per_worker, shard_size)
     summary = sweep_study(
