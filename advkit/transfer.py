@@ -220,6 +220,7 @@ def transfer_matrix(
     batch_size: int | str = "auto",
     attack_params: Mapping[str, Any] | None = None,
     executor: Any = None,
+    gradient: str | None = None,
     **more_params: Any,
 ) -> TransferResult:
     """Attack each source white-box and feed its successful adversarial examples to every target.
@@ -234,7 +235,8 @@ def transfer_matrix(
     attacks and of the models' predictions (a number or ``"auto"``, see :mod:`advkit.batching`). ``executor``: None (in
     this process) or an executor of :mod:`advkit.executors`: one task per (source, sample shard), attacking the shard
     and feeding it to every target on a worker (models shipped once per worker through the object store); the merged
-    results are the in-process ones.
+    results are the in-process ones. ``gradient``: a gradient estimator spec (:mod:`advkit.gradients`) every source is
+    attacked through (the targets see the adversarial inputs as they are).
 
     Raises ``ValueError`` for incompatible models or when no sample is usable.
     """
@@ -262,7 +264,7 @@ def transfer_matrix(
 
     run = dict(
         attack=attack, attack_params=attack_params, constraints=constraints, eps=eps, target_class=target_class,
-        confidence=confidence, budget=budget, seed=seed, batch_size=batch_size,
+        confidence=confidence, budget=budget, seed=seed, batch_size=batch_size, gradient=gradient,
     )  # fmt: skip
     if executor is None:
         outcomes = {}
@@ -337,7 +339,10 @@ def transfer_matrix(
         target_fooled=fooled,
         n_candidates=int(pool.numel()),
         n_common_correct=n_common,
-        extra={} if where is None else {"executor": where.summary()},
+        extra={
+            **({} if where is None else {"executor": where.summary()}),
+            **({} if gradient is None else {"gradient": first.extra.get("gradient", gradient)}),
+        },
     )
 
 
@@ -358,6 +363,7 @@ def _attack_and_feed(source: ModelAdapter, targets, x: Tensor, y: Tensor, run: d
         budget=run["budget"],
         seed=run["seed"],
         batch_size=run["batch_size"],
+        gradient=run.get("gradient"),
     )
     x_adv = result.x_adv.detach()
     preds = {t.name: t.predict(x_adv.to(t.device), run["batch_size"]).argmax(1).cpu() for t in targets}

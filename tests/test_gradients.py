@@ -266,3 +266,21 @@ def test_sweep_takes_an_estimator_records_it_and_refuses_to_resume_without_it(tm
     again = CliRunner().invoke(cli, [*base, "--out", str(out)])  # the same folder without the estimator
     assert again.exit_code != 0 and "Traceback" not in again.output
     assert "gradient" not in json.loads((tmp_path / "plain" / "config.json").read_text())["spec"]
+
+
+def test_transfer_attacks_its_sources_through_the_estimator():
+    import json
+
+    from click.testing import CliRunner
+
+    from advkit.cli import cli
+
+    args = ["transfer", "--source", "bnn:straight_through=false", "--to", "cnn", "--attack", "pgd", "--eps", "0.3",
+            "-n", "12", "-p", "steps=5", "--json"]  # fmt: skip
+    plain = CliRunner().invoke(cli, args)
+    adaptive = CliRunner().invoke(cli, [*args, "--gradient", "bpda:surrogate=clip"])
+    assert plain.exit_code == 0 and adaptive.exit_code == 0, (plain.output, adaptive.output)
+    a, b = json.loads(plain.output), json.loads(adaptive.output)
+    source = "bnn:straight_through=false"
+    assert b["gradient"] == "bpda:modules=Sign,surrogate=clip" and "gradient" not in a
+    assert b["source_attacks"][source]["n_success"] > a["source_attacks"][source]["n_success"]

@@ -17,6 +17,8 @@ from advkit.cli.options import (
     emit_json,
     executor_from_options,
     executor_options,
+    gradient_from_params,
+    gradient_option,
     json_option,
     n_option,
     open_data,
@@ -60,6 +62,7 @@ from advkit.cli.options import (
 @click.option("--budget", type=click.IntRange(min=1), default=None, help="Maximum backward passes per sample.")
 @confidence_option
 @click.option("-p", "--param", "params", multiple=True, help="Attack parameter key=value (repeatable).")
+@gradient_option
 @batch_size_option
 @executor_options
 @device_option
@@ -67,7 +70,8 @@ from advkit.cli.options import (
 @json_option
 def transfer_command(
     source_specs, target_specs, data_spec, attack_name, eps, constraint_names, target, n, seed, budget, confidence,
-    params, batch_size, executor, address, workers, gpus_per_worker, shard_size, device, out, overwrite, as_json,
+    params, gradient, batch_size, executor, address, workers, gpus_per_worker, shard_size, device, out, overwrite,
+    as_json,
 ):  # fmt: skip
     """Attack each source, feed its successful examples to every target; matrix of the share that still fools (S5)."""
     from advkit import registry
@@ -79,6 +83,8 @@ def transfer_command(
     attack_cls = registry.get_attack(attack_name).obj
     if target is not None and not attack_cls.accepts_target:
         raise click.UsageError(f"--target: attack {attack_name!r} is untargeted (it ignores target classes)")
+    fields = {f.name for f in attack_cls.param_fields()}
+    gradient, params = gradient_from_params(gradient, params, fields)  # also -p gradient=..., checked before any load
     attack_params = parse_params(params, attack_cls)
     attack_cls(**attack_params)  # declared types and ranges checked before any work
     claim_out(out, "transfer", overwrite)
@@ -100,7 +106,7 @@ def transfer_command(
         sources, targets, dataset, attack_name, eps=eps,
         constraints=[c.strip() for c in constraint_names.split(",") if c.strip()], target=target,
         confidence=confidence, n=n, seed=seed, budget=budget, progress=progress, batch_size=batch_size,
-        attack_params=attack_params, executor=runner,
+        attack_params=attack_params, executor=runner, gradient=gradient,
     )  # fmt: skip
     if out is not None:
         study.write(out, overwrite=True)  # claimed before any work

@@ -31,6 +31,7 @@ def transfer_study(
     batch_size: int | str = "auto",
     attack_params: Mapping[str, Any] | None = None,
     executor: Any = None,
+    gradient: str | None = None,
     **more_params: Any,
 ) -> StudyResult:
     """Attack each source on the first ``n`` samples of ``dataset`` (class-interleaved) every model classifies
@@ -82,6 +83,7 @@ def transfer_study(
             batch_size=batch_size,
             attack_params=attack_params,
             executor=executor,
+            gradient=gradient,
         )
     except AdvkitError:
         raise
