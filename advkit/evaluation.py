@@ -259,7 +259,7 @@ def evaluate(
         stages = cascade(version, norm)
     else:
         version = "custom"
-    _check_classes(model, stages)
+    _check_stages(model, stages)
     clock = time.perf_counter()
     y = y.to(x.device)
     size = inference_batch_size(model, batch_size)
@@ -458,7 +458,7 @@ def _load_shard(path: Path, fingerprint: str, model, x: Tensor, y: Tensor, run: 
     return {**state, "records": record["records"], "resumed": True}
 
 
-def _check_classes(model: ModelAdapter, stages: list[Stage]) -> None:
+def _check_stages(model: ModelAdapter, stages: list[Stage]) -> None:
     """AutoAttack warns when the DLR loss cannot work; advkit refuses every stage the model cannot take (each attack's
     :meth:`~advkit.attack.Attack.check_model`) before any pass (ParameterError)."""
     from advkit.runner import make_attack

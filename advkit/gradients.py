@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advkit.errors import ParameterError
-from advkit.models import ModelAdapter
+from advkit.models import ModelAdapter, input_space_mismatch
 
 __all__ = ["BPDA", "EOT", "ESTIMATORS", "EOT_TRANSFORMS", "TransferGradient", "parse_gradient", "with_gradient"]
 
@@ -320,23 +320,8 @@ def with_gradient(model: ModelAdapter, gradient: str | Estimator | None, device:
         return model
     if isinstance(estimator, TransferGradient):
         surrogate = estimator.surrogate
-        for what, a, b in (
-            ("input shape", model.input_shape, surrogate.input_shape),
-            ("number of classes", model.num_classes, surrogate.num_classes),
-            ("input bounds", model.bounds, surrogate.bounds),
-        ):
-            if a != b:
-                raise ParameterError(
-                    f"gradient transfer: the surrogate {surrogate.name!r} differs in {what} ({b} vs {a})"
-                )
+        mismatch = input_space_mismatch(model, surrogate, dataset=False)  # any surrogate of the same inputs
+        if mismatch is not None:
+            raise ParameterError(f"gradient transfer: the surrogate {surrogate.name!r} differs in {mismatch}")
         surrogate.module.eval()
     return _Estimated(model, estimator)
-
-
-def describe_estimators() -> list[str]:
-    """One line per estimator and EOT transform (for listings)."""
-    lines = ["eot:TRANSFORMS[,samples=K,seed=S]  average logits over K draws of the transforms"]
-    lines += [f"  {name}: {desc}" for name, (_, _, desc) in EOT_TRANSFORMS.items()]
-    lines += ["bpda[:modules=A+B,surrogate=identity|clip]  identity or clip in the backward pass of those modules"]
-    lines += ["transfer:MODEL  the model's logits, the surrogate MODEL's gradient"]
-    return lines

@@ -145,6 +145,20 @@ class ModelAdapter:
         return f"ModelAdapter(name={self.name!r}, bounds={self.bounds}, input_shape={self.input_shape}, classes={self.num_classes})"
 
 
+def input_space_mismatch(a: ModelAdapter, b: ModelAdapter, dataset: bool = True) -> str | None:
+    """What makes inputs of ``a`` and ``b`` not interchangeable (the dataset they name, unless ``dataset=False``;
+    input shape, classes, bounds), or None."""
+    for what, left, right in (
+        ("dataset", a.dataset if dataset else None, b.dataset if dataset else None),
+        ("input shape", a.input_shape, b.input_shape),
+        ("number of classes", a.num_classes, b.num_classes),
+        ("input bounds", a.bounds, b.bounds),
+    ):
+        if left != right:
+            return f"{what} ({left} vs {right})"
+    return None
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a plugin registers for a model: a name, one line of description and a loader."""

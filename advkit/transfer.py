@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from advkit.constraints import Constraint, build_constraints
-from advkit.models import ModelAdapter
+from advkit.models import ModelAdapter, input_space_mismatch
 from advkit.result import AttackResult
 from advkit.stats import wilson_interval
 
@@ -156,17 +156,12 @@ def check_compatible(models: Sequence[ModelAdapter]) -> None:
     names = [m.name for m in models]
     first = models[0]
     for model in models[1:]:
-        for what, a, b in (
-            ("dataset", first.dataset, model.dataset),
-            ("input shape", first.input_shape, model.input_shape),
-            ("number of classes", first.num_classes, model.num_classes),
-            ("input bounds", first.bounds, model.bounds),
-        ):
-            if a != b:
-                raise ValueError(
-                    f"models {first.name!r} and {model.name!r} differ in {what} ({a} vs {b}): "
-                    "adversarial examples can only be transferred between models of the same input space and classes"
-                )
+        mismatch = input_space_mismatch(first, model)
+        if mismatch is not None:
+            raise ValueError(
+                f"models {first.name!r} and {model.name!r} differ in {mismatch}: "
+                "adversarial examples can only be transferred between models of the same input space and classes"
+            )
     if len(set(names)) != len(names):
         raise ValueError(f"two different models share a name among {names}: give each model a distinct name")
 
