@@ -58,7 +58,14 @@ def write_evaluation_report(result: EvaluationResult, out: Path) -> list[Path]:
         f"{100 * summary['clean_accuracy']:.1f}%, 95% Wilson interval {100 * low:.1f}-{100 * high:.1f}%, "
         f"cascade '{html.escape(result.version)}', seed {result.seed}, {summary['seconds']:.1f} s; ran "
         f"{html.escape(where_it_ran(result.executor))}.</p>"
-        "<table border=1 cellpadding=4 style='border-collapse:collapse'><tr><th>stage</th><th>attacked</th>"
+        f"<p>Evaluated: {html.escape(summary['evaluated'])}.</p>"
+        + (
+            "<p style='color:#b00'><b>Warning</b>: the model's outputs are random and this robust accuracy counts one "
+            "draw per point; it may be too high: rerun with <code>--version rand</code>.</p>"
+            if result.randomized and result.reevaluations is None
+            else ""
+        )
+        + "<table border=1 cellpadding=4 style='border-collapse:collapse'><tr><th>stage</th><th>attacked</th>"
         f"<th>fooled</th><th>robust after</th><th>forward</th><th>backward</th><th>seconds</th></tr>{rows}</table>"
         f"<p><img src='robust_accuracy.png' alt='robust accuracy after each stage'></p><h2>Checks</h2><ul>{checks}</ul>"
         "<p>Per sample: <a href='samples.csv'>samples.csv</a> (which stage first broke it); per stage: "

@@ -72,12 +72,17 @@ def _listing(names: list[str], limit: int = 4) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def claim(folder: str | os.PathLike, command: str, *, overwrite: bool = False, continues: Iterable[str] = ()) -> Path:
+def claim(
+    folder: str | os.PathLike, command: str, *, overwrite: bool = False, continues: Iterable[str] = (),
+    rebuilds: bool = False,
+) -> Path:  # fmt: skip
     """Make ``folder`` ready for ``command``'s outputs (see the module docstring); returns it as a Path.
 
     ``continues``: the commands whose folders this one may carry on (a sweep resumes a sweep; a report rebuilds a
-    sweep's). Raises OutputFolderError when the folder is not writable, is a file, holds files advkit did not
-    write, or (unless continued) a previous run's files, and ``overwrite`` is not set.
+    sweep's). ``rebuilds``: the command reads a continued run's files (``advkit report``), so ``overwrite`` only lets
+    it write next to files advkit did not write and removes none of that run's. Raises OutputFolderError when the
+    folder is not writable, is a file, holds files advkit did not write, or (unless continued) a previous run's
+    files, and ``overwrite`` is not set.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -111,7 +116,7 @@ def claim(folder: str | os.PathLike, command: str, *, overwrite: bool = False, c
                 f"--out {str(folder)!r} holds the files of a previous `advkit {manifest.get('command')}` run "
                 f"({_listing(previous)}); choose a new folder, or pass --overwrite to replace them"
             )
-    if overwrite:
+    if overwrite and not (rebuilds and continued):
         for name in previous:  # the previous run's own files go, so none of them is mistaken for this run's
             path = folder / name
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -191,10 +192,11 @@ def build_index(out: Path) -> list[Path]:
     flags = read_flags(out / "flags.json")
     config = read_config(out / "config.json")
     executor = _read_json(out / "executor.json", None, "it records where advkit sweep ran the work")
+    adaptive = _read_adaptive(out)
     figure = save_figure(success_figure(table), out / "success_vs_eps.png")
     extra_figures = sorted(p.name for p in out.glob("*.png") if p.name != figure.name)
     page = out / "index.html"
-    html_text = render_html(table, flags, config, [figure.name, *extra_figures], executor=executor)
+    html_text = render_html(table, flags, config, [figure.name, *extra_figures], executor=executor, adaptive=adaptive)
     atomic_write_bytes(page, html_text.encode())
     return [figure, page]
 
@@ -270,16 +272,69 @@ that the target misclassifies, with a 95% Wilson interval (the diagonal is white
     return path
 
 
+def _read_adaptive(out: Path) -> tuple[list[dict], pd.DataFrame] | None:
+    """An ``--adaptive`` sweep's reruns (adaptive.json) and before/after rows (adaptive.csv); None if it had none."""
+    reruns = _read_json(out / "adaptive.json", None, "it lists the adaptive reruns advkit sweep --adaptive made")
+    if reruns is None:
+        return None
+    if not isinstance(reruns, list) or not all(isinstance(r, dict) and {"model", "attack"} <= set(r) for r in reruns):
+        raise ReportError(f"{out / 'adaptive.json'} is not a list of reruns as advkit sweep --adaptive writes it")
+    path = out / "adaptive.csv"
+    try:
+        rows = pd.read_csv(path) if reruns else pd.DataFrame()
+    except (OSError, ValueError) as error:
+        raise ReportError(f"{path} is not readable ({error}): rerun the sweep with --adaptive") from None
+    return reruns, rows
+
+
 def _flag_rows(flags: list[dict]) -> str:
     colors = {"flag": "#fde2e1", "ok": "#e6f4ea", "skipped": "#f1f3f4"}
     rows = []
     order = {"flag": 0, "ok": 1, "skipped": 2}
     for f in sorted(flags, key=lambda f: order.get(f["status"], 3)):  # flags first; stable within a status
         cells = "".join(
-            f"<td>{html.escape(str(f.get(k) or ''))}</td>" for k in ("status", "check", "model", "attack", "reason")
+            f"<td>{html.escape(str(f.get(k) or ''))}</td>"
+            for k in ("status", "check", "indicator", "model", "attack", "reason")
         )
+        fix = (f.get("fix") or {}).get("text", "")
+        cells += f"<td>{html.escape(fix)}</td>"
         rows.append(f'<tr style="background:{colors.get(f["status"], "white")}">{cells}</tr>')
     return "\n".join(rows)
+
+
+def _adaptive_html(adaptive: tuple[list[dict], pd.DataFrame] | None) -> str:
+    """The adaptive section: each rerun's fix, its cells before and after, and its flags after."""
+    if adaptive is None:
+        return ""
+    reruns, rows = adaptive
+    if not reruns:
+        return '<h2>Adaptive reruns</h2><p class="good">No raised flag carried a fix: nothing was rerun.</p>'
+    parts = [
+        "<h2>Adaptive reruns</h2>",
+        "<p>Each (model, attack) with a raised flag that carries a fix, rerun at every eps with the fixes merged "
+        "(success over the correctly classified samples; each rerun is a sweep folder of its own with its full "
+        "report).</p>",
+    ]
+    shown = rows.copy()
+    for column in ("eps_01", "success_before", "success_after", "robust_before", "robust_after"):
+        if column in shown:
+            shown[column] = shown[column].map(lambda v: f"{v:.3f}")
+    parts.append(f'<div class="wide">{shown.to_html(index=False, border=0)}</div>')
+    for r in reruns:
+        after = [f for f in r.get("flags_after", []) if f.get("status") == "flag"]
+        link = html.escape(quote(f"{r.get('folder', '')}/index.html"))  # the folder's name has % escapes itself
+        verdict = (
+            '<span class="good">no flag raised after the rerun</span>'
+            if not after
+            else f'<span class="bad">{len(after)} flag(s) still raised: '
+            + html.escape("; ".join(f"{f['check']}: {f['reason']}" for f in after))
+            + "</span>"
+        )
+        parts.append(
+            f"<p><b>{html.escape(r['model'])} {html.escape(r['attack'])}</b>: "
+            f'{html.escape((r.get("fix") or {}).get("text", ""))} ({verdict}; <a href="{link}">its report</a>)</p>'
+        )
+    return "\n".join(parts)
 
 
 #: The results table's columns on the page (a 1280-px window shows them without scrolling); results.csv has all.
@@ -300,8 +355,9 @@ INDEX_COLUMNS = (
 
 
 def render_html(
-    table: pd.DataFrame, flags: list[dict], config: dict, figures: list[str], executor: dict | None = None
-) -> str:
+    table: pd.DataFrame, flags: list[dict], config: dict, figures: list[str], executor: dict | None = None,
+    adaptive: tuple[list[dict], pd.DataFrame] | None = None,
+) -> str:  # fmt: skip
     raised = [f for f in flags if f["status"] == "flag"]
     verdict = (
         f'<p class="bad">{len(raised)} sanity check(s) raised a flag: read them before trusting the numbers.</p>'
@@ -350,10 +406,12 @@ def render_html(
 </style></head><body>
 <h1>advkit robustness report</h1>
 {verdict}
-<h2>Sanity checks</h2>
-<table><tr><th>status</th><th>check</th><th>model</th><th>attack</th><th>reason</th></tr>
+<h2>Sanity checks and indicators of attack failure</h2>
+<table><tr><th>status</th><th>check</th><th>indicator (Pintor et al.)</th><th>model</th><th>attack</th><th>reason</th>
+<th>fix advkit can run (--adaptive)</th></tr>
 {_flag_rows(flags)}
 </table>
+{_adaptive_html(adaptive)}
 <h2>Success rate versus eps</h2>
 {images}
 <h2>Results</h2>

@@ -1,8 +1,10 @@
-"""Automatic sanity checks after a sweep (Carlini et al., 2019, "On Evaluating Adversarial Robustness").
+"""Automatic sanity checks after a sweep (Carlini et al., 2019, "On Evaluating Adversarial Robustness"), and the
+indicators of attack failure of Pintor et al. (2022) (:mod:`advkit.indicators`) on each model and attack.
 
-Each check returns flags: ``{"check", "model", "attack", "status": "ok"|"flag"|"skipped", "reason"}``
-with a one-line reason. A flag means the numbers should not be trusted as they stand (e.g.
-gradient masking), not that the code failed.
+Each check returns flags: ``{"check", "indicator", "model", "attack", "status": "ok"|"flag"|"skipped", "reason",
+"fix"}`` with a one-line reason, the Pintor et al. indicator the check stands for (or None) and, on a raised flag,
+the fix advkit can run (``advkit sweep --adaptive`` reruns the flagged cells with it). A flag means the numbers should
+not be trusted as they stand (e.g. gradient masking), not that the code failed.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from advkit.indicators import bpda_fix, flag, input_gradient, make_fix
 from advkit.sweep import SweepResult, sweep_constraint
 
 #: Share of samples whose input gradient is exactly zero above which gradients look masked.
@@ -25,9 +27,18 @@ MORE_STEPS_GAIN = 0.05
 CHECK_SAMPLES = 50
 
 
-def _flag(check: str, model: str, attack: str | None, ok: bool, reason: str, skipped: bool = False) -> dict[str, Any]:
-    status = "skipped" if skipped else ("ok" if ok else "flag")
-    return {"check": check, "model": model, "attack": attack, "status": status, "reason": reason}
+def _flag(
+    check: str, model: str, attack: str | None, ok: bool, reason: str, skipped: bool = False, *,
+    indicator: str | None = None, fix: dict | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    return flag(check, indicator, model, attack, ok, reason, skipped=skipped, fix=fix)
+
+
+def _masking_fix(result: SweepResult, ref: str, why: str) -> dict | None:
+    """BPDA around the modules that block ``ref``'s gradient (None when none does)."""
+    idx = _attacked(result, ref)
+    model = result.models[ref]
+    return bpda_fix(model, result.x[idx].to(model.device), result.y[idx].to(model.device), why)
 
 
 def check_monotone(result: SweepResult) -> list[dict]:
@@ -88,18 +99,21 @@ def check_full_range(result: SweepResult) -> list[dict]:
         for attack in result.spec.attacks:
             fooled = int(_run(result, ref, attack, model.range_width, idx).sum()) if len(idx) else 0
             rate = fooled / len(idx) if len(idx) else 1.0
+            ok = rate >= FULL_RANGE_SUCCESS
             flags.append(
                 _flag(
                     "full-range eps",
                     ref,
                     attack,
-                    rate >= FULL_RANGE_SUCCESS,
+                    ok,
                     f"{fooled}/{len(idx)} fooled at eps = full range {model.range_width:g}"
                     + (
                         ""
                         if rate >= FULL_RANGE_SUCCESS
                         else f" (expected >= {FULL_RANGE_SUCCESS:.2f}: gradients may be masked)"
                     ),
+                    indicator="unconstrained attack failure",
+                    fix=None if ok else _masking_fix(result, ref, "the unconstrained attack fails"),
                 )
             )
     return flags
@@ -160,30 +174,40 @@ def check_random_noise(result: SweepResult) -> list[dict]:
                     "stronger than random noise of the same size"
                     if not worse
                     else "random noise does better: " + "; ".join(worse),
+                    fix=_masking_fix(result, ref, "random noise beats the attack") if worse else None,
                 )
             )
     return flags
 
 
-def check_transfer(result: SweepResult) -> list[dict]:
-    """White-box success on a model is at least the success of examples transferred from another model."""
+def check_transfer(result: SweepResult, others: SweepResult | None = None) -> list[dict]:
+    """White-box success on a model is at least the success of examples transferred from another model (of the sweep,
+    or of ``others``, a sweep of the same samples: the one an adaptive rerun fixes)."""
     flags = []
     refs = result.spec.models
-    if len(refs) < 2:
+    sources = {ref: result for ref in refs}
+    if others is not None:
+        sources.update({ref: others for ref in others.spec.models if ref not in sources})
+    if len(sources) < 2:
         return [_flag("white-box >= transfer", ref, None, True, "needs two models", skipped=True) for ref in refs]
     for target in refs:
         model = result.models[target]
         for attack in result.spec.attacks:
-            worse = []
-            for source in refs:
-                if source == target or result.models[source].input_shape != model.input_shape:
+            worse, gains = [], {}
+            for source, owner in sources.items():
+                if source == target or owner.models[source].input_shape != model.input_shape:
+                    continue
+                if attack not in owner.spec.attacks:
                     continue
                 for eps in result.spec.eps:
-                    mine, theirs = result.cells[(target, attack, eps)], result.cells[(source, attack, eps)]
+                    if (source, attack, eps) not in owner.cells:
+                        continue
+                    mine, theirs = result.cells[(target, attack, eps)], owner.cells[(source, attack, eps)]
                     both = mine.attacked & theirs.attacked
                     with torch.no_grad():
                         fooled = model.predict(theirs.x_adv[both].to(model.device)).argmax(1).cpu() != result.y[both]
                     if int(fooled.sum()) > int(mine.success[both].sum()):
+                        gains[source] = gains.get(source, 0) + int(fooled.sum()) - int(mine.success[both].sum())
                         worse.append(
                             f"from {source} at eps {eps:g}: {int(fooled.sum())} > white-box {int(mine.success[both].sum())}"
                         )
@@ -196,9 +220,22 @@ def check_transfer(result: SweepResult) -> list[dict]:
                     "stronger than transfer from the other models"
                     if not worse
                     else "transfer does better: " + "; ".join(worse),
+                    indicator="transfer failure",
+                    fix=_transfer_fix(gains),
                 )
             )
     return flags
+
+
+def _transfer_fix(gains: dict[str, int]) -> dict | None:
+    """The gradient of the source whose examples beat the white-box attack by the most samples."""
+    if not gains:
+        return None
+    best = max(gains, key=lambda source: gains[source])
+    return make_fix(
+        f"examples from {best} fool more: rerun with transfer:{best} (its gradient, success judged on the model)",
+        gradient=f"transfer:{best}",
+    )
 
 
 def check_gradients(result: SweepResult) -> list[dict]:
@@ -207,10 +244,8 @@ def check_gradients(result: SweepResult) -> list[dict]:
     for ref in result.spec.models:
         model = result.models[ref]
         idx = _attacked(result, ref, None)
-        x = result.x[idx].to(model.device).requires_grad_(True)
-        with model.eval_mode():
-            loss = F.cross_entropy(model.module(x), result.y[idx].to(model.device), reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x)
+        # through the gradient estimator the sweep's attacks used, if any: the gradient they saw
+        grad = input_gradient(model, result.x[idx].to(model.device), result.y[idx].to(model.device))
         flat = grad.flatten(1)
         zero = float((flat == 0).all(1).float().mean()) if len(idx) else 0.0
         bad = float((~torch.isfinite(flat)).any(1).float().mean()) if len(idx) else 0.0
@@ -218,7 +253,8 @@ def check_gradients(result: SweepResult) -> list[dict]:
         reason = f"{100 * zero:.0f}% of samples have an all-zero input gradient, {100 * bad:.0f}% a NaN/inf one"
         if not ok:
             reason += " - gradient masking: white-box numbers overstate robustness"
-        flags.append(_flag("zero/NaN gradients", ref, None, ok, reason))
+        fix = None if ok else _masking_fix(result, ref, "zero gradients")
+        flags.append(_flag("zero/NaN gradients", ref, None, ok, reason, indicator="unavailable gradients", fix=fix))
     return flags
 
 
@@ -256,8 +292,38 @@ def check_more_steps(result: SweepResult) -> list[dict]:
                     gain < MORE_STEPS_GAIN,
                     f"eps {eps:g}: success {base:.2f} with {params['steps']} steps, {more:.2f} with {2 * params['steps']}"
                     + ("" if gain < MORE_STEPS_GAIN else " - still rising: the budget was too small"),
+                    indicator="incomplete optimization",
+                    fix=make_fix(
+                        f"rerun with twice the steps ({2 * params['steps']})", params={"steps": 2 * params["steps"]}
+                    ),  # fmt: skip
                 )
             )
+    return flags
+
+
+def check_attack_paths(result: SweepResult) -> list[dict]:
+    """Pintor et al.'s indicators that need the attack's path (silent success, unstable predictions, incomplete
+    optimization, transfer failure; :mod:`advkit.indicators`), from a probe of each model and attack at the largest
+    eps where success is not saturated (else the largest)."""
+    from advkit.indicators import PATH_INDICATORS, PROBE_SAMPLES, attack_indicators
+
+    flags = []
+    for ref in result.spec.models:
+        model = result.models[ref]
+        idx = _attacked(result, ref, PROBE_SAMPLES)
+        for attack in result.spec.attacks:
+            rates = [float(result.cells[(ref, attack, e)].success[idx].float().mean()) for e in result.spec.eps]
+            open_eps = [e for e, rate in zip(result.spec.eps, rates) if rate < 0.99]
+            eps = (open_eps or result.spec.eps)[-1]
+            found = attack_indicators(
+                model, attack, result.x[idx].to(model.device), result.y[idx].to(model.device),
+                constraint=sweep_constraint(result.spec, eps, model), params=result.spec.attack_params.get(attack, {}),
+                confidence=result.spec.confidence, budget=result.spec.budget, seed=result.spec.seed,
+                only=PATH_INDICATORS,
+            )  # fmt: skip
+            for f in found:
+                f["reason"] = f"eps {eps:g}: {f['reason']}"
+            flags.extend(found)
     return flags
 
 
@@ -269,12 +335,13 @@ CHECKS = (
     check_transfer,
     check_gradients,
     check_more_steps,
+    check_attack_paths,
 )
 
 
-def run_checks(result: SweepResult) -> list[dict]:
-    """Every check on a finished sweep, flags in a flat list."""
+def run_checks(result: SweepResult, others: SweepResult | None = None) -> list[dict]:
+    """Every check on a finished sweep, flags in a flat list (``others``: see :func:`check_transfer`)."""
     flags: list[dict] = []
     for check in CHECKS:
-        flags.extend(check(result))
+        flags.extend(check(result, others) if check is check_transfer else check(result))
     return flags

@@ -239,6 +239,11 @@ def model_fingerprint(model: ModelAdapter) -> str:
 
 def _weights_fingerprint(model: ModelAdapter) -> str:
     if model.metadata.get("sha256"):
+        behaviour = model.metadata.get("behaviour")  # a zoo option that changes the model, not its weights
+        if behaviour:
+            return hashlib.sha256(
+                canonical_json({"weights": model.metadata["sha256"], "behaviour": behaviour}).encode()
+            ).hexdigest()
         return str(model.metadata["sha256"])
     state = tensor_digest(*(v.float() for v in model.module.state_dict().values()))
     code = model.metadata.get("code_sha256")

@@ -7,7 +7,7 @@ README.md and docs/*.md mark each checked block with ``<!-- readme-check: NAME -
   sample or two, e.g. 20/100 on one machine and 21/100 on another with the same code and torch);
 * ``zoo-accuracy``: the clean accuracy of ``cnn`` and ``bnn`` on the 1,000 held-out digits;
 * ``zoo-s6``: clean and PGD top-1/top-5 of the S6 models (``python -m advkit.zoo.evaluate``);
-* ``s10-table``, ``s11-table``, ``s12-table``: tables read from the committed reports (which
+* ``s10-table``, ``s11-table``, ``s12-table``, ``s12-eot-table``: tables read from the committed reports (which
   ``scripts/regenerate_reports.py`` remakes with the current code).
 
     python scripts/check_readme.py            # exit 1 and a diff when a block drifted
@@ -147,6 +147,26 @@ def s12_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def s12_eot_table() -> str:
+    """S12 before and after EOT per transform, from reports/s12-eot/summary.json."""
+    import json
+
+    s = json.loads((REPORTS / "s12-eot" / "summary.json").read_text())
+    before = {r["transform"]: r for r in s["before_eot"]["survival"]["table"]}
+    lines = [
+        f"| transform (L-inf {s['eps_text']}) | survived without EOT | with EOT | still read as the target, without / "
+        "with | clean still correct |",
+        "|---|---|---|---|---|",
+    ]
+    for r in s["survival"]["table"]:
+        b = before[r["transform"]]
+        lines.append(
+            f"| {r['transform']} | {b['survival_rate']:.2f} | {r['survival_rate']:.2f} | "
+            f"{b['still_fooled_rate']:.2f} / {r['still_fooled_rate']:.2f} | {r['clean_accuracy']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 CHECKS: dict[str, Callable[[], str]] = {
     "main-job": main_job,
     "zoo-accuracy": zoo_accuracy,
@@ -154,6 +174,7 @@ CHECKS: dict[str, Callable[[], str]] = {
     "s10-table": s10_table,
     "s11-table": s11_table,
     "s12-table": s12_table,
+    "s12-eot-table": s12_eot_table,
 }
 
 

@@ -1,6 +1,6 @@
 """Rerun every command in reports/README.md, so the committed reports come from the code as it is.
 
-    python scripts/regenerate_reports.py                  # all of them, one after the other (about 15 minutes)
+    python scripts/regenerate_reports.py                  # all of them, one after the other (about 17 minutes)
     python scripts/regenerate_reports.py s2-bnn-eps0.1    # only the reports whose folder names are given
 
 Each line of reports/README.md reads ``reports/NAME/ was written by: COMMAND``; the command runs from the repository

@@ -140,6 +140,7 @@ def test_budgets_count_every_eot_draw(digits):
         ("eot:flip,samples=2.5", "samples must be an integer"),
         ("eot:flip,sigma=nan", "must be finite"),
         ("eot:flip,wobble=1", "no option 'wobble'"),
+        ("eot:flip,mix=2", "mix must be 0"),
         ("bpda:surrogate=tanh", "identity or clip"),
         ("transfer:", "needs a surrogate model"),
     ],
@@ -284,3 +285,46 @@ def test_transfer_attacks_its_sources_through_the_estimator():
     source = "bnn:straight_through=false"
     assert b["gradient"] == "bpda:modules=Sign,surrogate=clip" and "gradient" not in a
     assert b["source_attacks"][source]["n_success"] > a["source_attacks"][source]["n_success"]
+
+
+def test_eot_stacks_its_draws_into_few_calls_with_the_same_passes_and_values(digits, monkeypatch):
+    import advkit.gradients as gradients
+
+    x, y = digits
+    cnn = load_model("cnn").to("cpu")
+    cnn.module.eval()
+    eot = with_gradient(cnn, "eot:flip,crop,rotate,samples=5")
+    grads, calls = {}, {}
+    for rows in (1, 12, 24, 64):  # one draw per call, one draw of 12 rows, two draws, all five draws in one call
+        monkeypatch.setattr(gradients, "EOT_ROWS", rows)
+        seen = []
+        hook = cnn.module.register_forward_pre_hook(lambda module, inputs, seen=seen: seen.append(inputs[0].shape[0]))
+        before = cnn.counter.snapshot()
+        grads[rows] = input_gradient(eot, x, y)
+        hook.remove()
+        assert (cnn.counter.forward - before[0], cnn.counter.backward - before[1]) == (5 * 12, 5 * 12)
+        calls[rows] = seen
+    assert calls == {1: [12] * 5, 12: [12] * 5, 24: [24, 24, 12], 64: [60]}
+    for rows in (1, 24, 64):
+        assert torch.allclose(grads[rows], grads[12], rtol=1e-5, atol=1e-7)
+    whole = eot(x)  # a batch draws what its slices draw
+    assert torch.allclose(whole[3:7], eot(x[3:7]), rtol=1e-5, atol=1e-6)
+
+
+def test_eot_mix_applies_one_transform_per_draw():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    model = ModelAdapter(net, name="rgb", bounds=(0.0, 1.0), input_shape=(3, 8, 8), class_names=list("abcde"))
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    one = with_gradient(model, "eot:rotate,samples=6,mix=1")(x)
+    assert torch.allclose(one, with_gradient(model, "eot:rotate,samples=6")(x), atol=1e-6)  # one transform: no choice
+    before = model.counter.snapshot()
+    both = with_gradient(model, "eot:identity,grayscale,samples=64,mix=1")(x)
+    assert (model.counter.forward - before[0]) == 64 * 4
+    plain, gray = (
+        model.logits(x),
+        model.logits(x.mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(x)),
+    )
+    share = ((both.detach() - plain) / (gray - plain)).mean(1)  # the share of grayscale draws: about 1/2 x 1/2
+    assert float(share.min()) > 0.1 and float(share.max()) < 0.4
+    assert "mix=1" in with_gradient(model, "eot:flip,crop,mix=1").estimator.describe()

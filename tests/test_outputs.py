@@ -80,6 +80,13 @@ def test_a_sweep_resumes_its_own_folder_and_report_rebuilds_it(tmp_path):
     refused = invoke("report", out)
     assert refused.exit_code == 2 and "holds files advkit did not write there (index.html)" in refused.output
     assert (out / "index.html").read_text() == "<p>edited by hand</p>"
+    (out / "notes.txt").write_text("mine")
+    forced = invoke("report", out, "--overwrite")  # rebuilds from the sweep's files: it removes none of them
+    assert forced.exit_code == 0, forced.output
+    assert (out / "results.csv").exists() and (out / "cells").is_dir() and (out / "notes.txt").read_text() == "mine"
+    assert "edited by hand" not in (out / "index.html").read_text()
+    (out / "notes.txt").unlink()
+    (out / "index.html").write_text("<p>edited by hand</p>")
     attack_there = invoke(*ATTACK, "--out", out, "--overwrite")  # --overwrite: the sweep's own files go, the edit stays
     assert attack_there.exit_code == 0, attack_there.output
     assert not (out / "cells").exists() and not (out / "results.csv").exists()

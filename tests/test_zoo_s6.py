@@ -162,13 +162,18 @@ def test_plugin_registers_model_specs(manifest: dict) -> None:
 
     specs: list[ModelSpec] = []
     mnist_s6_models.register_models(specs.append)
-    assert [s.name for s in specs] == [n for n in (*S6_WEIGHTS, "madry_adv") if n in manifest]
+    names = [s.name for s in specs]
+    assert [n for n in names if n != "s6_adv_rand"] == [n for n in (*S6_WEIGHTS, "madry_adv") if n in manifest]
+    assert "s6_adv_rand" in names  # s6_adv behind random input noise, on s6_adv's weights (tests/test_randomized.py)
     assert mnist_s6_models._adapter is mnist_models._adapter  # reused, not copied
     for spec in specs:
         adapter = spec.load()
         assert isinstance(adapter, ModelAdapter) and spec.dataset == adapter.dataset == "mnist"
         assert adapter.name == spec.name and adapter.bounds == (-1.0, 1.0) and adapter.input_shape == (1, 28, 28)
         assert adapter.class_names == [str(d) for d in range(10)]
+        if spec.name == "s6_adv_rand":
+            assert adapter.metadata["base_sha256"] == manifest["s6_adv"]["sha256"] and adapter.metadata["stochastic"]
+            continue
         assert adapter.metadata["sha256"] == manifest[spec.name]["sha256"]
     assert "Model A" in specs[0].description and "Model B" in specs[1].description
 

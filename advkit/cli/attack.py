@@ -65,6 +65,18 @@ from advkit.cli.options import (
 @click.option(
     "--survival", is_flag=True, help="Also check whether the examples survive flip, crop, rotation, grayscale."
 )
+@click.option(
+    "--indicators/--no-indicators",
+    default=True,
+    show_default=True,
+    help="Check the run for Pintor et al.'s indicators of attack failure (silent success, zero gradients, unstable "
+    "predictions, incomplete optimization, transfer failure, unconstrained failure) on the first 20 samples.",
+)
+@click.option(
+    "--adaptive",
+    is_flag=True,
+    help="Rerun the attack with the fixes the raised indicators carry (BPDA, EOT, more steps...) and show both runs.",
+)
 @out_options("Write examples, summary and figure here.")
 @json_option
 def attack(
@@ -93,6 +105,8 @@ def attack(
     batch_size: int | str,
     device: str,
     survival: bool,
+    indicators: bool,
+    adaptive: bool,
     out: Path | None,
     overwrite: bool,
     as_json: bool,
@@ -144,6 +158,8 @@ def attack(
         survival=survival,
         batch_size=batch_size,
         gradient=gradient,
+        indicators=indicators,
+        adaptive=adaptive,
     )
     summary = study.summary()
     if out is not None:

@@ -327,12 +327,14 @@ def open_data(data_spec: str | None, model, split: str = "test", class_names: st
     return dataset
 
 
-def claim_out(out: Path | None, command: str, overwrite: bool, continues: tuple[str, ...] = ()) -> None:
+def claim_out(
+    out: Path | None, command: str, overwrite: bool, continues: tuple[str, ...] = (), rebuilds: bool = False
+) -> None:
     """Claim --out for ``command`` before any work (see :mod:`advkit.outputs`)."""
     if out is not None:
         from advkit.outputs import claim
 
-        claim(out, command, overwrite=overwrite, continues=continues)
+        claim(out, command, overwrite=overwrite, continues=continues, rebuilds=rebuilds)
 
 
 def record_out(out: Path | None, paths, folders: tuple[str, ...] = ()) -> None:

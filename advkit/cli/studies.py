@@ -291,8 +291,33 @@ def noise_study_command(
 @confidence_option
 @seed_option
 @click.option("--survival/--no-survival", default=True, show_default=True, help="Run the S12 transformation study.")
+@click.option(
+    "--eot",
+    default=None,
+    metavar="TRANSFORMS",
+    help="Attack through EOT over these transforms, e.g. flip,crop,rotate,grayscale (also identity, noise, jpeg; "
+    "options mix=, angle=, crop_area=, sigma=, seed=; default: one transform per draw (mix=1), rotations in +-45 "
+    "degrees, crops keeping 64-100% of the area): the attack differentiates the logits averaged over --eot-samples "
+    "random draws and stops once that average gives the target --eot-confidence; the same attack without EOT runs "
+    "first, so survival is shown before and after.",
+)
+@click.option(
+    "--eot-samples",
+    type=int,
+    default=None,
+    help="EOT draws per step (K forward and K backward passes per step) [default: 8].",
+)
+@click.option(
+    "--eot-confidence",
+    type=float,
+    default=None,
+    help="With --eot: a photo's attack stops once the EOT-averaged prediction gives the target this probability "
+    "(success is still judged on the untransformed photo at --confidence) [default: 0.99].",
+)
 @device_option
-@out_options("Write fool.png, survival.png, survival.csv and summary.json here.")
+@out_options(
+    "Write fool.png, survival.png, survival.csv and summary.json here (with --eot also survival_before_eot.*)."
+)
 @click.option(
     "--figure-format",
     type=click.Choice(["png", "jpg"]),
@@ -302,16 +327,17 @@ def noise_study_command(
 )
 @json_option
 def fool_command(
-    model_spec, images, target, eps, attack_name, steps, step_size, confidence, seed, survival, device, out, overwrite,
-    figure_format, as_json,
+    model_spec, images, target, eps, attack_name, steps, step_size, confidence, seed, survival, eot, eot_samples,
+    eot_confidence, device, out, overwrite, figure_format, as_json,
 ):  # fmt: skip
     """S11/S12: make photos read as a chosen ImageNet class within an L-inf bound; test survival under transforms.
 
     The same path as `advkit attack --data imagenet-samples --attack targeted --target ...`, plus the 4 x 3 figure of
     each photo before and after and the survival study."""
     from advkit import registry
+    from advkit.errors import ParameterError
     from advkit.images import DEFAULT_SAMPLES
-    from advkit.studies.fool import fool_study, format_summary
+    from advkit.studies.fool import EOT_CONFIDENCE, eot_spec, fool_study, format_summary
 
     attack_cls = registry.get_attack(attack_name).obj
     if not attack_cls.targeted:
@@ -320,6 +346,18 @@ def fool_command(
         raise click.UsageError(f"--eps must lie in (0, 1] on the 0-1 pixel scale, got {eps:g}")
     check_confidence(confidence)
     attack_cls(**parse_params((), attack_cls, **{"--steps": steps, "--step-size": step_size}))  # checked first
+    for name, value in (("--eot-samples", eot_samples), ("--eot-confidence", eot_confidence)):
+        if eot is None and value is not None:
+            raise click.UsageError(f"{name} needs --eot TRANSFORMS")
+    eot_samples = 8 if eot_samples is None else eot_samples
+    eot_confidence = EOT_CONFIDENCE if eot_confidence is None else eot_confidence
+    if not 0 <= eot_confidence < 1:
+        raise click.UsageError(f"--eot-confidence must lie in [0, 1), got {eot_confidence:g}")
+    if eot is not None:
+        try:
+            eot_spec(eot, eot_samples)
+        except ParameterError as error:
+            raise click.UsageError(f"--eot {eot!r} --eot-samples {eot_samples}: {error}") from None
     torch_device(device)
     claim_out(out, "fool", overwrite)
     model = open_model(model_spec, device)
@@ -328,8 +366,8 @@ def fool_command(
     progress = (lambda line: click.echo(line, err=True)) if not as_json else None
     study = fool_study(
         model, list(images) or list(DEFAULT_SAMPLES), target=target, eps=eps, attack=attack_name, steps=steps,
-        step_size=step_size, confidence=confidence, seed=seed, survival=survival, figure_format=figure_format,
-        progress=progress,
+        step_size=step_size, confidence=confidence, seed=seed, survival=survival, eot=eot, eot_samples=eot_samples,
+        eot_confidence=eot_confidence, figure_format=figure_format, progress=progress,
     )  # fmt: skip
     if out is not None:
         study.write(out, overwrite=True)  # claimed before any work

@@ -94,6 +94,13 @@ def _eps_item(text: str) -> float:
     "runs from its own start only where fmn did not succeed: success at least the attack's own at every eps.",
 )
 @click.option("--no-checks", is_flag=True, help="Skip the sanity checks.")
+@click.option(
+    "--adaptive",
+    is_flag=True,
+    help="Rerun every model and attack whose flags carry a fix (BPDA for zero gradients, EOT for unstable "
+    "predictions, more steps for incomplete optimization, a surrogate's gradient when transfer beats white-box) "
+    "with that fix, into OUT/adaptive/; the report shows each cell before and after.",
+)
 @batch_size_option
 @gradient_option
 @executor_options
@@ -112,7 +119,7 @@ def _eps_item(text: str) -> float:
 @json_option
 def sweep_command(
     model_refs, data_spec, attack_names, eps_values, constraint_names, n, seed, budget, confidence, params, no_reuse,
-    search, no_checks, batch_size, gradient, executor, address, workers, gpus_per_worker, shard_size, device, out,
+    search, no_checks, adaptive, batch_size, gradient, executor, address, workers, gpus_per_worker, shard_size, device, out,
     overwrite, as_json,
 ):  # fmt: skip
     """Success rate versus eps for several models and attacks: table, plots, sanity flags, resumable."""
@@ -138,6 +145,8 @@ def sweep_command(
             f"--search minimal runs {MINIMAL_ATTACK} itself (its rows come first); do not pass --attack {MINIMAL_ATTACK} "
             f"(set its parameters with -p {MINIMAL_ATTACK}.KEY=VALUE)"
         )
+    if adaptive and no_checks:
+        raise click.UsageError("--adaptive reruns what the checks flag: it cannot go with --no-checks")
     gradient, _ = gradient_from_params(gradient, (), set())  # a bad spec is refused before any model is loaded
     cell_attacks = [*([MINIMAL_ATTACK] if search == "minimal" else []), *attack_names]
     attack_params = split_params(params, cell_attacks, parse_params)
@@ -164,7 +173,7 @@ def sweep_command(
     runner = executor_from_options(executor, address, workers, gpus_per_worker, shard_size)
     summary = sweep_study(
         spec, out, device, checks=not no_checks, progress=not as_json, overwrite=overwrite, batch_size=batch_size,
-        executor=runner,
+        executor=runner, adaptive=adaptive,
     )  # fmt: skip
     table = summary.pop("table")
     if as_json:
@@ -175,12 +184,38 @@ def sweep_command(
     click.echo(f"sanity checks: {len(raised)} flag(s)" + ("" if raised else " - none raised"))
     for f in raised:
         click.echo(f"  FLAG {f['check']} [{f['model']}{' ' + f['attack'] if f['attack'] else ''}]: {f['reason']}")
+        if f.get("fix"):
+            click.echo(f"       fix: {f['fix']['text']}")
+    if "adaptive" in summary:
+        _echo_adaptive(summary)
     from advkit.executors import describe_run
 
     where = describe_run(summary.get("executor"))
     if where:
         click.echo(where)
     click.echo(f"report: {out / 'index.html'}")
+
+
+def _echo_adaptive(summary: dict) -> None:
+    """Each adaptive rerun: its fix, success before -> after at every eps, the flags still raised."""
+    reruns = summary["adaptive"]
+    if not reruns:
+        click.echo("adaptive: no raised flag carries a fix - nothing rerun")
+        return
+    for r in reruns:
+        click.echo(f"adaptive rerun [{r['model']} {r['attack']}] with {r['fix_text']}:")
+        for row in summary["adaptive_rows"]:
+            if row["model"] == r["model"] and row["attack"] == r["attack"]:
+                click.echo(
+                    f"  eps {row['eps']:g}: success {row['success_before']:.3f} -> {row['success_after']:.3f}, "
+                    f"robust accuracy {row['robust_before']:.3f} -> {row['robust_after']:.3f}"
+                )
+        still = [f for f in r["flags_after"] if f["status"] == "flag"]
+        click.echo(
+            "  flags after: none raised"
+            if not still
+            else "  flags after: " + "; ".join(f"{f['check']} ({f['reason']})" for f in still)
+        )
 
 
 @click.command("report")
@@ -196,7 +231,8 @@ def report_command(folder, overwrite, as_json):
 
     if not (folder / "results.csv").exists():
         raise click.UsageError(f"{folder} has no results.csv: not an advkit sweep report")
-    claim_out(folder, "report", overwrite, continues=("sweep", "report"))
+    # the sweep's files are the report's input: --overwrite lets it write next to foreign files, removing none
+    claim_out(folder, "report", overwrite, continues=("sweep", "report"), rebuilds=True)
     try:
         paths = build_index(folder)
     except AdvkitError:

@@ -43,6 +43,12 @@ class AttackStudy:
     n_requested: int
     survival: Any = None  # the per-(sample, transform) frame of advkit.survival.Survival, when asked
     extra: dict = field(default_factory=dict)
+    #: the indicators of attack failure (:mod:`advkit.indicators`), None when not computed
+    indicators: list[dict] | None = None
+    #: with ``adaptive``: the rerun with the raised flags' fixes (None when nothing was rerun)
+    adaptive_result: AttackResult | None = None
+    #: with ``adaptive``: the fix run and the indicators after it
+    adaptive: dict | None = None
 
     def summary(self) -> dict:
         """The JSON-able summary ``advkit attack --json`` prints."""
@@ -63,6 +69,23 @@ class AttackStudy:
         if self.survival is not None:
             table = Survival.table(self.survival).round(3)
             summary["survival"] = table.to_dict(orient="records") if len(self.survival) else None
+        if self.indicators is not None:
+            summary["indicators"] = self.indicators
+        if self.adaptive is not None:
+            after = self.adaptive_result
+            summary["adaptive"] = {
+                **self.adaptive,
+                **(
+                    {
+                        "success_before": self.result.success_rate, "success_after": after.success_rate,
+                        "n_success_after": int((after.success & after.correct).sum()),
+                        "forward_passes_after": after.forward_passes, "backward_passes_after": after.backward_passes,
+                        "seconds_after": after.seconds,
+                    }
+                    if after is not None
+                    else {}
+                ),
+            }  # fmt: skip
         return summary
 
     def format(self) -> str:
@@ -83,6 +106,12 @@ class AttackStudy:
             out / "examples.safetensors",
         )
         written = [examples, save_figure(example_grid(r, self.model.class_names), out / "examples.png")]
+        if self.adaptive_result is not None:
+            a = self.adaptive_result
+            written.append(write_tensors(
+                {"x_adv": a.x_adv, "pred": a.pred, "confidence": a.confidence, "success": a.success},
+                out / "adaptive_examples.safetensors",
+            ))  # fmt: skip
         if self.survival is not None and len(self.survival):
             written += self._write_survival(out)
         summary_path = out / "summary.json"
@@ -121,6 +150,8 @@ def attack_study(
     survival: bool = False,
     batch_size: int | str = "auto",
     gradient: Any = None,
+    indicators: bool = True,
+    adaptive: bool = False,
     **attack_params: Any,
 ) -> AttackStudy:
     """Attack the first ``n`` samples of ``dataset`` (class-interleaved) that ``model`` classifies correctly.
@@ -129,6 +160,11 @@ def attack_study(
     by the named sets). ``gradient``: a gradient estimator spec (see :mod:`advkit.gradients`). ``label`` keeps only samples of that class; a ``target`` (index or class name) makes the
     attack targeted and leaves out samples already of the target class. The data set is checked against the model
     (shape, value range, classes) before anything runs.
+
+    ``indicators``: compute the indicators of attack failure on the first samples (:mod:`advkit.indicators`; not for
+    attacks that couple samples, such as ``universal``, whose run on a few samples is another run).
+    ``adaptive``: rerun the whole attack with the fixes the raised flags carry (:func:`advkit.indicators.rerun_spec`)
+    and compute the indicators again; the summary shows both runs.
     """
     from advkit import registry
     from advkit.classes import resolve_class
@@ -152,27 +188,26 @@ def attack_study(
     constraint = build_constraints(constraints, eps=eps, bounds=model.bounds, registry=registry.constraints())
     check_eps_in_range(model, constraint)  # before any data is read: the same rule as sweeps and run_attack
     indices, x, y = dataset.select(model, n, label=label_index, exclude_class=target_index, batch_size=batch_size)
+    # the indicators of attack failure read the run's own path on its first samples (a per-sample attack only: one
+    # that couples samples, such as universal, would be another run on a few)
+    traced = (indicators or adaptive) and attack.per_sample
+    run = dict(constraint=constraint, target=target_index, confidence=confidence, budget=budget, seed=seed)
     try:
-        result = run_attack(
-            model,
-            attack,
-            x,
-            y,
-            constraint=constraint,
-            eps=eps,
-            target=target_index,
-            confidence=confidence,
-            budget=budget,
-            seed=seed,
-            batch_size=batch_size,
-            gradient=gradient,
-        )
+        if traced:
+            from advkit.indicators import traced_run
+
+            targets = None if target_index is None else torch.full_like(y, target_index)
+            result, path = traced_run(
+                model, attack, x, y, **{**run, "target": targets}, gradient=gradient, batch_size=batch_size
+            )  # fmt: skip
+        else:
+            result = run_attack(model, attack, x, y, eps=eps, batch_size=batch_size, gradient=gradient, **run)
     except AdvkitError:
         raise
     except (ValueError, RuntimeError) as error:  # an attack plugin refusing its problem says so in one line
         raise AttackError(f"attack {attack.name!r}: {error}") from None
     frame = _survival(model, result) if survival else None
-    return AttackStudy(
+    study = AttackStudy(
         model=model,
         dataset=dataset,
         result=result,
@@ -182,6 +217,13 @@ def attack_study(
         n_requested=n,
         survival=frame,
     )
+    if traced:
+        from advkit.indicators import indicators_from
+
+        study.indicators = indicators_from(path, model, attack, confidence=confidence, seed=seed, gradient=gradient)
+        if adaptive:
+            _adaptive(study, model, attack, x, y, gradient=gradient, batch_size=batch_size, **run)
+    return study
 
 
 def _survival(model: ModelAdapter, result: AttackResult):
@@ -200,12 +242,38 @@ def _survival(model: ModelAdapter, result: AttackResult):
     )
 
 
+def _adaptive(study: AttackStudy, model, attack: Attack, x, y, *, gradient, batch_size, target, **run) -> None:
+    """Rerun the attack with the merged fix of the raised flags, its path traced for the indicators after."""
+    from advkit.indicators import describe_fix, fresh_attack, indicators_from, rerun_spec, traced_run
+
+    fix = rerun_spec(study.indicators or [])
+    if fix is None:
+        study.adaptive = {"fix": None, "fix_text": "", "rerun": False}
+        return
+    fields = set(attack.params())
+    fixed = fresh_attack(attack, {k: v for k, v in fix["params"].items() if k in fields})
+    fixed_gradient = fix["gradient"] or gradient
+    targets = None if target is None else torch.full_like(y, target)
+    after, path = traced_run(
+        model, fixed, x, y, target=targets, gradient=fixed_gradient, batch_size=batch_size, **run
+    )  # fmt: skip
+    study.adaptive_result = after
+    study.adaptive = {
+        "fix": fix, "fix_text": describe_fix(fix), "rerun": True,
+        "indicators_after": indicators_from(
+            path, model, fixed, confidence=run["confidence"], seed=run["seed"], gradient=fixed_gradient
+        ),
+    }  # fmt: skip
+
+
 #: What the summary records of where a model of your own came from (``advkit.model_specs``).
 MODEL_PROVENANCE = ("weights", "weights_sha256", "code_sha256")
 
 
 def format_summary(s: dict) -> str:
     """A short human summary of an attack run."""
+    from advkit.indicators import format_indicators
+
     low, high = s["bounds"]
     eps01 = s["eps_01"]
     eps_line = (
@@ -241,6 +309,23 @@ def format_summary(s: dict) -> str:
     ]
     if s.get("weights_sha256"):
         lines.append(f"  weights        {s['weights']} (sha256 {s['weights_sha256']})")
+    if s.get("indicators") is not None:
+        lines += format_indicators(s["indicators"])
+    if s.get("adaptive") is not None:
+        a = s["adaptive"]
+        if not a["rerun"]:
+            lines.append("  adaptive       no raised flag carries a fix: nothing rerun")
+        else:
+            lines.append(
+                f"  adaptive       rerun with {a['fix_text']}: success {100 * a['success_before']:.1f}% -> "
+                f"{100 * a['success_after']:.1f}% ({a['n_success_after']}/{s['n']}); {a['forward_passes_after']} "
+                f"forward, {a['backward_passes_after']} backward, {a['seconds_after']:.2f} s"
+            )
+            still = [f for f in a["indicators_after"] if f["status"] == "flag"]
+            lines.append(
+                "                 after the rerun: "
+                + ("no indicator raised" if not still else "; ".join(f"{f['check']}" for f in still) + " still raised")
+            )
     if s.get("survival"):
         survived = ", ".join(
             f"{row['transform']} {row['survival_rate']:.2f}"

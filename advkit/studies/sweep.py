@@ -64,11 +64,14 @@ def sweep_study(
     dataset: Dataset | None = None,
     batch_size: int | str = "auto",
     executor=None,
+    adaptive: bool = False,
 ) -> dict:
     """Run the sweep into ``out``, then the sanity checks and the report; returns a JSON-able summary.
 
     ``models`` (adapters keyed by the names in ``spec.models``) and ``dataset`` are what is swept; without them the
-    names are loaded as model specs and the data from ``spec.data`` (see :func:`advkit.sweep.run_sweep`)."""
+    names are loaded as model specs and the data from ``spec.data`` (see :func:`advkit.sweep.run_sweep`).
+    ``adaptive``: rerun every (model, attack) whose raised flags carry a fix with that fix (:mod:`advkit.rerun`);
+    the summary's ``adaptive`` lists the reruns, and the report shows each cell before and after."""
     from advkit.outputs import record
     from advkit.report import INDEX_COLUMNS, write_report
     from advkit.sanity import run_checks
@@ -83,6 +86,8 @@ def sweep_study(
         raise  # the CLI prints it in one line
     except OSError as error:  # e.g. a model whose weights are not on this machine (the message says where to put them)
         raise ModelLoadError(str(error)) from None
+    if adaptive and not checks:
+        raise ParameterError("adaptive reruns need the checks: they rerun what the checks flag")
     flags = run_checks(result) if checks else []
     from advkit.files import atomic_write_json
 
@@ -90,8 +95,22 @@ def sweep_study(
     # written for an in-process run too, so a folder a Ray run used never keeps that run's record
     where = Path(out) / "executor.json"
     atomic_write_json(where, result.executor or {"executor": "in process"})
+    rerun = None
+    if adaptive:
+        from advkit.rerun import adaptive_sweep
+
+        record(out, [], folders=("adaptive",))  # the reruns' folders are the sweep's own, not the user's
+        rerun = adaptive_sweep(
+            result, flags, Path(out), dataset=dataset, device=device, batch_size=batch_size, executor=executor,
+            progress=progress, overwrite=overwrite,
+        )  # fmt: skip
+    else:
+        for stale in ("adaptive.json", "adaptive.csv"):  # an earlier --adaptive run's before/after, not this one's
+            (Path(out) / stale).unlink(missing_ok=True)
     files = [where, *write_report(result, flags, out)]
-    record(out, files)
+    if rerun is not None:
+        files[1:1] = [Path(out) / "adaptive.json", Path(out) / "adaptive.csv"]
+    record(out, files, folders=("adaptive",) if adaptive else ())
     columns = [c for c in INDEX_COLUMNS if c != "inferred" or spec.search == "descending"]
     return {
         "rows": result.table[columns].round(4).to_dict(orient="records"),
@@ -99,4 +118,9 @@ def sweep_study(
         "out": [str(p) for p in files],
         "executor": result.executor,
         "table": result.table[columns],
+        **(
+            {"adaptive": rerun["reruns"], "adaptive_rows": rerun["table"].round(4).to_dict(orient="records")}
+            if rerun is not None
+            else {}
+        ),
     }

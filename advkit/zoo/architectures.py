@@ -41,6 +41,7 @@ __all__ = [
     "MODEL_NAMES",
     "S6_MODEL_NAMES",
     "BinarizedTable2CNN",
+    "InputNoise",
     "MadryMNIST",
     "S6CNN",
     "Sign",
@@ -247,6 +248,34 @@ class MadryMNIST(nn.Module):
         x = self.pool1(self.act1(self.conv1(x)))
         x = self.pool2(self.act2(self.conv2(x)))
         return self.fc2(self.act3(self.fc1(torch.flatten(x, 1))))
+
+
+class InputNoise(nn.Module):
+    """A randomized defense: ``net`` applied to the input plus Gaussian noise of std ``sigma`` (model units), drawn
+    anew at every call, in eval mode too.
+
+    The noise comes from the module's own ``generator`` (a ``torch.Generator`` on the input's device, seeded with
+    ``seed``), never from torch's global RNG, so calling the model leaves the caller's random state untouched while
+    two calls on the same input differ. ``advkit evaluate`` seeds ``generator`` per stage (and restores it), so an
+    evaluation, and its resume, are reproducible. ``sigma`` and ``seed`` are buffers: they are in the state dict, so
+    another ``sigma`` is another model fingerprint.
+    """
+
+    def __init__(self, net: nn.Module, sigma: float, seed: int = 0) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("sigma", torch.tensor(float(sigma)))
+        self.register_buffer("seed", torch.tensor(int(seed), dtype=torch.int64))
+        self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.generator.device != x.device:  # moved to another device: a stream there, from the same seed
+            self.generator = torch.Generator(device=x.device).manual_seed(int(self.seed))
+        noise = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+        return self.net(x + self.sigma.to(x.dtype) * noise)
+
+    def extra_repr(self) -> str:
+        return f"sigma={float(self.sigma):g}"
 
 
 def set_straight_through(model: nn.Module, straight_through: bool) -> nn.Module:

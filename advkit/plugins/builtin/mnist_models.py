@@ -37,7 +37,10 @@ def load_cnn() -> ModelAdapter:
 
 def load_bnn(straight_through: bool = True) -> ModelAdapter:
     """The BNN; ``straight_through=False`` gives Sign its true (zero) gradient, masking gradients."""
-    return _adapter("bnn", BNN_DESCRIPTION, straight_through=straight_through)
+    adapter = _adapter("bnn", BNN_DESCRIPTION, straight_through=straight_through)
+    if not straight_through:  # the same weights, another gradient: another fingerprint (a resume never mixes them)
+        adapter.metadata["behaviour"] = {"straight_through": False}
+    return adapter
 
 
 @advkit.hookimpl
