@@ -1,10 +1,11 @@
 """Indicators of attack failure (Pintor et al., NeurIPS 2022, arXiv:2106.09947), each with the fix advkit can run.
 
 A sample an attack did not fool counts as robust; these indicators say when that verdict comes from the attack
-failing rather than from the model being robust. They look at the attack's own path: :func:`probe` reruns the attack
-on a few samples (per-sample random streams make that the very run those samples had in the whole batch)
-through an adapter that records every point the attack queried, the logits it saw and the norm of the input
-gradient it received, and gives each point to the sample whose clean input is nearest. From that:
+failing rather than from the model being robust. They look at the attack's own path on a few samples, recorded by
+an adapter (:class:`Traced`) that gives every point the attack queries to the watched sample whose clean input is
+nearest and keeps the logits the attack saw, the real model's logits and the norm of the input gradient it received:
+:func:`traced_run` records a run as it happens (``advkit attack``), :func:`probe` reruns the attack on a few samples
+(per-sample random streams make that the very run those samples had in the whole batch). From that:
 
 * **silent success**: a queried point inside the threat model fooled the model, yet the attack returned a point that
   does not (fix: let the attack stop on success, ``early_stop=True``, where it has that parameter);
@@ -12,7 +13,7 @@ gradient it received, and gives each point to the sample whose clean input is ne
   adversarial point (fix: BPDA through the module types whose backward pass zeroes a non-zero gradient, found by
   :func:`blocking_modules`);
 * **unstable predictions**: the model's outputs change between two evaluations of the same point (a randomized
-  model), or its prediction changes within a tiny neighbourhood of the attack's points (fix: EOT gradients, over the
+  model), or its prediction changes within a tiny neighbourhood of the clean inputs (fix: EOT gradients, over the
   model's own randomness or over small noise);
 * **incomplete optimization**: on samples not fooled, the attack's objective was still rising over the last fifth of
   its steps (fix: twice the steps);
@@ -29,7 +30,9 @@ the fixes of one (model, attack) into the rerun ``--adaptive`` performs.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +69,7 @@ INDICATORS = (
 #: The indicators read off the attack's path alone (sweeps check the other two their own way: the share of zero
 #: gradients per model, and success at full-range eps).
 PATH_INDICATORS = ("silent success", "unstable predictions", "incomplete optimization", "transfer failure")
-#: Samples a probe reruns the attack on.
+#: Samples whose path the indicators read.
 PROBE_SAMPLES = 20
 #: Share of probed samples above which an indicator fires (silent success fires on any sample).
 SHARE_LIMIT = 0.10
@@ -135,17 +138,14 @@ def flag(
 # ----------------------------------------------------------------------------- gradients and the modules blocking them
 
 
-def _without_counting(model: ModelAdapter):
+@contextlib.contextmanager
+def _without_counting(model: ModelAdapter) -> Iterator[None]:
     """Restores the model's pass counter after a check's passes (checks are not part of any attack's cost)."""
-
-    class _Restore:
-        def __enter__(self):
-            self.saved = model.counter.snapshot()
-
-        def __exit__(self, *exc):
-            model.counter.forward, model.counter.backward = self.saved
-
-    return _Restore()
+    saved = model.counter.snapshot()
+    try:
+        yield
+    finally:
+        model.counter.forward, model.counter.backward = saved
 
 
 def input_gradient(model: ModelAdapter, x: Tensor, y: Tensor) -> Tensor:
@@ -160,14 +160,20 @@ def input_gradient(model: ModelAdapter, x: Tensor, y: Tensor) -> Tensor:
 
 def blocking_modules(model: ModelAdapter, x: Tensor, y: Tensor) -> tuple[list[str], bool]:
     """The types of leaf modules whose backward pass returns an all-zero input gradient for a non-zero incoming one
-    on most samples (the non-differentiable layers BPDA should go around), and whether each of them only outputs
-    values in [-1, 1] (sign-like: BPDA's ``clip`` surrogate, the hard-tanh straight-through estimator, suits them)."""
+    on at least 90% of the samples at every use (the non-differentiable layers BPDA should go around), and whether
+    they only output values in [-1, 1] (sign-like: BPDA's ``clip`` surrogate, the hard-tanh straight-through
+    estimator, suits them). A model whose layers cannot be hooked (in-place tricks) gives none."""
     module = getattr(model, "module", None)
     if not isinstance(module, nn.Module) or not len(x):
         return [], False
-    seen: dict[str, list[tuple[Tensor, Tensor]]] = {}
+    uses: dict[str, list[dict[str, Tensor]]] = {}  # per module type, per call: the gradient's size out of and into it
     bounded: dict[str, bool] = {}
-    handles = []
+
+    def keeper(record: dict[str, Tensor], side: str):
+        def keep(grad: Tensor) -> None:
+            record[side] = grad.detach().flatten(1).abs().amax(1)
+
+        return keep
 
     def hook(layer: nn.Module, inputs: tuple, output: Any) -> None:
         source = inputs[0] if inputs else None
@@ -177,10 +183,10 @@ def blocking_modules(model: ModelAdapter, x: Tensor, y: Tensor) -> tuple[list[st
             return
         name = type(layer).__name__
         bounded[name] = bounded.get(name, True) and bool((output.detach().abs() <= 1).all())
-        record: list[Tensor] = []
-        seen.setdefault(name, []).append(record)  # type: ignore[arg-type]
-        output.register_hook(lambda g: record.append(("out", g.flatten(1).abs().amax(1))) and None)  # type: ignore
-        source.register_hook(lambda g: record.append(("in", g.flatten(1).abs().amax(1))) and None)  # type: ignore
+        record: dict[str, Tensor] = {}
+        uses.setdefault(name, []).append(record)
+        output.register_hook(keeper(record, "out"))
+        source.register_hook(keeper(record, "in"))
 
     leaves = [m for m in module.modules() if not list(m.children())]
     with model.eval_mode(), _without_counting(model):
@@ -189,29 +195,29 @@ def blocking_modules(model: ModelAdapter, x: Tensor, y: Tensor) -> tuple[list[st
             point = x.detach().clone().requires_grad_(True)
             loss = torch.nn.functional.cross_entropy(module(point), y, reduction="sum")
             torch.autograd.grad(loss, point, allow_unused=True)
+        except RuntimeError:  # e.g. a hook on a tensor a layer changes in place
+            return [], False
         finally:
             for handle in handles:
                 handle.remove()
     blocking = []
-    for name, records in seen.items():
-        blocked = []
+    for name, records in uses.items():
+        shares = []
         for record in records:
-            grads = dict(record)  # type: ignore[arg-type]
-            if "out" in grads:
-                incoming = grads["out"] > 0
-                passed = grads.get("in", torch.zeros_like(grads["out"])) > 0
-                if bool(incoming.any()):
-                    blocked.append(float((incoming & ~passed).sum() / incoming.sum()))
-        if blocked and min(blocked) >= 0.9:
+            if "out" not in record:
+                continue
+            incoming = record["out"] > 0
+            passed = record["in"] > 0 if "in" in record else torch.zeros_like(incoming)
+            if bool(incoming.any()):
+                shares.append(float((incoming & ~passed).sum() / incoming.sum()))
+        if shares and min(shares) >= 0.9:
             blocking.append(name)
     return blocking, bool(blocking) and all(bounded.get(name, False) for name in blocking)
 
 
 def bpda_fix(model: ModelAdapter, x: Tensor, y: Tensor, why: str) -> dict | None:
     """BPDA around the modules that block the gradient (None if no module type does: the masking happens elsewhere)."""
-    from advkit.gradients import _Estimated
-
-    base = model.base if isinstance(model, _Estimated) else model
+    base = model.base if hasattr(model, "estimator") else model
     modules, sign_like = blocking_modules(base, x, y)
     if not modules:
         return None
