@@ -335,8 +335,9 @@ def evaluate(
     any cascade takes them. A randomized model (``metadata["stochastic"]``) with ``batch_size="auto"`` runs in chunks
     of :data:`~advkit.batching.DEFAULT_BATCH_SIZE` (its draws depend on which rows share a call).
 
-    ``indicators``: the indicators of attack failure (:mod:`advkit.indicators`) of the first stage, probed on the
-    first samples the cascade left robust (the verdicts an attack failure would falsify). ``adaptive``: rerun the
+    ``indicators``: the indicators of attack failure (:mod:`advkit.indicators`) of the first stage, read off its
+    recorded path on its first 20 samples (rerun on the first 20 samples the cascade left robust when the stage was
+    resumed or ran on an executor). ``adaptive``: rerun the
     evaluation (into ``OUT/adaptive/``) with the merged fix of every raised check and indicator (a gradient estimator
     for every stage, EOT with worst-of-k re-evaluations for a randomized model, parameters for every stage that has
     them); the result's :meth:`~EvaluationResult.adaptive_summary` gives both runs, and a sample either run broke.
@@ -391,7 +392,12 @@ def evaluate(
     )  # fmt: skip
     info = None
     if executor is None:
-        state = run_cascade(model, x, y, out=None if out is None else Path(out), progress=progress, **run)
+        from advkit.indicators import PROBE_SAMPLES
+
+        state = run_cascade(
+            model, x, y, out=None if out is None else Path(out), progress=progress,
+            trace=PROBE_SAMPLES if indicators or adaptive else 0, **run,
+        )  # fmt: skip
     else:
         state, info = _cascade_on(executor, model, spec_ref, x, y, out, run, progress)
     clean_correct, robust, broken_by = state["clean_correct"], state["robust"], state["broken_by"]
@@ -400,7 +406,11 @@ def evaluate(
     with _random_scope(model, x.device, seed, "checks"):
         checks = run_checks(model, x, y, clean_correct, records, size, reevaluations=reevaluations)
         _attach_fixes(model, x, y, clean_correct, checks)
-        found = _indicators(model, stages[0], x, y, robust, constraint, seed) if indicators or adaptive else None
+        found = (
+            _indicators(model, stages[0], x, y, robust, constraint, seed, state.get("path"))
+            if indicators or adaptive
+            else None
+        )
     result = EvaluationResult(
         model=model.name, eps=float(eps), norm=norm, version=version, seed=int(seed),
         y=y, clean_correct=clean_correct, robust=robust, broken_by=broken_by, x_adv=x_adv, stages=records,
@@ -437,10 +447,14 @@ def _attach_fixes(model: ModelAdapter, x: Tensor, y: Tensor, clean_correct: Tens
             check["fix"] = bpda_fix(base, x[idx], y[idx], check["check"].replace("_", " "))
 
 
-def _indicators(model, stage: Stage, x, y, robust: Tensor, constraint, seed: int) -> list[dict]:
-    """The indicators of attack failure of ``stage`` on the first samples the cascade left robust."""
-    from advkit.indicators import INDICATORS, PROBE_SAMPLES, attack_indicators, flag
+def _indicators(model, stage: Stage, x, y, robust: Tensor, constraint, seed: int, path=None) -> list[dict]:
+    """The indicators of attack failure of the first stage: from its recorded path on its first samples when it ran
+    in this process, else (a resumed stage, shards on an executor) from a rerun on the first samples the cascade left
+    robust."""
+    from advkit.indicators import INDICATORS, PROBE_SAMPLES, attack_indicators, flag, fresh_attack, indicators_from
 
+    if path is not None:
+        return indicators_from(path, model, fresh_attack(stage.attack, stage.params), seed=seed)
     idx = robust.nonzero().squeeze(1)[:PROBE_SAMPLES]
     if not len(idx):
         return [flag(name, name, model.name, stage.attack, True, "no sample left robust: nothing to doubt",
@@ -485,7 +499,7 @@ def _adaptive_rerun(result: EvaluationResult, model, x, y, *, out, stages, **run
 def run_cascade(
     model: ModelAdapter, x: Tensor, y: Tensor, *, stages: list[Stage], constraint: Constraint, seed: int,
     batch_size, budget: int | None, norm: str, eps: float, fingerprint: str, out: Path | None = None,
-    progress: bool = False, reevaluations: int | None = None,
+    progress: bool = False, reevaluations: int | None = None, trace: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """The cascade on ``(x, y)`` (stored per stage under ``out``): per-sample outcome and the stage records; with
     ``reevaluations`` (k) the clean check takes k passes and a last record re-evaluates the survivors' points."""
@@ -501,6 +515,7 @@ def run_cascade(
     x_adv = x.detach().clone()
     records = []
     finals = []  # per stage: the samples it attacked and its final points (what the re-evaluations look at)
+    traced = None  # the first stage's recorded path (advkit.indicators.Probe), when it ran here with ``trace``
     cost = getattr(model, "backward_per_call", 1)  # an EOT step's backward passes: a sample with less left is done
     for i, stage in enumerate(stages):
         idx = (robust & (spent + cost <= budget if budget is not None else True)).nonzero().squeeze(1)
@@ -517,11 +532,19 @@ def run_cascade(
             record = {**record, "resumed": True}
         else:
             started = time.perf_counter()
+            runs_on = model
+            if i == 0 and trace:  # the first stage's path on its first samples, for the indicators of attack failure
+                from advkit.indicators import Traced
+                from advkit.runner import threat_model
+
+                runs_on = tracer = Traced(model, x[idx][:trace], threat_model(model, constraint, None))
             with _random_scope(model, x.device, seed, f"stage {i}"):
                 success, points, backward, forward = _run_stage(
-                    model, stage, x[idx], y[idx], constraint, seed + i, batch_size,
+                    runs_on, stage, x[idx], y[idx], constraint, seed + i, batch_size,
                     None if budget is None else budget - spent[idx],
                 )  # fmt: skip
+            if runs_on is not model:
+                traced = _traced_path(tracer, stage, y[idx], success, points, constraint)
             record = {
                 "stage": i, "attack": stage.attack, "params": stage.params, "label": stage.label,
                 "fingerprint": fingerprint, "attacked": int(len(idx)), "fooled": int(success.sum()),
@@ -556,8 +579,20 @@ def run_cascade(
         records.append(record)
     return {
         "clean_correct": clean_correct, "robust": robust, "broken_by": broken_by, "x_adv": x_adv, "spent": spent,
-        "records": records,
+        "records": records, **({"path": traced} if traced is not None else {}),
     }  # fmt: skip
+
+
+def _traced_path(tracer, stage: Stage, y: Tensor, success: Tensor, points: Tensor, constraint):
+    """The recorded path of the first stage's watched samples (:class:`advkit.indicators.Probe`)."""
+    from types import SimpleNamespace
+
+    from advkit.criteria import criterion_for
+    from advkit.runner import make_attack
+
+    criterion = criterion_for(False, make_attack(stage.attack, **stage.params).success_confidence)
+    run = SimpleNamespace(attack=stage.attack, success=success, x_adv=points)
+    return tracer.probe(run, y, None, criterion, constraint)
 
 
 def _reevaluate(model, y, finals, state, k: int, index: int, seed: int, size: int) -> dict:

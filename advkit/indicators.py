@@ -273,7 +273,7 @@ class Traced(ModelAdapter):
         record["owner"].append(owner[keep])
         record["seen"].append(out.detach()[keep].clone())
         if len(keep):
-            real = out.detach()[keep].clone() if self.inner is self.base else self.base.logits(point[keep])
+            real = out.detach()[keep].clone() if self.inner is self.base else self._real_logits(point[keep])
         else:
             real = out.new_zeros((0, *out.shape[1:]))
         record["real"].append(real)
@@ -286,6 +286,20 @@ class Traced(ModelAdapter):
 
             x.register_hook(note)
         return out
+
+    def _real_logits(self, points: Tensor) -> Tensor:
+        """The model's own logits, drawn without touching any random stream (torch's, or a ``generator`` a module
+        of a randomized model holds): the traced run draws exactly what an untraced one would."""
+        own = [
+            (m.generator, m.generator.get_state())
+            for m in self.base.module.modules()
+            if isinstance(getattr(m, "generator", None), torch.Generator)
+        ]
+        with torch.random.fork_rng(devices=[points.device] if points.device.type == "cuda" else []):
+            logits = self.base.logits(points)
+        for generator, state in own:
+            generator.set_state(state)
+        return logits
 
     def probe(
         self, result: Any, y: Tensor, target: Tensor | None, criterion: Criterion, constraint: Constraint
