@@ -38,7 +38,17 @@ from torch import Tensor, nn
 from advkit.errors import ParameterError
 from advkit.models import ModelAdapter, input_space_mismatch
 
-__all__ = ["BPDA", "EOT", "ESTIMATORS", "EOT_TRANSFORMS", "TransferGradient", "parse_gradient", "with_gradient"]
+__all__ = [
+    "BPDA",
+    "EOT",
+    "ESTIMATORS",
+    "EOT_TRANSFORMS",
+    "EOTTransform",
+    "TransferGradient",
+    "eot_transforms",
+    "parse_gradient",
+    "with_gradient",
+]
 
 ESTIMATORS = ("eot", "bpda", "transfer")
 #: EOT's largest number of draws per call.
@@ -156,6 +166,27 @@ EOT_TRANSFORMS: dict[str, tuple[Callable[..., Tensor], int, str]] = {
 }
 
 
+@dataclass(frozen=True)
+class EOTTransform:
+    """A random transform EOT can draw, registered by a plugin (``register_transforms``; advkit's own are
+    :data:`EOT_TRANSFORMS`). ``apply(x, u, bounds, options)`` maps a batch ``x`` (N, C, H, W) in ``bounds`` to one
+    of the same shape in the same bounds, differentiably (or straight-through), using ``u``: ``draws`` numbers in
+    [0, 1) per row (row i's draw, a function of the row's content, the draw and the seed only, so a batch draws what
+    its slices draw); ``options`` are the spec's numeric options (``eot:NAME,samples=8,angle=45``)."""
+
+    name: str
+    apply: Callable[..., Tensor]
+    draws: int
+    description: str = ""
+
+
+def eot_transforms() -> dict[str, EOTTransform]:
+    """Every registered EOT transform, advkit's own and plugins', by name."""
+    from advkit import registry
+
+    return {name: entry.obj for name, entry in registry.transforms().items()}
+
+
 # ----------------------------------------------------------------------------- the estimators
 
 
@@ -169,10 +200,13 @@ class EOT:
     options: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = [t for t in self.transforms if t not in EOT_TRANSFORMS]
+        known = eot_transforms()
+        unknown = [t for t in self.transforms if t not in known]
         if not self.transforms or unknown:
             raise ParameterError(
-                f"eot: unknown transform {unknown[0]!r}" if unknown else "eot: give at least one transform"
+                f"eot: unknown transform {unknown[0]!r}; transforms: {', '.join(known)}"
+                if unknown
+                else "eot: give at least one transform"
             )
         if not 1 <= self.samples <= MAX_SAMPLES:
             raise ParameterError(f"eot: samples must lie in 1..{MAX_SAMPLES}, got {self.samples}")
@@ -306,6 +340,7 @@ class _Estimated(ModelAdapter):
     def _eot(self, x: Tensor, e: EOT) -> Tensor:
         """The logits averaged over ``e.samples`` draws, stacked into as few model calls as :data:`EOT_ROWS` and
         :data:`EOT_VALUES` allow: K forward (and K backward) passes per sample however they are grouped."""
+        table = eot_transforms()
         moved = [t for t in e.transforms if t != "identity"]
         if moved and x.dim() != 4:
             raise ParameterError(f"eot: {moved[0]} needs image batches (N, C, H, W), got shape {tuple(x.shape)}")
@@ -324,7 +359,7 @@ class _Estimated(ModelAdapter):
                 pick = (pick * len(e.transforms)).long().clamp_max(len(e.transforms) - 1).view(-1, 1, 1, 1)
                 source = point  # every transform moves the draw's input; the pick keeps one
             for t in moved:
-                fn, count, _ = EOT_TRANSFORMS[t]
+                fn, count = table[t].apply, table[t].draws
                 u = torch.cat([_draw_uniforms(keys[t], k, count) for k in draws]).to(x.dtype)
                 if e.options.get("mix"):
                     point = torch.where(pick == e.transforms.index(t), fn(source, u, self.bounds, e.options), point)

@@ -37,3 +37,9 @@ def register_evaluators(register: Callable[[type], None]) -> None:
 @hookspec
 def register_datasets(register: Callable[..., None]) -> None:
     """Register data sets: call ``register(DatasetSpec(name=..., description=..., load=...))`` (see ``advkit.datasets``)."""
+
+
+@hookspec
+def register_transforms(register: Callable[..., None]) -> None:
+    """Register random transforms for EOT gradients: call ``register(EOTTransform(name=..., apply=..., draws=...,
+    description=...))`` (see ``advkit.gradients``); ``--gradient eot:NAME`` then draws them."""

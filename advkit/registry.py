@@ -169,8 +169,9 @@ models, get_model_spec = _getter("register_models", "model")
 constraints, get_constraint = _getter("register_constraints", "constraint")
 evaluators, get_evaluator = _getter("register_evaluators", "evaluator")
 datasets, get_dataset_spec = _getter("register_datasets", "dataset")
+transforms, get_transform = _getter("register_transforms", "transform")
 
-_KINDS = (attacks, models, constraints, evaluators, datasets)
+_KINDS = (attacks, models, constraints, evaluators, datasets, transforms)
 
 
 def conflicts() -> list[Conflict]:

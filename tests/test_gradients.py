@@ -328,3 +328,40 @@ def test_eot_mix_applies_one_transform_per_draw():
     share = ((both.detach() - plain) / (gray - plain)).mean(1)  # the share of grayscale draws: about 1/2 x 1/2
     assert float(share.min()) > 0.1 and float(share.max()) < 0.4
     assert "mix=1" in with_gradient(model, "eot:flip,crop,mix=1").estimator.describe()
+
+
+def test_a_plugins_transform_is_drawn_by_eot_with_its_passes_counted(tiny_model, tiny_batch):
+    """A plugin registers a transform through ``register_transforms``; ``eot:NAME`` then draws it like a built-in,
+    K forward and K backward passes per call; once the plugin is gone, the name is refused again."""
+    import advkit
+    from advkit import plugins
+    from advkit.gradients import EOTTransform, eot_transforms
+    from advkit.runner import run_attack
+
+    def invert(x, u, bounds, options):  # every draw: the negative image (the uniforms are not needed)
+        return bounds[0] + bounds[1] - x
+
+    class InvertPlugin:
+        @advkit.hookimpl
+        def register_transforms(self, register):
+            register(EOTTransform(name="invert", apply=invert, draws=1, description="the negative image"))
+
+    x, y = tiny_batch
+    plugins.register_plugin(InvertPlugin(), name="invert_plugin")
+    try:
+        assert eot_transforms()["invert"].description == "the negative image"
+        model = with_gradient(tiny_model, "eot:invert,samples=3")
+        before = tiny_model.counter.snapshot()
+        point = x.clone().requires_grad_(True)
+        logits = model(point)
+        logits.sum().backward()
+        assert torch.allclose(logits, tiny_model.logits(-x), atol=1e-6)  # the average of three inverted draws
+        forward, backward = (a - b for a, b in zip(tiny_model.counter.snapshot(), before))
+        assert (forward, backward) == (3 * len(y), 3 * len(y))
+        plain = run_attack(tiny_model, "pgd", x, y, eps=0.1, steps=4)
+        drawn = run_attack(tiny_model, "pgd", x, y, eps=0.1, steps=4, gradient="eot:invert,samples=2")
+        assert drawn.backward_passes == 2 * plain.backward_passes
+    finally:
+        plugins.unregister_plugin("invert_plugin")
+    with pytest.raises(ParameterError, match="unknown transform 'invert'"):
+        parse_gradient("eot:invert")

@@ -63,6 +63,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "imagenet_models": "advkit.plugins.builtin.imagenet_models",
     "survival": "advkit.plugins.builtin.survival",
     "datasets": "advkit.plugins.builtin.datasets",
+    "transforms": "advkit.plugins.builtin.transforms",
 }
 _BUILTIN_MODULES = frozenset(BUILTIN_PLUGINS.values())
 

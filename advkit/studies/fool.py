@@ -337,7 +337,7 @@ def eot_spec(eot: str | Sequence[str], samples: int = 8) -> str:
 
     ``eot`` is comma-separated (or a list of) transform names and ``option=value`` items (mix, angle, crop_area, sigma,
     seed); the ranges not given are :data:`FOOL_EOT_OPTIONS`."""
-    from advkit.gradients import EOT, EOT_TRANSFORMS, parse_gradient
+    from advkit.gradients import EOT, eot_transforms, parse_gradient
 
     items = [i.strip() for i in (eot.split(",") if isinstance(eot, str) else eot) if i and i.strip()]
     if not items:
@@ -348,8 +348,8 @@ def eot_spec(eot: str | Sequence[str], samples: int = 8) -> str:
             hint = " (give the number of draws as eot_samples / --eot-samples)" if name == "samples" else ""
             raise ParameterError(f"eot: no option {name!r}{hint}; options: {', '.join(EOT_OPTION_NAMES)}")
     for name in (i for i in items if "=" not in i):
-        if name not in EOT_TRANSFORMS:
-            raise ParameterError(f"eot: unknown transform {name!r}; transforms: {', '.join(EOT_TRANSFORMS)}")
+        if name not in eot_transforms():
+            raise ParameterError(f"eot: unknown transform {name!r}; transforms: {', '.join(eot_transforms())}")
     if isinstance(samples, bool) or not isinstance(samples, int):
         raise ParameterError(f"eot samples must be an integer, got {samples!r}")
     defaults = [f"{k}={v:g}" for k, v in FOOL_EOT_OPTIONS.items() if k not in given]
@@ -360,7 +360,7 @@ def eot_spec(eot: str | Sequence[str], samples: int = 8) -> str:
 
 def eot_record(spec: str, results) -> dict:
     """What ``summary.json`` says about EOT: the spec, transforms, draws, ranges and the passes it cost."""
-    from advkit.gradients import EOT_TRANSFORMS, parse_gradient
+    from advkit.gradients import eot_transforms, parse_gradient
 
     e = parse_gradient(spec)
     return {
@@ -369,7 +369,7 @@ def eot_record(spec: str, results) -> dict:
         "samples": e.samples,
         "seed": e.seed,
         "options": dict(e.options),
-        "described": {t: EOT_TRANSFORMS[t][2] for t in e.transforms},
+        "described": {t: eot_transforms()[t].description for t in e.transforms},
         "passes_per_step": {"forward": e.samples, "backward": e.samples},
         "forward_passes": sum(int(r.forward_passes) for r in results),
         "backward_passes": sum(int(r.backward_passes) for r in results),
