@@ -224,17 +224,24 @@ class EOT:
 
 @dataclass(frozen=True)
 class BPDA:
-    """Replace the backward pass of the named module types by the identity or by clamp(x, -1, 1)."""
+    """Replace the backward pass of the named modules (class names, or a layer's name in ``named_modules()`` such as
+    ``features.3``) by the identity, by clamp(x, -1, 1), or (in Python) by a differentiable function of the layer's
+    input that approximates its output."""
 
     modules: tuple[str, ...] = ("Sign",)
-    surrogate: str = "identity"
+    surrogate: str | Callable[[Tensor], Tensor] = "identity"
 
     def __post_init__(self) -> None:
-        if self.surrogate not in ("identity", "clip"):
-            raise ParameterError(f"bpda: surrogate must be identity or clip, got {self.surrogate!r}")
+        if not callable(self.surrogate) and self.surrogate not in ("identity", "clip"):
+            raise ParameterError(
+                f"bpda: surrogate must be identity, clip or (in Python) a function, got {self.surrogate!r}"
+            )
 
     def describe(self) -> str:
-        return f"bpda:modules={'+'.join(self.modules)},surrogate={self.surrogate}"
+        surrogate = (
+            self.surrogate if isinstance(self.surrogate, str) else getattr(self.surrogate, "__qualname__", "function")
+        )
+        return f"bpda:modules={'+'.join(self.modules)},surrogate={surrogate}"
 
 
 @dataclass(frozen=True)
@@ -372,22 +379,26 @@ class _Estimated(ModelAdapter):
 
 
 class _bpda_hooks:
-    """Forward hooks on the module types ``estimator.modules`` making their output ``s + (out - s).detach()``, with
-    ``s`` the identity (or ``clamp(x, -1, 1)``) of their input: the same forward value, the surrogate's gradient."""
+    """Forward hooks on the modules ``estimator.modules`` names (types or layer names) making their output
+    ``s + (out - s).detach()``, with ``s`` the surrogate of their input (the identity, ``clamp(x, -1, 1)`` or the
+    given function): the same forward value, the surrogate's gradient."""
 
     def __init__(self, module: nn.Module, estimator: BPDA) -> None:
-        self.targets = [m for m in module.modules() if type(m).__name__ in estimator.modules]
+        wanted = set(estimator.modules)
+        self.targets = [m for name, m in module.named_modules() if type(m).__name__ in wanted or name in wanted]
         if not self.targets:
             found = sorted({type(m).__name__ for m in module.modules()})
             raise ParameterError(
-                f"bpda: the model has no module of type {', '.join(estimator.modules)} (its types: {', '.join(found)})"
+                f"bpda: the model has no module of type or name {', '.join(estimator.modules)} (its types: "
+                f"{', '.join(found)})"
             )
-        self.clip = estimator.surrogate == "clip"
+        surrogate = estimator.surrogate
+        self.surrogate = (lambda x: x.clamp(-1, 1)) if surrogate == "clip" else (
+            (lambda x: x) if surrogate == "identity" else surrogate)  # fmt: skip
         self.handles: list[Any] = []
 
     def _hook(self, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
-        source = inputs[0]
-        surrogate = source.clamp(-1, 1) if self.clip else source
+        surrogate = self.surrogate(inputs[0])
         return surrogate + (output - surrogate).detach()
 
     def __enter__(self) -> _bpda_hooks:

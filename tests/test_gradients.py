@@ -141,7 +141,7 @@ def test_budgets_count_every_eot_draw(digits):
         ("eot:flip,sigma=nan", "must be finite"),
         ("eot:flip,wobble=1", "no option 'wobble'"),
         ("eot:flip,mix=2", "mix must be 0"),
-        ("bpda:surrogate=tanh", "identity or clip"),
+        ("bpda:surrogate=tanh", "must be identity, clip or"),
         ("transfer:", "needs a surrogate model"),
     ],
 )
@@ -365,3 +365,22 @@ def test_a_plugins_transform_is_drawn_by_eot_with_its_passes_counted(tiny_model,
         plugins.unregister_plugin("invert_plugin")
     with pytest.raises(ParameterError, match="unknown transform 'invert'"):
         parse_gradient("eot:invert")
+
+
+def test_bpda_takes_a_layer_by_name_and_a_surrogate_function(digits):
+    """`modules=` names a layer (its name in named_modules()) as well as a type, and in Python the surrogate may be
+    any differentiable function of the layer's input: clamp given as a function is the built-in clip surrogate."""
+    x, y = digits
+    masked = load_model("bnn:straight_through=false")
+    masked.module.eval()
+    signs = [name for name, m in masked.module.named_modules() if type(m).__name__ == "Sign"]
+    by_type = input_gradient(with_gradient(masked, BPDA(surrogate="clip")), x, y)
+    by_name = input_gradient(with_gradient(masked, BPDA(modules=tuple(signs), surrogate="clip")), x, y)
+    own = input_gradient(with_gradient(masked, BPDA(surrogate=lambda v: torch.clamp(v, -1, 1))), x, y)
+    assert torch.equal(by_name, by_type) and torch.equal(own, by_type)
+    first_only = input_gradient(with_gradient(masked, BPDA(modules=(signs[0],), surrogate="clip")), x, y)
+    assert torch.count_nonzero(first_only) == 0  # the other Sign layers still block: only the named one is replaced
+    with pytest.raises(ParameterError, match="no module of type or name nope"):
+        input_gradient(with_gradient(masked, "bpda:modules=nope"), x, y)
+    with pytest.raises(ParameterError, match="surrogate must be identity, clip"):
+        BPDA(surrogate="tanh")
