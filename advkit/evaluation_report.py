@@ -47,9 +47,28 @@ def write_evaluation_report(result: EvaluationResult, out: Path) -> list[Path]:
         for s in result.stages
     )
     checks = "".join(
-        f"<li><b>{html.escape(c['check'])}</b>: {html.escape(c['status'])} - {html.escape(c['reason'])}</li>"
-        for c in result.checks
+        f"<li><b>{html.escape(c['check'])}</b>: {html.escape(c['status'])} - {html.escape(c['reason'])}"
+        + (f" <i>(fix, --adaptive: {html.escape(c['fix']['text'])})</i>" if c.get("fix") else "")
+        + "</li>"
+        for c in [*result.checks, *(result.indicators or [])]
     )
+    adaptive = ""
+    if result.adaptive_fix is not None:
+        a = summary["adaptive"]
+        if not a["rerun"]:
+            adaptive = "<h2>Adaptive rerun</h2><p>No raised flag carried a fix: nothing was rerun.</p>"
+        else:
+            paths += write_evaluation_report(result.adaptive_result, out / "adaptive")
+            still = [f for f in [*a["checks_after"], *(a["indicators_after"] or [])] if f["status"] == "flag"]
+            low_b, high_b = a["robust_accuracy_both_95ci"]
+            adaptive = (
+                f"<h2>Adaptive rerun</h2><p>Rerun with {html.escape(a['fix_text'])}: robust accuracy "
+                f"{100 * summary['robust_accuracy']:.1f}% before, {100 * a['robust_accuracy_after']:.1f}% after; "
+                f"robust in both runs {100 * a['robust_accuracy_both']:.1f}% (95% Wilson interval {100 * low_b:.1f}-"
+                f"{100 * high_b:.1f}%). Flags after the rerun: "
+                + (html.escape("; ".join(f["check"] for f in still)) if still else "none")
+                + ". <a href='adaptive/index.html'>Its report</a>.</p>"
+            )
     paths[3].write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>advkit evaluate {html.escape(result.model)}</title>"
         "</head><body style='font-family:sans-serif;max-width:900px;margin:auto'>"
@@ -67,7 +86,8 @@ def write_evaluation_report(result: EvaluationResult, out: Path) -> list[Path]:
         )
         + "<table border=1 cellpadding=4 style='border-collapse:collapse'><tr><th>stage</th><th>attacked</th>"
         f"<th>fooled</th><th>robust after</th><th>forward</th><th>backward</th><th>seconds</th></tr>{rows}</table>"
-        f"<p><img src='robust_accuracy.png' alt='robust accuracy after each stage'></p><h2>Checks</h2><ul>{checks}</ul>"
+        f"<p><img src='robust_accuracy.png' alt='robust accuracy after each stage'></p>"
+        f"<h2>Checks and indicators of attack failure</h2><ul>{checks}</ul>{adaptive}"
         "<p>Per sample: <a href='samples.csv'>samples.csv</a> (which stage first broke it); per stage: "
         "<a href='stages.csv'>stages.csv</a>; everything: <a href='summary.json'>summary.json</a>.</p></body></html>"
     )

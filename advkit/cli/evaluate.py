@@ -116,7 +116,8 @@ def evaluate_command(
         except ParameterError as error:
             raise click.UsageError(str(error)) from None
     claim_out(out, "evaluate", overwrite, continues=("evaluate",))
-    record_out(out, [], folders=("stages", "shards"))  # owned from the start: a rerun after kill -9 resumes them
+    # owned from the start: a rerun after kill -9 resumes them
+    record_out(out, [], folders=("stages", "shards", "adaptive"))
     index = class_interleaved_order(dataset.labels)[:n]
     x, y = dataset.take(index)
     result = evaluate(
@@ -127,7 +128,7 @@ def evaluate_command(
     summary = result.summary()
     if out is not None:
         paths = write_evaluation_report(result, out)
-        record_out(out, paths, folders=("stages", "shards"))
+        record_out(out, paths, folders=("stages", "shards", "adaptive"))
     if as_json:
         emit_json(summary)
         return
