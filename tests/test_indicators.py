@@ -258,8 +258,9 @@ def test_sweep_adaptive_brings_the_masked_bnn_to_the_ste_model_and_leaves_cnn_al
     assert json.loads(again.output)["adaptive_rows"] == summary["adaptive_rows"]
 
 
-def test_evaluate_adaptive_reruns_with_bpda_and_counts_a_sample_either_run_broke(masked_bnn, cnn, mnist_test):
+def test_evaluate_adaptive_reruns_with_bpda_and_counts_a_sample_either_run_broke(masked_bnn, cnn, mnist_test, tmp_path):
     from advkit.evaluation import Stage, evaluate
+    from advkit.evaluation_report import write_evaluation_report
 
     stages = [Stage("pgd", {"steps": 10})]
     x, y = _correct(masked_bnn, mnist_test, 12)
@@ -272,6 +273,11 @@ def test_evaluate_adaptive_reruns_with_bpda_and_counts_a_sample_either_run_broke
     assert adaptive["robust_accuracy_both"] == int(both.sum()) / len(both)
     after = {c["check"]: c["status"] for c in adaptive["checks_after"]}
     assert after["zero_gradients"] == "ok"  # checked through the estimator the rerun's stages used
+    write_evaluation_report(result, tmp_path)
+    page = (tmp_path / "index.html").read_text()
+    assert (
+        "Adaptive rerun" in page and "unavailable gradients" in page and (tmp_path / "adaptive" / "index.html").exists()
+    )
     clean = evaluate(cnn, *_correct(cnn, mnist_test, 12), eps=0.2, stages=stages, adaptive=True).summary()
     assert clean["adaptive"]["rerun"] is False
     assert not [f for f in [*clean["checks"], *clean["indicators"]] if f["status"] == "flag"]
