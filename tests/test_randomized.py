@@ -43,8 +43,8 @@ def test_the_randomized_zoo_model_differs_between_calls_and_leaves_the_global_rn
     from advkit.runner import run_attack
     from advkit.sweep import model_fingerprint
 
+    state = torch.get_rng_state()  # loading too leaves it alone (a zoo net is initialized under a forked RNG)
     model, again = load_model("s6_adv_rand"), load_model("s6_adv_rand")
-    state = torch.get_rng_state()  # (after loading: building a zoo net initializes it from the global RNG)
     x = torch.zeros(3, 1, 28, 28)
     first, second = model.logits(x), model.logits(x)
     assert not torch.allclose(first, second) and model.metadata["stochastic"] is True

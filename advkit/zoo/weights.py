@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from advkit.errors import WeightsLoadError
@@ -150,7 +151,8 @@ def load_zoo_module(
         ValueError: unknown model name.
         WeightsIntegrityError: missing manifest entry or file, or SHA-256 mismatch.
     """
-    model = build_model(_architecture(name, weights_dir))  # ValueError for unknown names
+    with torch.random.fork_rng(devices=[]):  # the layers' random initialization must not move the caller's RNG
+        model = build_model(_architecture(name, weights_dir))  # ValueError for unknown names
     path, entry = verify_weights(name, weights_dir=weights_dir)
     hint = _regenerate_hint(name, entry)
     try:  # safetensors only, whatever the file's name: never unpickled, even when its hash matches
