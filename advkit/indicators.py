@@ -407,8 +407,12 @@ def probe(model: ModelAdapter, attack: Any, x: Tensor, y: Tensor, **run: Any) ->
 # ----------------------------------------------------------------------------- the indicators
 
 
-def silent_success(p: Probe, attack_has: set[str]) -> dict:
-    """Samples with an adversarial point on their path whose returned point is not adversarial."""
+def silent_success(p: Probe, attack_has: set[str], randomized: bool = False) -> dict:
+    """Samples with an adversarial point on their path whose returned point is not adversarial (not judged on a
+    randomized model, where a point that fooled one draw need not fool the next: unstable predictions covers it)."""
+    if randomized:
+        return flag("silent success", "silent success", p.model, p.attack, True,
+                    "not judged on a randomized model (one draw's verdict is not the point's)", skipped=True)  # fmt: skip
     silent = [i for i in range(p.n) if bool(p.adversarial[i].any()) and not bool(p.success[i])]
     fix = make_fix("keep the first adversarial point: rerun with early_stop=true", params={"early_stop": True}) if (
         "early_stop" in attack_has) else None  # fmt: skip
@@ -603,7 +607,7 @@ def indicators_from(
     the attack once more on ``p``'s samples, with the model's whole range as radius)."""
     values = attack.params()
     checks = {
-        "silent success": lambda: silent_success(p, set(values)),
+        "silent success": lambda: silent_success(p, set(values), bool(model.metadata.get("stochastic"))),
         "unavailable gradients": lambda: unavailable_gradients(p, model),
         "unstable predictions": lambda: unstable_predictions(p, model),
         "incomplete optimization": lambda: incomplete_optimization(p, values),

@@ -142,6 +142,10 @@ def test_unstable_predictions_fire_on_a_randomized_model_with_the_eot_fix(cnn, m
                                         only=("unstable predictions",)))  # fmt: skip
     unstable = flags["unstable predictions"]
     assert unstable["status"] == "flag" and "randomized" in unstable["reason"]
+    # one draw's verdict is not the point's: silent success is not judged on a randomized model
+    silent = _by_check(attack_indicators(noisy, "pgd", x, y, constraint=LinfBall(0.2), params={"steps": 5},
+                                         only=("silent success",)))["silent success"]  # fmt: skip
+    assert silent["status"] == "skipped"
     assert unstable["fix"]["gradient"].startswith("eot:identity,samples=")
 
 
@@ -281,3 +285,13 @@ def test_evaluate_adaptive_reruns_with_bpda_and_counts_a_sample_either_run_broke
     clean = evaluate(cnn, *_correct(cnn, mnist_test, 12), eps=0.2, stages=stages, adaptive=True).summary()
     assert clean["adaptive"]["rerun"] is False
     assert not [f for f in [*clean["checks"], *clean["indicators"]] if f["status"] == "flag"]
+
+
+def test_the_attack_summary_names_the_estimator_and_a_randomized_model():
+    out = CliRunner().invoke(cli, ["attack", "--model", "s6_adv_rand", "--eps", "0.2", "-n", "3", "--attack", "pgd",
+                                   "--steps", "2", "--gradient", "eot:identity,samples=2"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "gradient       eot:identity,samples=2" in out.output
+    assert "randomized     the model's outputs are random: success is one draw per point" in out.output
+    plain = CliRunner().invoke(cli, ["attack", "--model", "cnn", "--eps", "0.2", "-n", "3", "--no-indicators"])
+    assert "randomized" not in plain.output and "gradient  " not in plain.output

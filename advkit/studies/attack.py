@@ -63,6 +63,7 @@ class AttackStudy:
             label=self.label,
             n_requested=self.n_requested,
             device=str(self.model.device),
+            randomized=bool(self.model.metadata.get("stochastic")),
             **{key: self.model.metadata[key] for key in MODEL_PROVENANCE if key in self.model.metadata},
             **self.extra,
         )
@@ -307,6 +308,13 @@ def format_summary(s: dict) -> str:
         + f"; {s['seconds']:.2f} s; seed {s['seed']}",
         f"  plugin         {s['plugin']['name']} {s['plugin']['version'] or ''}".rstrip(),
     ]
+    if s.get("gradient"):
+        lines.append(f"  gradient       {s['gradient']} (what the attack differentiated; success judged on the model)")
+    if s.get("randomized"):
+        lines.append(
+            "  randomized     the model's outputs are random: success is one draw per point (advkit evaluate "
+            "--version rand counts a sample robust only if it survives k draws)"
+        )
     if s.get("weights_sha256"):
         lines.append(f"  weights        {s['weights']} (sha256 {s['weights_sha256']})")
     if s.get("indicators") is not None:
