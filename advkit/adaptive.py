@@ -32,7 +32,10 @@ class AdaptiveMomentumStep:
     sample's eta halves if its objective rose in fewer than ``rho`` of the steps since w_{j-1},
     or if neither eta nor its best objective changed since w_{j-1}; a halving sample restarts
     from its best point (and that point's gradient), without momentum. The engine reports each
-    evaluated point's objective through :meth:`observe`. All state is per sample.
+    evaluated point's objective through :meth:`observe`. All state is per sample: scalars in ``state`` (one entry
+    per sample), and the input-sized points (the previous point, the best point and its gradient) in ``rows``, one
+    row per *active* sample, so they take the engine window's size, not the batch's: a sample admitted by
+    :meth:`start` takes a free row on its first step (the rows of samples absent from that step are free).
     """
 
     def __init__(self, initial: Tensor | float, steps: int, alpha: float = 0.75, rho: float = 0.75) -> None:
@@ -44,13 +47,11 @@ class AdaptiveMomentumStep:
             self.is_checkpoint[mark] = True
             self.span[mark] = mark - previous
         self.state: dict[str, Tensor] = {}
+        self.rows: dict[str, Tensor] = {}  # input-sized state, one row per active sample (see row_of)
+        self.row_of: Tensor | None = None  # per sample: its row in ``rows``, -1 until its first step after start()
+        self._waiting: Tensor | None = None  # per sample: started, no row yet
+        self._unplaced = 0  # how many samples are waiting for a row
         self._improved: Tensor | None = None
-
-    def _allocate(self, n: int, like: Tensor) -> None:
-        shape, device = (n, *like.shape[1:]), like.device
-        self.is_checkpoint, self.span = self.is_checkpoint.to(device), self.span.to(device)
-        for key in ("previous", "best_delta", "best_grad"):
-            self.state[key] = torch.zeros(shape, dtype=like.dtype, device=device)
 
     def start(self, idx: Tensor, n: int) -> None:
         """Reset the state of samples ``idx`` (of ``n``) for a new restart."""
@@ -63,6 +64,8 @@ class AdaptiveMomentumStep:
                 s[key] = torch.zeros(n, device=device)
             for key in ("best_loss", "last_loss", "best_at_mark"):  # float64 holds float32 and float64 losses
                 s[key] = torch.zeros(n, dtype=torch.float64, device=device)
+            self.row_of = torch.full((n,), -1, dtype=torch.long, device=device)
+            self._waiting = torch.zeros(n, dtype=torch.bool, device=device)
         initial = self.initial[idx] if isinstance(self.initial, Tensor) and self.initial.dim() else self.initial
         s["count"][idx] = 0
         s["increases"][idx] = 0
@@ -70,21 +73,48 @@ class AdaptiveMomentumStep:
         s["eta_at_mark"][idx] = s["eta"][idx]
         s["best_loss"][idx] = float("-inf")
         s["best_at_mark"][idx] = float("-inf")
-        if "previous" in s:
-            s["previous"][idx] = 0
+        self.row_of[idx] = -1  # a fresh (zeroed) row on its first step
+        self._waiting[idx] = True
+        self._unplaced = int(self._waiting.sum())  # once per admission, not per step
+
+    def _rows_of(self, idx: Tensor, like: Tensor) -> Tensor:
+        """The state rows of the active samples ``idx`` (every sample the engine steps now), assigning zeroed free
+        rows to samples just admitted; the row count grows to the most samples ever active at once."""
+        if self._unplaced:
+            self.is_checkpoint, self.span = self.is_checkpoint.to(like.device), self.span.to(like.device)
+            rows = self.row_of[idx]
+            new = self._waiting[idx]
+            waiting = int(new.sum())
+            if waiting:
+                capacity = self.rows["previous"].shape[0] if self.rows else 0
+                taken = torch.zeros(capacity, dtype=torch.bool, device=like.device)
+                taken[rows[~new]] = True
+                free = (~taken).nonzero().squeeze(1)
+                if free.numel() < waiting:
+                    grow = waiting - free.numel()
+                    for key in ("previous", "best_delta", "best_grad"):
+                        more = torch.zeros((grow, *like.shape[1:]), dtype=like.dtype, device=like.device)
+                        self.rows[key] = torch.cat([self.rows[key], more]) if key in self.rows else more
+                    free = torch.cat([free, torch.arange(capacity, capacity + grow, device=like.device)])
+                chosen = free[:waiting]
+                for key in ("previous", "best_delta", "best_grad"):
+                    self.rows[key][chosen] = 0
+                self.row_of[idx[new]] = chosen
+                self._waiting[idx[new]] = False
+                self._unplaced -= waiting
+        return self.row_of[idx]
 
     def observe(self, idx: Tensor, delta: Tensor, loss: Tensor) -> None:
         """Record the objective of the point just evaluated (counts rises, keeps the best point)."""
-        s = self.state
-        if "previous" not in s:
-            self._allocate(s["count"].shape[0], delta)
+        s, r = self.state, self.rows
+        rows = self._rows_of(idx, delta)
         loss = loss.to(s["last_loss"].dtype)  # float64 models give float64 losses
         rose = (loss > s["last_loss"][idx]) & (s["count"][idx] > 0)
         s["increases"][idx] += rose.to(s["increases"].dtype)
         s["last_loss"][idx] = loss
         improved = loss > s["best_loss"][idx]
         s["best_loss"][idx] = torch.where(improved, loss, s["best_loss"][idx])
-        s["best_delta"][idx] = torch.where(_rows(improved, delta), delta, s["best_delta"][idx])
+        r["best_delta"][rows] = torch.where(_rows(improved, delta), delta, r["best_delta"][rows])
         self._improved = improved
 
     def _halve_at_checkpoint(self, idx: Tensor) -> Tensor:
@@ -102,26 +132,25 @@ class AdaptiveMomentumStep:
         return halve
 
     def __call__(self, delta: Tensor, grad: Tensor, x: Tensor, idx: Tensor, constraint: Constraint) -> Tensor:
-        s = self.state
-        if "previous" not in s:
-            self._allocate(s["count"].shape[0], delta)
+        s, r = self.state, self.rows
+        rows = self._rows_of(idx, delta)
         improved = (
             self._improved
             if self._improved is not None
             else torch.ones(len(idx), dtype=torch.bool, device=delta.device)
         )
-        s["best_grad"][idx] = torch.where(_rows(improved, grad), grad, s["best_grad"][idx])
+        r["best_grad"][rows] = torch.where(_rows(improved, grad), grad, r["best_grad"][rows])
         self._improved = None
         halve = self._halve_at_checkpoint(idx)
-        base = torch.where(_rows(halve, delta), s["best_delta"][idx], delta)
-        direction = torch.where(_rows(halve, grad), s["best_grad"][idx], grad).sign()
+        base = torch.where(_rows(halve, delta), r["best_delta"][rows], delta)
+        direction = torch.where(_rows(halve, grad), r["best_grad"][rows], grad).sign()
         eta = s["eta"][idx].to(delta.dtype).view(-1, *([1] * (delta.dim() - 1)))
         z = constraint.project(base + eta * direction, x)
         no_momentum = _rows((s["count"][idx] == 0) | halve, delta)
         momentum = constraint.project(
-            base + self.alpha * (z - base) + (1 - self.alpha) * (base - s["previous"][idx]), x
+            base + self.alpha * (z - base) + (1 - self.alpha) * (base - r["previous"][rows]), x
         )
-        s["previous"][idx] = base
+        r["previous"][rows] = base
         s["count"][idx] += 1
         return torch.where(no_momentum, z, momentum)
 

@@ -9,7 +9,7 @@ run's own work, so no pass is spent on measuring: the window (or the first chunk
 32, 64, 128, ... on a GPU), the time per sample step at each size is measured (window: the median time per row
 between :data:`STEPS_PER_SIZE` full steps; chunks: :func:`step_rate` on a CPU, the chunk's synchronized time per
 step elsewhere), and the climb stops at the first size no faster than the best so far; the rest of the run uses the
-best size (the largest within 3% of the fastest).
+best size (of those within 3% of the fastest, the largest for chunks, the smallest for a window).
 A measurement inside the attack sees what a separate probe would miss (the attack's own state
 in the cache next to the model's activations). The choice is cached per model, device, dtype
 and thread count (:func:`cache_key`), so the next run in the process (the next sweep cell, the
@@ -229,10 +229,13 @@ class ChunkPlan:
             self._settle(self._best())
 
     def _best(self, sizes: list[int] | None = None) -> int:
-        """The largest measured size (of ``sizes``) within :data:`TIE` of the fastest."""
+        """Of the measured sizes (of ``sizes``) within :data:`TIE` of the fastest: in chunk mode the largest (fewer
+        chunks, fewer per-chunk passes), in window mode the smallest (a window has no per-chunk passes; fewer rows in
+        flight hold less memory)."""
         sizes = list(self.measured) if sizes is None else sizes
         fastest = min(self.measured[k] for k in sizes)
-        return max(k for k in sizes if self.measured[k] <= TIE * fastest)
+        tied = [k for k in sizes if self.measured[k] <= TIE * fastest]
+        return min(tied) if self.mode == "window" else max(tied)
 
     def _settle(self, size: int) -> None:
         self.size, self.measuring = size, False

@@ -231,9 +231,11 @@ def run_attack(
         job = _Job(model, attack, x, y, targets, constraint, criterion, budget, seed, warm)
         pieces, retries, lost = _attack_in_chunks(job, plan)
     plan.finish()
-    clean_correct = torch.cat([p.clean_correct for p in pieces])
-    logits = torch.cat([p.logits for p in pieces])
-    x_adv = torch.cat([p.x_adv for p in pieces])
+    clean_correct = _joined([p.clean_correct for p in pieces])
+    logits = _joined([p.logits for p in pieces])
+    x_adv = _joined([p.x_adv for p in pieces])
+    for piece in pieces:
+        piece.x_adv = None  # the joined x_adv is the only copy left
     forward = sum(p.forward for p in pieces)
     backward = sum(p.backward for p in pieces)
     counts = [p.backward_counts for p in pieces]
@@ -353,7 +355,7 @@ def _attack_in_chunks(job: _Job, plan: ChunkPlan) -> tuple[list[_Piece], int, fl
 class _Piece:
     """The outcome of attacking rows [begin, stop) of the batch."""
 
-    x_adv: Tensor
+    x_adv: Tensor | None  # None once run_attack has joined the pieces
     logits: Tensor
     clean_correct: Tensor
     forward: int
@@ -397,6 +399,7 @@ def _attack_rows(job: _Job, begin: int, stop: int, window: ChunkPlan | None = No
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)  # the clock stops when the work is done, not when it is queued
     seconds = time.perf_counter() - clock
+    problem.x = problem.start = None  # the attack's copies go before the projection makes its own (peak memory)
     x_adv = _enforce_threat_model_in_chunks(x_rows, x_adv, constraint, size)
     # the independent re-check: a fresh pass on advkit's own copy, outside the counter
     logits = chunked(model.logits, x_adv, size)
@@ -435,6 +438,11 @@ def _chunk_rate(piece: _Piece, call_times: list[tuple[float, int]] | None, devic
     return piece.seconds / steps if steps else None
 
 
+def _joined(parts: list[Tensor]) -> Tensor:
+    """The pieces' rows in order (one piece: itself, not a copy)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def _merge_history(attack: Attack, pieces: list[_Piece]) -> None:
     """A split run's per-step ``history_`` (steps x samples) is the pieces' histories side by side."""
     if len(pieces) > 1 and all(p.history is not None and p.history.dim() == 2 for p in pieces):
@@ -449,7 +457,7 @@ def _merge_artifacts(pieces: list[_Piece]) -> dict:
     merged: dict = {}
     for key in dict.fromkeys(k for p in pieces for k in p.artifacts):
         values = [p.artifacts.get(key) for p in pieces]
-        sizes = [p.x_adv.shape[0] for p in pieces]
+        sizes = [p.clean_correct.shape[0] for p in pieces]
         if all(isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == m for v, m in zip(values, sizes)):
             merged[key] = torch.cat(values)
         else:
@@ -489,13 +497,12 @@ def _enforce_threat_model_in_chunks(x: Tensor, x_adv: Tensor, constraint: Constr
     n = x.shape[0]
     if n <= size or not isinstance(x_adv, Tensor) or x_adv.shape != x.shape:
         return _enforce_threat_model(x, x_adv, constraint)
-    parts = []
+    enforced = torch.empty_like(x)  # written chunk by chunk: no list of parts beside the joined copy
     for begin in range(0, n, size):
         rows = torch.arange(begin, min(begin + size, n), device=x.device)
-        parts.append(
-            _enforce_threat_model(x[begin : begin + size], x_adv[begin : begin + size], select(constraint, rows))
-        )
-    return torch.cat(parts)
+        part = x_adv[begin : begin + size]
+        enforced[begin : begin + size] = _enforce_threat_model(x[begin : begin + size], part, select(constraint, rows))
+    return enforced
 
 
 def _enforce_threat_model(x: Tensor, x_adv: Tensor, constraint: Constraint) -> Tensor:

@@ -9,6 +9,9 @@ from advkit.devices import is_out_of_memory
 from advkit.errors import InputValidationError, ThreatModelError
 from advkit.models import ModelAdapter
 
+#: Rows per chunk of the input and membership checks (their temporaries stay this size, whatever the batch).
+CHECK_ROWS = 256
+
 __all__ = [
     "InputValidationError",
     "as_targets",
@@ -49,10 +52,13 @@ def check_inputs(model: ModelAdapter, x: Tensor, atol: float = 1e-6) -> None:
             f"inputs are {x.dtype} but model {model.name!r} computes in {model.dtype}; convert them ({cast}) or the "
             "model (module.to(x.dtype)) so both agree"
         )
-    if not torch.isfinite(x).all():
+    finite, x_min, x_max = True, float("inf"), float("-inf")
+    for chunk in x.split(CHECK_ROWS):  # the check's temporaries stay a chunk's size, whatever the batch
+        finite = finite and bool(torch.isfinite(chunk).all())
+        x_min, x_max = min(x_min, float(chunk.min())), max(x_max, float(chunk.max()))
+    if not finite:
         raise InputValidationError("inputs contain NaN or inf")
     low, high = model.bounds
-    x_min, x_max = float(x.min()), float(x.max())
     if x_min < low - atol or x_max > high + atol:
         hint = " (0-255 data? scale it to the model's bounds)" if x_max > 2 * max(abs(high), 1.0) else ""
         raise InputValidationError(
@@ -90,8 +96,30 @@ REPEAT_ATOL, REPEAT_RTOL = 1e-6, 1e-5
 def check_constraint(constraint, x: Tensor) -> None:
     """The set must fit the batch: per-sample radii need one entry per input (a ValueError naming both sizes).
 
-    Asking whether the zero perturbation is a member makes every part resolve its radii against ``x``."""
-    constraint.contains(torch.zeros_like(x), x)
+    Asking whether the zero perturbation is a member makes every part resolve its radii against ``x``: the whole
+    batch at once when it is small, else chunk by chunk (the set restricted to each chunk's rows) after the parts'
+    radii were checked against the batch size, so the check's temporaries do not grow with the batch."""
+    n = x.shape[0]
+    if n <= CHECK_ROWS:
+        constraint.contains(torch.zeros_like(x), x)
+        return
+    for part in _parts(constraint):
+        for radius in (part.linf_radius, part.l2_radius):
+            if isinstance(radius, Tensor) and radius.dim() == 1 and radius.shape[0] != n:
+                raise ValueError(f"per-sample radius has {radius.shape[0]} entries for a batch of {n}")
+    for begin in range(0, n, CHECK_ROWS):
+        rows = torch.arange(begin, min(begin + CHECK_ROWS, n), device=x.device)
+        chunk = x[begin : begin + CHECK_ROWS]
+        part = constraint.select(rows) if hasattr(constraint, "select") else constraint
+        part.contains(torch.zeros_like(chunk), chunk)
+
+
+def _parts(constraint) -> list:
+    """The set and, for an intersection, its parts (recursively)."""
+    parts = [constraint]
+    for part in getattr(constraint, "parts", ()):
+        parts.extend(_parts(part))
+    return parts
 
 
 def _largest(radius) -> float | None:

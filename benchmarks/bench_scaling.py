@@ -4,25 +4,31 @@ Run:  python benchmarks/bench_scaling.py [--model cnn] [--n 100,1000,5000] [--st
           [--attacks pgd,apgd,untargeted] [--chunks 32,64,128,256] [--batch-size auto] [--repeats 2] [--device cpu]
 
 For each n (digits of the offline MNIST set: the 4,000 training digits, then the 1,000 test digits), a plain
-PyTorch PGD loop (zero start, sign steps, L-inf and box projection, no bookkeeping) runs in chunks of each size of
-``--chunks`` and whole; its best chunk size is the reference. advkit's ``pgd`` and ``apgd`` (``steps`` steps,
-zero start) and ``untargeted`` (at most ``steps`` steps, early stopping) run through ``run_attack`` with
-``--batch-size`` (default ``auto``: the chunk-size cache is cleared before every run, so each run pays its own
-probe). Time per sample step (seconds over backward passes) is the best of ``--repeats`` rounds in one process
-per n, every configuration once per round (a machine that slows down mid-run slows them alike); peak memory is
-measured in a fresh process per configuration (one run, ``auto``'s climb included) as the growth of the process's
-peak resident set (reset through /proc/self/clear_refs; on a GPU: peak allocated memory) over what it held just
-before the run. Goal: advkit within 1.10x of the best plain loop at every n,
-and peak memory flat in n.
+PyTorch PGD loop (zero start, sign steps, L-inf and box projection, no bookkeeping; it keeps its output) runs in
+chunks of each size of ``--chunks`` and whole; its best chunk size is the reference. advkit's ``pgd`` and ``apgd``
+(``steps`` steps, zero start) and ``untargeted`` (at most ``steps`` steps, early stopping) run through ``run_attack``
+with ``--batch-size`` (default ``auto``: the chunk-size cache is cleared before every run, so each run pays its own
+probe). Time per sample step (seconds over backward passes) is the median of ``--repeats`` rounds in one process per
+n, every configuration once per round (a machine that slows down mid-run slows them alike); the plain loop's best
+chunk is the one with the lowest median. Peak memory is measured in a fresh process per configuration (one run,
+``auto``'s climb included) as growth over what the process held just before the run, twice: the process's peak
+resident set (reset through /proc/self/clear_refs; what the machine sees, allocator caching included) and the peak
+of the bytes malloc has handed out and not taken back (glibc's ``mallinfo2``, sampled every 0.3 ms; what the code
+holds); on a GPU both are the peak allocated memory. The live peak is also given beyond the run's own result (the
+plain loop's output; advkit's ``AttackResult`` holds the inputs' copy and the output, two copies of x). Goal: advkit
+within 1.10x of the best plain loop at every n, and peak memory flat in n.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import resource
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -74,23 +80,78 @@ def _status_kb(field: str) -> int:
     raise OSError(f"no {field} in /proc/self/status")
 
 
-def run_config(config: dict, model, x, y, job: dict) -> tuple[float, int, int | None]:
-    """Seconds, backward passes and advkit's chunk size of one run of one configuration."""
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+        + ("keepcost",)
+    ]
+
+
+class LiveHeap:
+    """The peak of the bytes glibc's malloc has handed out (heap in use plus mmapped blocks), sampled by a thread
+    every 0.3 ms while the ``with`` block runs (None where mallinfo2 is missing)."""
+
+    def __init__(self) -> None:
+        try:
+            self._mallinfo = ctypes.CDLL("libc.so.6").mallinfo2
+            self._mallinfo.restype = _Mallinfo2
+        except (OSError, AttributeError):
+            self._mallinfo = None
+        self.before = self.peak = 0
+        self._running = False
+
+    def _live(self) -> int:
+        info = self._mallinfo()
+        return info.uordblks + info.hblkhd
+
+    def _sample(self) -> None:
+        while self._running:
+            self.peak = max(self.peak, self._live())
+            time.sleep(0.0003)
+
+    def __enter__(self) -> LiveHeap:
+        if self._mallinfo is not None:
+            self.before = self.peak = self._live()
+            self._running = True
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._mallinfo is not None:
+            self._running = False
+            self._thread.join()
+            self.peak = max(self.peak, self._live())
+
+    @property
+    def growth(self) -> int | None:
+        return None if self._mallinfo is None else self.peak - self.before
+
+
+def run_config(config: dict, model, x, y, job: dict) -> tuple[float, int, int | None, int]:
+    """Seconds, backward passes, advkit's chunk size and the bytes of the run's result (the plain loop's output;
+    advkit's copy of x and its x_adv) of one run of one configuration."""
     eps, steps = job["eps"], job["steps"]
     if config["kind"] == "plain":
         chunk = config["chunk"] or len(y)
         low, high = model.bounds
         start = time.perf_counter()
-        for i in range(0, len(y), chunk):
+        outputs = [
             plain_pgd(model.module, x[i : i + chunk], y[i : i + chunk], eps, 2.5 * eps / steps, steps, low, high)
+            for i in range(0, len(y), chunk)
+        ]
         sync(job["device"])
-        return time.perf_counter() - start, len(y) * steps, None
+        seconds = time.perf_counter() - start
+        return seconds, len(y) * steps, None, sum(o.numel() * o.element_size() for o in outputs)
     batching.clear_cache()  # every run measures its own chunk size, as a fresh `advkit` command does
     params = {"steps": steps} | ({"random_start": False} if config["attack"] in ("pgd", "apgd") else {})
     start = time.perf_counter()
     result = run_attack(model, config["attack"], x, y, eps=eps, batch_size=job["batch_size"], **params)
     sync(job["device"])
-    return time.perf_counter() - start, result.backward_passes, result.extra["batch_size"]["chosen"]
+    seconds = time.perf_counter() - start
+    held = sum(t.numel() * t.element_size() for t in (result.x, result.x_adv))
+    return seconds, result.backward_passes, result.extra["batch_size"]["chosen"], held
 
 
 def sync(device: str) -> None:
@@ -109,17 +170,21 @@ def worker(job: dict) -> list[dict]:
     x, y = x.to(device), y.to(device)
     if job["mode"] == "memory":
         before = reset_peak(device)
-        run_config(job["configs"][0], model, x, y, job)
-        return [{"peak_mb": (peak_bytes(device) - before) / 2**20}]
-    best = [{"seconds": float("inf")} for _ in job["configs"]]
+        with LiveHeap() as heap:
+            held = run_config(job["configs"][0], model, x, y, job)[3]
+        peak = (peak_bytes(device) - before) / 2**20
+        live = peak if device.startswith("cuda") or heap.growth is None else heap.growth / 2**20
+        return [{"peak_mb": peak, "live_mb": live, "beyond_result_mb": live - held / 2**20}]
+    runs: list[list[tuple[float, int, int | None]]] = [[] for _ in job["configs"]]
     for _ in range(job["repeats"]):
-        for config, record in zip(job["configs"], best):
-            seconds, backward, chosen = run_config(config, model, x, y, job)
-            if seconds < record["seconds"]:
-                record.update(seconds=seconds, backward=backward, chosen=chosen)
-    for record in best:
-        record["ms_per_sample_step"] = 1000 * record["seconds"] / record["backward"]
-    return best
+        for config, record in zip(job["configs"], runs):
+            record.append(run_config(config, model, x, y, job)[:3])
+    summary = []
+    for record in runs:
+        ms = [1000 * seconds / backward for seconds, backward, _ in record]
+        chosen = sorted({c for *_, c in record if c is not None})
+        summary.append({"ms_per_sample_step": statistics.median(ms), "ms_rounds": ms, "chosen": chosen or None})
+    return summary
 
 
 def run_job(job: dict) -> list[dict]:
@@ -140,7 +205,7 @@ def main() -> None:
     parser.add_argument("--attacks", default="pgd,apgd,untargeted")
     parser.add_argument("--chunks", default="32,64,128,256", help="chunk sizes of the plain loop")
     parser.add_argument("--batch-size", default="auto", help="advkit's batch size: auto or a number")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the median")
     parser.add_argument("--whole-up-to", type=int, default=1000, help="run the plain loop whole up to this n")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
@@ -155,8 +220,9 @@ def main() -> None:
     common = {"model": args.model, "eps": args.eps, "steps": args.steps, "repeats": args.repeats}
     common |= {"device": args.device, "threads": args.threads, "batch_size": batch_size}
     print(
-        f"model {args.model}, eps {args.eps}, {args.steps} steps, device {args.device}, best of {args.repeats}, "
-        f"advkit batch size {batch_size}; ms per sample step (seconds / backward passes), peak memory growth in MB"
+        f"model {args.model}, eps {args.eps}, {args.steps} steps, device {args.device}, median of {args.repeats}, "
+        f"advkit batch size {batch_size}; ms per sample step (seconds / backward passes), peak memory growth in MB "
+        "(resident; live, and live beyond the result)"
     )
     rows = []
     attacks = args.attacks.split(",")
@@ -172,7 +238,7 @@ def main() -> None:
         plain = {c["chunk"]: c for c in configs if c["kind"] == "plain"}
         best_chunk = min(plain, key=lambda c: plain[c]["ms_per_sample_step"])
         reference = plain[best_chunk]["ms_per_sample_step"]
-        curve = ", ".join(f"{c}: {r['ms_per_sample_step']:.4f} ms, {r['peak_mb']:.0f} MB" for c, r in plain.items())
+        curve = ", ".join(f"{c}: {r['ms_per_sample_step']:.4f} ms, {_mb(r)}" for c, r in plain.items())
         print(f"n {n}: plain loop by chunk size {{{curve}}}")
         row = {"n": n, "plain_best_chunk": best_chunk, "plain_ms": reference, "plain": plain}
         row["plain_best_peak_mb"] = plain[best_chunk]["peak_mb"]
@@ -181,7 +247,7 @@ def main() -> None:
             ratio = config["ms_per_sample_step"] / reference
             print(
                 f"  advkit {config['attack']:<11} {config['ms_per_sample_step']:.4f} ms ({ratio:.2f}x the plain loop at "
-                f"chunk {best_chunk}), chunk {config['chosen']}, peak {config['peak_mb']:.0f} MB",
+                f"chunk {best_chunk}), chunk {config['chosen']}, peak {_mb(config)}",
                 flush=True,
             )
         rows.append(row)
@@ -194,18 +260,22 @@ def main() -> None:
     print("|---|---|---|" + "---|" * len(attacks))
     for row in rows:
         cells = [
-            f"{row[a]['ms_per_sample_step']:.3f} ms ({row[a]['ms_per_sample_step'] / row['plain_ms']:.2f}x), "
-            f"{row[a]['peak_mb']:.0f} MB"
+            f"{row[a]['ms_per_sample_step']:.3f} ms ({row[a]['ms_per_sample_step'] / row['plain_ms']:.2f}x), {_mb(row[a])}"
             for a in attacks
         ]
         whole = row["plain"].get(row["n"])
-        whole_cell = f"{whole['ms_per_sample_step']:.3f} ms, {whole['peak_mb']:.0f} MB" if whole else "not run"
+        whole_cell = f"{whole['ms_per_sample_step']:.3f} ms, {_mb(whole)}" if whole else "not run"
         print(
             f"| {row['n']:,} | {row['plain_ms']:.3f} ms (chunk {row['plain_best_chunk']}), "
-            f"{row['plain_best_peak_mb']:.0f} MB | {whole_cell} | " + " | ".join(cells) + " |"
+            f"{_mb(row['plain'][row['plain_best_chunk']])} | {whole_cell} | " + " | ".join(cells) + " |"
         )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
+
+
+def _mb(record: dict) -> str:
+    """Peak memory growth: resident / live (live beyond the run's result), in MB."""
+    return f"{record['peak_mb']:.0f} / {record['live_mb']:.0f} ({record['beyond_result_mb']:.0f}) MB"
 
 
 if __name__ == "__main__":

@@ -45,7 +45,28 @@ def test_first_step_has_no_momentum_and_then_momentum_applies():
     # z = 1.0; moved = 0.5 + 0.75 * 0.5 + 0.25 * (0.5 - 0) = 1.0
     assert torch.allclose(d2, torch.ones(1, 2))
     step.start(torch.tensor([2]), 3)
-    assert int(step.state["count"][2]) == 0 and float(step.state["previous"][2].abs().sum()) == 0
+    assert int(step.state["count"][2]) == 0
+    # the restarted sample takes a zeroed row on its next step and makes a plain step, without momentum
+    step.observe(torch.tensor([2]), d2, torch.zeros(1))
+    d3 = step(d2, -torch.ones(1, 2), x[[2]], torch.tensor([2]), c)
+    assert torch.allclose(d3, torch.full((1, 2), 0.5))
+    assert torch.equal(step.rows["previous"][step.row_of[2]], d2[0])  # its row now holds the point it left
+
+
+def test_apgd_keeps_input_sized_state_for_the_active_rows_only():
+    """A window of 4 over 12 samples: the previous/best points and gradients take 4 rows, not 12, with the same
+    results as the whole batch (the engine test checks the results)."""
+    step = AdaptiveMomentumStep(0.5, steps=4)
+    step.start(torch.arange(12), 12)
+    c, x = LinfBall(1.0), torch.zeros(12, 2)
+    for active in (torch.arange(4), torch.tensor([0, 1, 4, 5]), torch.tensor([4, 5, 6, 7])):
+        fresh = step._waiting[active].clone()
+        step.observe(active, torch.zeros(4, 2), torch.zeros(4))
+        step(torch.zeros(4, 2), torch.ones(4, 2), x[active], active, c)
+        rows = step.row_of[active]
+        assert len(set(rows.tolist())) == 4 and not bool(step._waiting[active].any())
+        assert bool(fresh.any()) or step.rows["previous"].shape[0] == 4
+    assert all(t.shape[0] == 4 for t in step.rows.values())
 
 
 def test_stalled_sample_halves_at_checkpoint_and_restarts_from_its_best_point():

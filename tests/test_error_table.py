@@ -1073,3 +1073,20 @@ def test_per_sample_radius_of_the_wrong_length_through_run_attack():
     x, y = _tiny_batch(model)
     with pytest.raises(ValueError, match="per-sample radius has 3 entries for a batch of 4"):
         run_attack(model, "fgsm", x, y, constraint=LinfBall(torch.full((3,), 0.1)))
+
+
+def test_per_sample_radius_of_the_wrong_length_on_a_batch_checked_in_chunks():
+    """Beyond CHECK_ROWS rows the membership check runs chunk by chunk: a radius of the wrong length is still refused
+    (an intersection's part too), and a right one passes."""
+    from advkit.constraints import Box
+    from advkit.validation import CHECK_ROWS, check_constraint
+
+    n = CHECK_ROWS + 5
+    x = torch.rand(n, 1, 2, 2)
+    for constraint in (LinfBall(torch.full((n - 1,), 0.1)), LinfBall(torch.full((n + 1,), 0.1)) & Box(0, 1)):
+        with pytest.raises(
+            ValueError,
+            match=f"per-sample radius has {n - 1 if constraint.__class__ is LinfBall else n + 1} entries for a batch of {n}",
+        ):
+            check_constraint(constraint, x)
+    check_constraint(LinfBall(torch.full((n,), 0.1)) & Box(0, 1), x)
