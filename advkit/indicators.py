@@ -491,13 +491,18 @@ def unstable_predictions(p: Probe, model: ModelAdapter) -> dict:
     return flag("unstable predictions", "unstable predictions", p.model, p.attack, ok, reason, fix=fix)
 
 
+def _steps_of(params: dict[str, Any]) -> int | None:
+    """An attack's ``steps`` parameter when it has a positive integer one, else None."""
+    steps = params.get("steps")
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
+
+
 def incomplete_optimization(p: Probe, attack_has: dict[str, Any]) -> dict:
     """On samples the attack did not fool, the objective's mean over the last fifth of the steps exceeds its mean
     over the fifth before by more than ``STILL_RISING`` of its whole span: a trend, not the noise of a plateau. An
     attack with ``steps`` is judged on its last ``steps`` differentiated calls: its last restart, target or search
     round (each of which starts afresh)."""
-    steps = attack_has.get("steps")
-    last = steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
+    last = _steps_of(attack_has)
     marked, judged = 0, 0
     for i in range(p.n):
         if bool(p.success[i]):
@@ -575,8 +580,8 @@ def unconstrained_failure(
     rate = fooled / len(y) if len(y) else 1.0
     ok = rate >= UNCONSTRAINED_SUCCESS
     fix = None if ok else bpda_fix(model, x, y, "the unconstrained attack fails")
-    steps = configured.params().get("steps")
-    if not ok and fix is None and isinstance(steps, int) and not isinstance(steps, bool):
+    steps = _steps_of(configured.params())
+    if not ok and fix is None and steps is not None:
         fix = make_fix(f"no layer blocks the gradient: rerun with twice the steps ({2 * steps})",
                        params={"steps": 2 * steps})  # fmt: skip
     reason = f"{fooled}/{len(y)} fooled with the whole range {model.range_width:g} as radius" + (

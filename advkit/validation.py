@@ -115,11 +115,10 @@ def check_constraint(constraint, x: Tensor) -> None:
 
 
 def _parts(constraint) -> list:
-    """The set and, for an intersection, its parts (recursively)."""
-    parts = [constraint]
-    for part in getattr(constraint, "parts", ()):
-        parts.extend(_parts(part))
-    return parts
+    """The set's leaves: the set itself, or an intersection's parts (recursively), each of which holds its own radii
+    (an intersection's radius is their minimum, which would fail on mismatched lengths before naming them)."""
+    inner = getattr(constraint, "parts", ())
+    return [leaf for part in inner for leaf in _parts(part)] if inner else [constraint]
 
 
 def _largest(radius) -> float | None:

@@ -1090,3 +1090,34 @@ def test_per_sample_radius_of_the_wrong_length_on_a_batch_checked_in_chunks():
         ):
             check_constraint(constraint, x)
     check_constraint(LinfBall(torch.full((n,), 0.1)) & Box(0, 1), x)
+
+
+def test_inputs_checked_in_chunks_are_refused_for_a_bad_row_past_the_first_chunk():
+    """check_inputs reads a large batch chunk by chunk: a NaN or an out-of-range value in a later chunk is still
+    refused, with the range it found."""
+    from advkit.errors import InputValidationError
+    from advkit.validation import CHECK_ROWS, check_inputs
+
+    model = _tiny()
+    x, _ = _tiny_batch(model)
+    big = x[:1].repeat(CHECK_ROWS + 10, *([1] * (x.dim() - 1)))
+    check_inputs(model, big)
+    low, high = model.bounds
+    nan = big.clone()
+    nan[CHECK_ROWS + 5].view(-1)[0] = float("nan")
+    with pytest.raises(InputValidationError, match="NaN or inf"):
+        check_inputs(model, nan)
+    wide = big.clone()
+    wide[CHECK_ROWS + 5].view(-1)[0] = high + 1
+    with pytest.raises(InputValidationError, match=f"inputs lie in .*, {high + 1:g}\\]"):
+        check_inputs(model, wide)
+
+
+def test_mismatched_radii_of_an_intersection_are_named_on_a_batch_checked_in_chunks():
+    from advkit.validation import CHECK_ROWS, check_constraint
+
+    n = CHECK_ROWS + 3
+    x = torch.rand(n, 1, 2, 2)
+    constraint = LinfBall(torch.full((n,), 0.1)) & LinfBall(torch.full((n - 2,), 0.2))
+    with pytest.raises(ValueError, match=f"per-sample radius has {n - 2} entries for a batch of {n}"):
+        check_constraint(constraint, x)

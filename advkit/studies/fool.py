@@ -347,9 +347,10 @@ def eot_spec(eot: str | Sequence[str], samples: int = 8) -> str:
         if name not in EOT_OPTION_NAMES:
             hint = " (give the number of draws as eot_samples / --eot-samples)" if name == "samples" else ""
             raise ParameterError(f"eot: no option {name!r}{hint}; options: {', '.join(EOT_OPTION_NAMES)}")
+    known = eot_transforms()
     for name in (i for i in items if "=" not in i):
-        if name not in eot_transforms():
-            raise ParameterError(f"eot: unknown transform {name!r}; transforms: {', '.join(eot_transforms())}")
+        if name not in known:
+            raise ParameterError(f"eot: unknown transform {name!r}; transforms: {', '.join(known)}")
     if isinstance(samples, bool) or not isinstance(samples, int):
         raise ParameterError(f"eot samples must be an integer, got {samples!r}")
     defaults = [f"{k}={v:g}" for k, v in FOOL_EOT_OPTIONS.items() if k not in given]
