@@ -117,11 +117,14 @@ class AdaptiveMomentumStep:
         r["best_delta"][rows] = torch.where(_rows(improved, delta), delta, r["best_delta"][rows])
         self._improved = improved
 
-    def _halve_at_checkpoint(self, idx: Tensor) -> Tensor:
-        """Apply the checkpoint rule to samples ``idx``; returns which of them halved."""
+    def _halve_at_checkpoint(self, idx: Tensor, count: Tensor) -> Tensor | None:
+        """Apply the checkpoint rule to samples ``idx`` (``count``: their steps so far); returns which of them halved
+        (None when none of them is at a checkpoint, as on most steps)."""
         s = self.state
-        count = s["count"][idx].clamp(max=self.steps)
-        at_mark = self.is_checkpoint[count]
+        at_mark = self.is_checkpoint[count.clamp(max=self.steps)]
+        if not bool(at_mark.any()):
+            return None
+        count = count.clamp(max=self.steps)
         stalled = s["increases"][idx] < self.rho * self.span[count]
         frozen = (s["eta_at_mark"][idx] == s["eta"][idx]) & (s["best_at_mark"][idx] == s["best_loss"][idx])
         halve = at_mark & (stalled | frozen)
@@ -141,18 +144,22 @@ class AdaptiveMomentumStep:
         )
         r["best_grad"][rows] = torch.where(_rows(improved, grad), grad, r["best_grad"][rows])
         self._improved = None
-        halve = self._halve_at_checkpoint(idx)
-        base = torch.where(_rows(halve, delta), r["best_delta"][rows], delta)
-        direction = torch.where(_rows(halve, grad), r["best_grad"][rows], grad).sign()
+        count = s["count"][idx]
+        halve = self._halve_at_checkpoint(idx, count)
+        if halve is None:  # no checkpoint: every sample goes on from where it is
+            base, direction, fresh = delta, grad.sign(), count == 0
+        else:
+            base = torch.where(_rows(halve, delta), r["best_delta"][rows], delta)
+            direction = torch.where(_rows(halve, grad), r["best_grad"][rows], grad).sign()
+            fresh = (count == 0) | halve
         eta = s["eta"][idx].to(delta.dtype).view(-1, *([1] * (delta.dim() - 1)))
         z = constraint.project(base + eta * direction, x)
-        no_momentum = _rows((s["count"][idx] == 0) | halve, delta)
         momentum = constraint.project(
             base + self.alpha * (z - base) + (1 - self.alpha) * (base - r["previous"][rows]), x
         )
         r["previous"][rows] = base
-        s["count"][idx] += 1
-        return torch.where(no_momentum, z, momentum)
+        s["count"][idx] = count + 1
+        return torch.where(_rows(fresh, delta), z, momentum)
 
 
 def _rows(mask: Tensor, like: Tensor) -> Tensor:

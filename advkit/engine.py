@@ -38,6 +38,7 @@ from advkit.constraints import Constraint
 from advkit.kernel import (  # re-exported: plugins import them from the engine
     NOISE_STD,
     START_TO_INIT,
+    CleanLogits,
     EngineResult,
     Final,
     GradientStep,
@@ -59,6 +60,7 @@ from advkit.universal import optimize_universal
 __all__ = [
     "NOISE_STD",
     "START_TO_INIT",
+    "CleanLogits",
     "EngineResult",
     "Final",
     "GradientStep",
@@ -155,8 +157,8 @@ def optimize(
     feasible = problem.constraint if constraint is None else constraint
     search = feasible if feasible.convex else feasible.relaxed()
     n, device = problem.n, x.device
-    forward = torch.zeros(n, dtype=torch.long, device=device)
-    backward = torch.zeros(n, dtype=torch.long, device=device)
+    evaluations = torch.zeros(n, dtype=torch.long, device=device)  # forward passes without a step (settle())
+    backward = torch.zeros(n, dtype=torch.long, device=device)  # steps: one forward and one backward pass each
     best = _Best(x)
     budget = problem.budget
     history = torch.full((steps, n), float("nan"), device=device) if record else None
@@ -170,6 +172,8 @@ def optimize(
     seed = stream_seed(problem.generator)  # one draw per call, whatever the batch holds
     window = _Window(problem.window, n)
     observe = getattr(update, "observe", None)
+    clean = problem.clean if problem.clean is not None and problem.clean.accepts(model, x) else None
+    look_for_x = False  # rows of a first restart were just admitted: a step may evaluate x itself (see CleanLogits)
     queue: deque[tuple[Tensor, int]] = deque()  # (samples, restart) waiting for a place in the window
 
     def enqueue(idx: Tensor, restart: int) -> None:
@@ -236,7 +240,7 @@ def optimize(
             if idx_u.numel():
                 with torch.no_grad():
                     logits = model(x_u)
-                forward[idx_u] += 1
+                evaluations[idx_u] += 1
                 evaluate(idx_u, False, x_u, logits)
         if restarts > 1:
             again = ~best.success[idx] & (restart_of + 1 < restarts)
@@ -268,21 +272,25 @@ def optimize(
                     group = group[:free]
                 free -= group.numel()
                 groups.append((group, restart))
-            new_idx = torch.cat([g for g, _ in groups])
+            new_idx = groups[0][0] if len(groups) == 1 else torch.cat([g for g, _ in groups])
             new_delta = torch.cat([starts(g, r) for g, r in groups])
             new_restart = torch.cat([torch.full_like(g, r) for g, r in groups])
             if hasattr(update, "start"):
                 update.start(new_idx, n)
             whole = idx.numel() == 0 and new_idx.numel() == n and groups[0][1] == 0 and len(groups) == 1
             first_restart_only = first_restart_only and all(r == 0 for _, r in groups)
+            if whole:
+                x_i, y_i, t_i = x, y, target
+            else:  # the rows already in the window keep their gathered inputs; the new ones join at the end
+                x_i, y_i = torch.cat([x_i, x[new_idx]]), torch.cat([y_i, y[new_idx]])
+                t_i = None if target is None else torch.cat([t_i, target[new_idx]])
             idx = torch.cat([idx, new_idx])
             delta = torch.cat([delta, new_delta])
             taken = torch.cat([taken, torch.zeros_like(new_idx)])
             restart_of_row = torch.cat([restart_of_row, new_restart])
-            x_i, y_i = (x, y) if whole else (x[idx], y[idx])
-            t_i = target if (whole or target is None) else target[idx]
             feasible_i, search_i = (feasible, search) if whole else (select(feasible, idx), select(search, idx))
             finishing.add(iteration + steps)
+            look_for_x = clean is not None and any(r == 0 for _, r in groups)
         if idx.numel() == 0 or steps == 0:
             if steps == 0 and idx.numel():  # no step to take: every admitted row is evaluated as it stands
                 pending.append((idx, delta, restart_of_row))
@@ -299,14 +307,15 @@ def optimize(
         loss = objective(logits, y_i, t_i, x_adv, x_i)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
         finite, bad = zero_nonfinite_rows(logits.detach(), grad)
+        if look_for_x:  # the first step of a zero start evaluates x itself: its logits are the clean check's
+            clean.record(idx, x_adv.detach(), logits.detach())
+            look_for_x = False
         if whole:
-            forward += 1
             backward += 1
             nonfinite += bad.long()
         else:
-            forward[idx] += 1
-            backward[idx] += 1
-            nonfinite[idx] += bad.long()
+            backward.index_add_(0, idx, torch.ones_like(idx))
+            nonfinite.index_add_(0, idx, bad.long())
         value = finite_objective(loss.detach(), finite)
         reached = evaluate(idx, whole, x_adv.detach(), logits.detach(), value, finite)
         if history is not None:
@@ -338,12 +347,13 @@ def optimize(
             pending.append((idx[unevaluated], delta[unevaluated], restart_of_row[unevaluated]))
             pending_rows += pending[-1][0].numel()
         if leave is not None:
-            keep = ~leave
-            idx, x_i, y_i, delta = idx[keep], x_i[keep], y_i[keep], delta[keep]
-            taken, restart_of_row = taken[keep], restart_of_row[keep]
-            t_i = None if t_i is None else t_i[keep]
-            feasible_i, search_i = select(feasible, idx), select(search, idx)
-            whole = False
+            keep = (~leave).nonzero().squeeze(1)  # one sync; no gather at all when every row stays
+            if keep.numel() < idx.numel():
+                idx, x_i, y_i, delta = idx[keep], x_i[keep], y_i[keep], delta[keep]
+                taken, restart_of_row = taken[keep], restart_of_row[keep]
+                t_i = None if t_i is None else t_i[keep]
+                feasible_i, search_i = select(feasible, idx), select(search, idx)
+                whole = False
         # Evaluate the rows that left in batches (now, when a next restart waits on them or nothing else is left).
         if pending_rows and (pending_rows >= window.size() or (restarts > 1 and not queue) or idx.numel() == 0):
             settle()
@@ -353,7 +363,7 @@ def optimize(
         x_adv=best.x,
         success=best.success,
         best_objective=best.objective,
-        forward_counts=forward,
+        forward_counts=backward - spent_before + evaluations,
         backward_counts=backward - spent_before,
         history=history,
         nonfinite_counts=nonfinite,

@@ -315,6 +315,8 @@ class _Estimated(ModelAdapter):
     """An adapter that an attack uses like ``base``; its calls go through the estimator, while ``module`` (hence the
     runner's clean check, re-check and ``predict``) is the real model's. Every pass is counted on ``base.counter``."""
 
+    calls_are_logits = False  # EOT's calls average transformed copies: the runner checks x itself
+
     def __init__(self, base: ModelAdapter, estimator: Estimator) -> None:
         super().__init__(
             base.module, name=base.name, bounds=base.bounds, input_shape=base.input_shape, class_names=base.class_names,

@@ -257,6 +257,7 @@ class Traced(ModelAdapter):
         self.inner, self.base, self.x, self.threat = inner, getattr(inner, "base", inner), x, threat
         self.counter = inner.counter
         self.backward_per_call = getattr(inner, "backward_per_call", 1)
+        self.calls_are_logits = getattr(inner, "calls_are_logits", False)
         if hasattr(inner, "estimator"):
             self.estimator = inner.estimator
         self.rows: dict[str, list[Tensor]] = {"owner": [], "seen": [], "real": [], "grad": []}

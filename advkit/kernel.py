@@ -58,6 +58,9 @@ class Problem:
     #: ``step_began(rows)`` that measures sizes (:class:`advkit.batching.ChunkPlan`). A row that leaves (fooled, out
     #: of budget, done) is replaced by the next waiting sample, so each step's batch stays full.
     window: Any = None
+    #: Where the engine records the model's logits at ``x`` itself when it evaluates a zero perturbation (a zero
+    #: start's first step), so the runner's clean check need not pass those samples again (see :class:`CleanLogits`).
+    clean: CleanLogits | None = None
 
     def streams(self, label: str) -> SampleStreams:
         """Per-sample random numbers for an attack's own draws (``streams.rand(shape)``, ``.randn(shape)``, shape
@@ -70,6 +73,40 @@ class Problem:
     @property
     def n(self) -> int:
         return self.x.shape[0]
+
+
+@dataclass
+class CleanLogits:
+    """The model's logits at the unperturbed inputs, as the engine's own steps evaluate them.
+
+    ``reference`` is the runner's own copy of the inputs (an attack never sees it). When a step of an optimization of
+    this very ``model`` on this very ``x`` tensor (not a sub-problem over other rows, not another model) evaluates a
+    point equal, element for element, to a sample's reference row (a zero start's first step does), the engine keeps
+    that sample's logits; ``known`` says which rows hold them. The runner passes only the other rows in its clean
+    check, so a zero-start attack costs one forward pass per sample less and reports the same clean predictions,
+    whatever the attack did to ``x``.
+    """
+
+    model: Any
+    x: Tensor | None
+    reference: Tensor | None
+    logits: Tensor | None = None
+    known: Tensor | None = None
+
+    def accepts(self, model: Any, x: Tensor) -> bool:
+        """Whether an optimization of ``model`` on ``x`` evaluates the rows this record is about."""
+        return model is self.model and x is self.x
+
+    def record(self, idx: Tensor, points: Tensor, logits: Tensor) -> None:
+        """Keep the logits of the rows of ``idx`` whose evaluated point is exactly the sample's reference input."""
+        at_x = (points == self.reference[idx]).flatten(1).all(1)
+        if self.logits is None:
+            n = self.reference.shape[0]
+            self.logits = logits.new_zeros((n, *logits.shape[1:]))
+            self.known = torch.zeros(n, dtype=torch.bool, device=logits.device)
+        rows = at_x.view(-1, *([1] * (logits.dim() - 1)))
+        self.logits[idx] = torch.where(rows, logits, self.logits[idx])
+        self.known[idx] = self.known[idx] | at_x
 
 
 @dataclass

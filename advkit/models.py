@@ -49,6 +49,10 @@ class ModelAdapter:
     inputs in the declared bounds.
     """
 
+    #: A counted call returns what :meth:`logits` returns (so the runner may take a zero start's first step as its
+    #: clean check); a subclass whose calls compute something else (a gradient estimator's average) sets it False.
+    calls_are_logits: bool = True
+
     def __init__(
         self,
         module: nn.Module,

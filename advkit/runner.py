@@ -42,7 +42,7 @@ from advkit.batching import AUTO, BatchSize, ChunkPlan, check_batch_size, chunke
 from advkit.constraints import Box, Constraint, LinfBall
 from advkit.criteria import Criterion, criterion_for
 from advkit.devices import free_device_memory, is_out_of_memory
-from advkit.engine import Problem, finite_rows, select
+from advkit.engine import CleanLogits, Problem, finite_rows, select
 from advkit.errors import AdvkitError, ParameterError, ThreatModelError
 from advkit.models import ModelAdapter, load_model
 from advkit.params import check_count, check_number, check_seed
@@ -390,16 +390,24 @@ def _attack_rows(job: _Job, begin: int, stop: int, window: ChunkPlan | None = No
         window=window,
     )
     size = x_rows.shape[0] if window is None else inference_batch_size(model, window.requested)
-    # what the model says before the attack (outside the counter; OOM-split with the rows)
-    clean = chunked(model.logits, x_rows, size)
-    clean_correct = (clean.argmax(1) == problem.y) & finite_rows(clean)
+    # what the model says at the inputs (outside the counter; OOM-split with the rows): a zero start's first step says
+    # it for its samples (a deterministic model whose calls are its logits), a pass before the attack for the others
+    clean = shared = None
+    if model.calls_are_logits and not model.metadata.get("stochastic"):
+        problem.clean = shared = CleanLogits(model, problem.x, x_rows)
+    else:
+        clean = chunked(model.logits, x_rows, size)
     forward0, backward0 = model.counter.snapshot()
     clock = time.perf_counter()
     x_adv = attack.run(problem)
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)  # the clock stops when the work is done, not when it is queued
     seconds = time.perf_counter() - clock
-    problem.x = problem.start = None  # the attack's copies go before the projection makes its own (peak memory)
+    if shared is not None:
+        shared.x = shared.reference = None
+        clean = _clean_logits(model, x_rows, shared, size)
+    problem.x = problem.start = problem.clean = None  # the attack's copies go before the projection (peak memory)
+    clean_correct = (clean.argmax(1) == problem.y) & finite_rows(clean)
     x_adv = _enforce_threat_model_in_chunks(x_rows, x_adv, constraint, size)
     # the independent re-check: a fresh pass on advkit's own copy, outside the counter
     logits = chunked(model.logits, x_adv, size)
@@ -427,6 +435,18 @@ def _attack_rows(job: _Job, begin: int, stop: int, window: ChunkPlan | None = No
         seconds=seconds,
         history=history if isinstance(history, Tensor) else None,
     )
+
+
+def _clean_logits(model: ModelAdapter, x: Tensor, shared: CleanLogits, size: int) -> Tensor:
+    """The model's logits at ``x``: those the attack's own steps evaluated at ``x`` itself (``shared``, see
+    :class:`advkit.kernel.CleanLogits`), and a fresh pass, in chunks of ``size`` rows, on the other rows."""
+    if shared.known is None:
+        return chunked(model.logits, x, size)
+    missing = (~shared.known).nonzero().squeeze(1)
+    logits = shared.logits
+    if missing.numel():
+        logits[missing] = chunked(model.logits, x[missing], size).to(logits.dtype)
+    return logits
 
 
 def _chunk_rate(piece: _Piece, call_times: list[tuple[float, int]] | None, device: torch.device) -> float | None:

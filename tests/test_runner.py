@@ -9,6 +9,7 @@ import torch
 
 from advkit.attack import Attack
 from advkit.constraints import LinfBall, NonNegative
+from advkit.models import ModelAdapter
 from advkit.runner import BudgetExceeded, ThreatModelViolation, run_attack
 
 
@@ -243,3 +244,78 @@ def test_samples_the_model_already_gets_wrong_are_reported_as_such(tiny_model, t
     assert summary["raw_success_rate"] == pytest.approx(float(result.success.float().mean()))
     assert summary["n_success"] == int(result.success[correct].sum())
     assert summary["robust_accuracy"] == pytest.approx(float(result.robust.float().mean()))
+
+
+def _module_rows(model):
+    """The rows the model's module sees (a list that fills while the hook is on) and the hook."""
+    seen: list[int] = []
+    hook = model.module.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    return seen, hook
+
+
+def test_a_zero_start_takes_its_clean_check_from_its_own_first_step(tiny_model, tiny_batch):
+    """The first step of a zero start evaluates x itself: its logits are the clean check's, so the module sees one
+    pass per sample less than with a random start, and the clean predictions are the model's own."""
+    x, y = tiny_batch
+    wrong = y.clone()
+    wrong[:3] = (y[:3] + 1) % 10  # three samples the model gets wrong from the start
+    extra = {}
+    for random_start in (False, True):
+        seen, hook = _module_rows(tiny_model)
+        try:
+            result = run_attack(tiny_model, "pgd", x, wrong, eps=0.1, steps=3, random_start=random_start)
+        finally:
+            hook.remove()
+        assert torch.equal(result.clean_correct, torch.arange(len(y)) >= 3)
+        extra[random_start] = sum(seen) - result.forward_passes  # the runner's own passes: probe, clean, re-check
+    assert extra[True] - extra[False] == len(y)
+
+
+@dataclass(kw_only=True)
+class ZeroesItsInputsThenSteps(Attack):
+    """Overwrites its inputs with zeros, then runs one zero-start engine step on them."""
+
+    name = "zeroes_then_steps"
+
+    def run(self, problem):
+        from advkit.engine import GradientStep, optimize
+        from advkit.objectives import cross_entropy
+        from advkit.steps import sign_step
+
+        problem.x.zero_()
+        update = GradientStep(sign_step, 0.01)
+        return optimize(problem, update=update, objective=cross_entropy, steps=1, init="zeros").x_adv
+
+
+def test_the_clean_check_is_of_the_callers_inputs_whatever_the_attack_evaluates(tiny_model, tiny_batch):
+    """An attack that evaluates other points than the inputs (here: it zeroed its copy first) gives no clean logits:
+    clean_correct is still the model's verdict on the caller's x."""
+    x, y = tiny_batch
+    on_zeros = tiny_model.predict(torch.zeros_like(x)).argmax(1) == y
+    assert not bool(on_zeros.all())  # the zeroed inputs would give another verdict
+    result = run_attack(tiny_model, ZeroesItsInputsThenSteps(), x, y, eps=0.1)
+    assert bool(result.clean_correct.all())
+
+
+class _NegatedCalls(ModelAdapter):
+    """An adapter whose counted calls are not its logits (as a gradient estimator's average is not)."""
+
+    calls_are_logits = False
+
+    def __call__(self, x):
+        return -super().__call__(x)
+
+
+def test_a_model_whose_calls_are_not_its_logits_gets_its_own_clean_check(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    model = _NegatedCalls(
+        tiny_model.module, name="negated", bounds=tiny_model.bounds, input_shape=tiny_model.input_shape,
+        class_names=tiny_model.class_names,
+    )  # fmt: skip
+    seen, hook = _module_rows(model)
+    try:
+        result = run_attack(model, "pgd", x, y, eps=0.1, steps=2, random_start=False)
+    finally:
+        hook.remove()
+    assert bool(result.clean_correct.all())  # the model's own logits, not the negated calls'
+    assert sum(seen) - result.forward_passes == 2 * 2 + 2 * len(y)  # probe, clean check and re-check
