@@ -5,6 +5,11 @@ mode (its mode restored afterwards, also on exceptions), the attack works on a c
 input, the returned points are projected onto the constraint set and checked, pass counts
 come from the model adapter, and success is re-checked by a fresh forward pass.
 
+The clean check (which inputs the model already gets wrong) is one pass outside the counter, except where the
+attack's own first step evaluated exactly the runner's copy of an input (a zero start): the engine keeps those logits
+(:class:`advkit.kernel.CleanLogits`) and the runner passes only the other inputs. Not for a randomized model, nor for
+one whose calls are not its logits (a gradient estimator's).
+
 Two failure modes are handled here rather than left to plugins:
 
 * Non-finite outputs. A sample whose re-check logits on ``x_adv`` contain NaN or inf is never

@@ -319,3 +319,22 @@ def test_a_model_whose_calls_are_not_its_logits_gets_its_own_clean_check(tiny_mo
         hook.remove()
     assert bool(result.clean_correct.all())  # the model's own logits, not the negated calls'
     assert sum(seen) - result.forward_passes == 2 * 2 + 2 * len(y)  # probe, clean check and re-check
+
+
+def test_a_randomized_model_gets_its_clean_check_before_the_attack(tiny_model, tiny_batch):
+    """A randomized model's clean check stays one pass of its own, before the attack (its draws come in that order)."""
+    x, y = tiny_batch
+    model = ModelAdapter(
+        tiny_model.module, name="declared_random", bounds=tiny_model.bounds, input_shape=tiny_model.input_shape,
+        class_names=tiny_model.class_names, metadata={"stochastic": True},
+    )  # fmt: skip
+    order: list[str] = []
+    hook = model.module.register_forward_hook(
+        lambda module, args, out: order.append("grad" if torch.is_grad_enabled() else "no_grad")
+    )
+    try:
+        run_attack(model, "pgd", x, y, eps=0.1, steps=2, random_start=False)
+    finally:
+        hook.remove()
+    first_step = order.index("grad")
+    assert order[:first_step] == ["no_grad"] * 3  # the output probe twice, then the clean check
