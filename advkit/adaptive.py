@@ -121,10 +121,10 @@ class AdaptiveMomentumStep:
         """Apply the checkpoint rule to samples ``idx`` (``count``: their steps so far); returns which of them halved
         (None when none of them is at a checkpoint, as on most steps)."""
         s = self.state
-        at_mark = self.is_checkpoint[count.clamp(max=self.steps)]
-        if not bool(at_mark.any()):
-            return None
         count = count.clamp(max=self.steps)
+        at_mark = self.is_checkpoint[count]
+        if not bool(at_mark.any()):  # a whole batch reaches a checkpoint together; a refilled window seldom skips
+            return None
         stalled = s["increases"][idx] < self.rho * self.span[count]
         frozen = (s["eta_at_mark"][idx] == s["eta"][idx]) & (s["best_at_mark"][idx] == s["best_loss"][idx])
         halve = at_mark & (stalled | frozen)

@@ -58,8 +58,8 @@ class Problem:
     #: ``step_began(rows)`` that measures sizes (:class:`advkit.batching.ChunkPlan`). A row that leaves (fooled, out
     #: of budget, done) is replaced by the next waiting sample, so each step's batch stays full.
     window: Any = None
-    #: Where the engine records the model's logits at ``x`` itself when it evaluates a zero perturbation (a zero
-    #: start's first step), so the runner's clean check need not pass those samples again (see :class:`CleanLogits`).
+    #: Where the engine records the model's logits at the inputs when a step evaluates exactly them (a zero start's
+    #: first step), so the runner's clean check need not pass those samples again (see :class:`CleanLogits`).
     clean: CleanLogits | None = None
 
     def streams(self, label: str) -> SampleStreams:
