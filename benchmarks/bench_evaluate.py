@@ -3,13 +3,15 @@
 Run:  pip install -e '.[peers]'
       python benchmarks/bench_evaluate.py [--models s6_adv madry_adv] [-n 100] [--versions standard]
              [--eps s6_adv=0.1,0.15,0.2 madry_adv=0.25,0.3,0.35] [--skip 0] [--threads 2]
+             [--apgd-t 3:100 5:60] [--no-peers]
 
 For each model and eps (L-inf, on the 0-1 scale) it runs, on the first n test digits (class-interleaved, as a sweep
 picks them; clean errors count as not robust):
 
 - torchattacks ``AutoAttack(version="standard")`` (APGD-CE, APGD-T on 9 targets, FAB-T on 9 targets, Square with
   5,000 queries, each on the samples still robust) and torchattacks ``APGD`` (CE, 100 steps, 1 restart);
-- advkit ``evaluate`` (each ``--versions`` cascade) and advkit ``apgd`` (CE, 100 steps).
+- advkit ``evaluate`` (each ``--versions`` cascade; each ``--apgd-t K:STEPS``: the standard cascade with APGD-T on
+  MALT's top K targets of STEPS steps each) and advkit ``apgd`` (CE, 100 steps).
 
 The peers get the model wrapped as ``f(x01) = module(low + (high - low) x01)`` (their inputs are [0, 1]) with eps
 divided by the range width; advkit works in the model's units. Forward and backward passes of the peers come from
@@ -39,7 +41,7 @@ from bench_peers import Counted  # noqa: E402  (the same counting wrapper as the
 
 from advkit.constraints import LinfBall  # noqa: E402
 from advkit.data import load_mnist  # noqa: E402
-from advkit.evaluation import evaluate  # noqa: E402
+from advkit.evaluation import Stage, cascade, evaluate  # noqa: E402
 from advkit.models import ModelAdapter, load_model  # noqa: E402
 from advkit.runner import run_attack  # noqa: E402
 from advkit.sweep import select_samples  # noqa: E402
@@ -105,12 +107,32 @@ def run_peers(ta, model: ModelAdapter, x: torch.Tensor, y: torch.Tensor, eps01: 
     return rows
 
 
-def run_advkit(model: ModelAdapter, x, y, eps01: float, seed: int, versions: list[str]) -> tuple[dict, list[dict]]:
+def targeted_variants(items: list[str] | None) -> dict[str, list[Stage]]:
+    """``K:STEPS`` items: the standard cascade with APGD-T on MALT's top K targets of STEPS steps each."""
+    variants = {}
+    for item in items or []:
+        k, _, steps = item.partition(":")
+        if not (k.isdigit() and steps.isdigit()):
+            raise SystemExit(f"--apgd-t items are K:STEPS (targets and steps per target), got {item!r}")
+        stages = cascade("standard", "linf")
+        stages = [
+            Stage(s.attack, {**s.params, "top_k": int(k), "steps": int(steps)}) if s.attack == "apgd_targeted" else s
+            for s in stages
+        ]
+        variants[f"standard, APGD-T {k} x {steps}"] = stages
+    return variants
+
+
+def run_advkit(
+    model: ModelAdapter, x, y, eps01: float, seed: int, versions: list[str], variants: dict[str, list[Stage]]
+) -> tuple[dict, list[dict]]:
     eps = eps01 * model.range_width
     rows, stages = {}, []
-    for version in versions:
+    runs = [(version, {"version": version}) for version in versions]
+    runs += [(label, {"stages": cascade_stages}) for label, cascade_stages in variants.items()]
+    for version, how in runs:
         start = time.perf_counter()
-        result = evaluate(model, x, y, eps=eps, norm="linf", version=version, seed=seed)
+        result = evaluate(model, x, y, eps=eps, norm="linf", seed=seed, **how)
         seconds = time.perf_counter() - start
         summary = result.summary()
         robust = robust_after(model.module, x, y, result.x_adv, eps, model.bounds)
@@ -152,6 +174,10 @@ def main() -> None:
     parser.add_argument("--eps", nargs="*", help="MODEL=E1,E2,... on the 0-1 scale (default: s6_adv 0.1,0.15,0.2; "
                         "madry_adv 0.25,0.3,0.35)")  # fmt: skip
     parser.add_argument("--versions", nargs="+", default=["standard"], help="advkit evaluate cascades to run")
+    parser.add_argument(
+        "--apgd-t", nargs="*", metavar="K:STEPS", help="also the standard cascade with APGD-T on MALT's top K targets "
+        "of STEPS steps each (the measurement behind standard's 4:75)"
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-peers", action="store_true", help="advkit only (torchattacks not needed)")
     parser.add_argument("--csv", type=Path, help="also write the table here")
@@ -169,13 +195,14 @@ def main() -> None:
     _, x, y = select_samples(data.x, data.y, args.skip + args.n)
     x, y = x[args.skip :], y[args.skip :]
     eps_by_model = parse_eps(args.eps, args.models)
+    variants = targeted_variants(args.apgd_t)
     rows, stage_rows, verdicts = [], [], []
     for name in args.models:
         model = load_model(name)
         for eps01 in eps_by_model[name]:
             torch.manual_seed(args.seed)
             results = {} if ta is None else run_peers(ta, model, x, y, eps01, args.seed)
-            mine, stages = run_advkit(model, x, y, eps01, args.seed, args.versions)
+            mine, stages = run_advkit(model, x, y, eps01, args.seed, args.versions, variants)
             results.update(mine)
             aa = results.get("torchattacks AutoAttack")
             for label, r in results.items():
