@@ -4,7 +4,6 @@ than a chunk anywhere (attacks, checks, selection, sweeps, transfers)."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -126,27 +125,35 @@ def test_auto_attacks_small_runs_whole_and_caches_what_it_measured(tiny_model, t
 
 class SlowAbove(nn.Module):
     """Costs 10 ms per call plus 0.1 ms per sample up to ``knee`` rows per call, 10 ms per sample beyond (a cache that
-    overflows): the time per sample falls with the rows until the knee, then jumps."""
+    overflows), on a simulated clock: the time per sample falls with the rows until the knee, then jumps."""
 
     def __init__(self, inner: nn.Module, knee: int) -> None:
         super().__init__()
-        self.inner, self.knee = inner, knee
+        self.inner, self.knee, self.now = inner, knee, 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
 
     def forward(self, x):
-        time.sleep(0.01 + x.shape[0] * (0.0001 if x.shape[0] <= self.knee else 0.01))
+        self.now += 0.01 + x.shape[0] * (0.0001 if x.shape[0] <= self.knee else 0.01)
         return self.inner(x)
 
 
-def test_auto_measures_inside_the_attack_and_stops_below_the_knee(tiny_model, small_sizes):
-    """The climb (2, 3, 4, 6, 9, ...) stops at the first size that is slower per sample and keeps the best."""
+def test_auto_measures_inside_the_attack_and_stops_below_the_knee(tiny_model, small_sizes, monkeypatch):
+    """The climb (2, 3, 4, 6, 9, ...) stops at the first size that is slower per sample and keeps the best. The window's
+    clock is the model's simulated one, so what the climb sees is exactly the model's cost, whatever else runs."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(40, 1, 8, 8, generator=g) * 1.6 - 0.8
     y = tiny_model.predict(x).argmax(1)
-    model = adapter(SlowAbove(tiny_model.module, knee=6), tiny_model, "knee")
-    result = run_attack(model, "pgd", x, y, eps=0.1, steps=12, early_stop=False)  # every chunk keeps its rows
+    slow = SlowAbove(tiny_model.module, knee=6)
+    monkeypatch.setattr(batching, "time", slow)  # batching's only use of time: perf_counter in step_began
+    model = adapter(slow, tiny_model, "knee")
+    result = run_attack(model, "pgd", x, y, eps=0.1, steps=12, early_stop=False)  # every row keeps its steps
     info = result.extra["batch_size"]
     assert info["chosen"] == 6 and max(int(k) for k in info["ms_per_sample_step"]) == 9, info["ms_per_sample_step"]
-    assert info["ms_per_sample_step"]["9"] > 2 * info["ms_per_sample_step"][str(info["chosen"])]
+    rates = {int(k): v for k, v in info["ms_per_sample_step"].items()}
+    for rows, rate in rates.items():  # one model call per step: 10 ms per call plus the rows' own cost, per row
+        assert rate == pytest.approx(1000 * (0.01 / rows + (0.0001 if rows <= 6 else 0.01)), rel=1e-3), rates
 
 
 def test_step_rate_is_the_median_time_per_row_between_calls():
