@@ -117,14 +117,12 @@ class AdaptiveMomentumStep:
         r["best_delta"][rows] = torch.where(_rows(improved, delta), delta, r["best_delta"][rows])
         self._improved = improved
 
-    def _halve_at_checkpoint(self, idx: Tensor, count: Tensor) -> Tensor | None:
-        """Apply the checkpoint rule to samples ``idx`` (``count``: their steps so far); returns which of them halved
-        (None when none of them is at a checkpoint, as on most steps)."""
+    def _halve_at_checkpoint(self, idx: Tensor, count: Tensor) -> Tensor:
+        """Apply the checkpoint rule to samples ``idx`` (``count``: their steps so far); returns which of them halved.
+        Computed on every step, with no host sync: whether any row is at a checkpoint is not known on the host."""
         s = self.state
         count = count.clamp(max=self.steps)
         at_mark = self.is_checkpoint[count]
-        if not bool(at_mark.any()):  # a whole batch reaches a checkpoint together; a refilled window seldom skips
-            return None
         stalled = s["increases"][idx] < self.rho * self.span[count]
         frozen = (s["eta_at_mark"][idx] == s["eta"][idx]) & (s["best_at_mark"][idx] == s["best_loss"][idx])
         halve = at_mark & (stalled | frozen)
@@ -146,12 +144,9 @@ class AdaptiveMomentumStep:
         self._improved = None
         count = s["count"][idx]
         halve = self._halve_at_checkpoint(idx, count)
-        if halve is None:  # no checkpoint: every sample goes on from where it is
-            base, direction, fresh = delta, grad.sign(), count == 0
-        else:
-            base = torch.where(_rows(halve, delta), r["best_delta"][rows], delta)
-            direction = torch.where(_rows(halve, grad), r["best_grad"][rows], grad).sign()
-            fresh = (count == 0) | halve
+        base = torch.where(_rows(halve, delta), r["best_delta"][rows], delta)
+        direction = torch.where(_rows(halve, grad), r["best_grad"][rows], grad).sign()
+        fresh = (count == 0) | halve
         eta = s["eta"][idx].to(delta.dtype).view(-1, *([1] * (delta.dim() - 1)))
         z = constraint.project(base + eta * direction, x)
         momentum = constraint.project(

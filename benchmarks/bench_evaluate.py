@@ -112,8 +112,8 @@ def targeted_variants(items: list[str] | None) -> dict[str, list[Stage]]:
     variants = {}
     for item in items or []:
         k, _, steps = item.partition(":")
-        if not (k.isdigit() and steps.isdigit()):
-            raise SystemExit(f"--apgd-t items are K:STEPS (targets and steps per target), got {item!r}")
+        if not (k.isdigit() and steps.isdigit() and int(k) >= 1 and int(steps) >= 1):
+            raise SystemExit(f"--apgd-t items are K:STEPS (targets and steps per target, each >= 1), got {item!r}")
         stages = cascade("standard", "linf")
         stages = [
             Stage(s.attack, {**s.params, "top_k": int(k), "steps": int(steps)}) if s.attack == "apgd_targeted" else s

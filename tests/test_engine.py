@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 import torch
@@ -126,6 +127,17 @@ def test_step_rules():
 def test_no_numpy_or_item_in_the_step_loop():
     source = inspect.getsource(engine.optimize)
     assert ".item(" not in source and "numpy" not in source and ".tolist(" not in source
+    # APGD's per-step update: no host sync either (bool(t), int(t) and float(t) read a tensor back like .item())
+    from advkit.adaptive import AdaptiveMomentumStep
+
+    for method in (
+        AdaptiveMomentumStep.__call__,
+        AdaptiveMomentumStep.observe,
+        AdaptiveMomentumStep._halve_at_checkpoint,
+    ):
+        source = inspect.getsource(method)
+        assert ".item(" not in source and "numpy" not in source and ".tolist(" not in source, method.__name__
+        assert not re.search(r"\b(bool|int|float)\(", source), method.__name__
 
 
 def test_per_sample_step_size_is_indexed_by_active_sample():
