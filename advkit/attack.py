@@ -58,6 +58,11 @@ class Attack:
         ``confidence`` field sets it, otherwise any misclassification counts."""
         return float(getattr(self, "confidence", 0.0))
 
+    def rows_per_sample(self, model: Any) -> int:
+        """Rows a windowed attack's engine steps per sample (:attr:`advkit.kernel.Problem.group_size`): more than 1
+        for an attack that attacks each sample several ways at once; the runner sizes windows in rows. Default 1."""
+        return 1
+
     def check_model(self, model: Any) -> None:
         """Refuse (:class:`~advkit.errors.ParameterError`) a model this configured attack cannot work on, before any
         pass (the runner calls it; e.g. the DLR loss needs 3 classes). The default accepts every model."""

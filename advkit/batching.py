@@ -145,6 +145,9 @@ class ChunkPlan:
     #: ``size`` rows full (the attack declares ``windowed``) and reports each step through :meth:`step_began`.
     mode: str = "chunks"
     steps: int = 0  # window mode: the engine's steps
+    #: Window mode: the engine admits rows in groups of this many (one sample attacked several ways at once,
+    #: :attr:`advkit.kernel.Problem.group_size`), so a full window holds the size rounded down to whole groups.
+    group: int = 1
     _intervals: list[float] = field(default_factory=list)
     _last: tuple[float, int] | None = None
 
@@ -205,7 +208,7 @@ class ChunkPlan:
         if self.model.device.type == "cuda":
             torch.cuda.synchronize(self.model.device)  # time the work, not its queueing (only while measuring)
         now = time.perf_counter()
-        if self._last is not None and self._last[1] == self.size:
+        if self._last is not None and self._last[1] == max(self.group, self.size - self.size % self.group):
             self._intervals.append((now - self._last[0]) / self._last[1])
         self._last = (now, rows)
         if len(self._intervals) >= STEPS_PER_SIZE:

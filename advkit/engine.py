@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from advkit.batching import chunked
 from advkit.constraints import Constraint
 from advkit.kernel import (  # re-exported: plugins import them from the engine
     NOISE_STD,
@@ -157,6 +158,9 @@ def optimize(
     feasible = problem.constraint if constraint is None else constraint
     search = feasible if feasible.convex else feasible.relaxed()
     n, device = problem.n, x.device
+    per_group = problem.group_size  # rows per group (see Problem.group_size): admitted, stepped and stopped together
+    if per_group < 1 or n % per_group:
+        raise ValueError(f"group_size must be >= 1 and divide the {n} rows, got {per_group}")
     evaluations = torch.zeros(n, dtype=torch.long, device=device)  # forward passes without a step (settle())
     backward = torch.zeros(n, dtype=torch.long, device=device)  # steps: one forward and one backward pass each
     best = _Best(x)
@@ -165,6 +169,8 @@ def optimize(
     if problem.backward_counts is None:
         problem.backward_counts = torch.zeros(n, dtype=torch.long, device=device)
     spent_before = problem.backward_counts.clone()  # passes of earlier optimize() calls count too
+    if per_group > 1 and budget is not None and not bool((spent_before.view(-1, per_group).diff(dim=1) == 0).all()):
+        raise ValueError("the rows of a group must start with the same backward counts (they step together)")
     backward += spent_before
     if problem.nonfinite_counts is None:
         problem.nonfinite_counts = torch.zeros(n, dtype=torch.long, device=device)
@@ -238,12 +244,12 @@ def optimize(
             else:
                 idx_u, x_u = idx, x_adv
             if idx_u.numel():
-                with torch.no_grad():
-                    logits = model(x_u)
+                with torch.no_grad():  # in pieces of at most the window (rows that left over two steps may exceed it)
+                    logits = chunked(model, x_u, window.size())
                 evaluations[idx_u] += 1
                 evaluate(idx_u, False, x_u, logits)
         if restarts > 1:
-            again = ~best.success[idx] & (restart_of + 1 < restarts)
+            again = ~_any_in_group(best.success[idx], per_group) & (restart_of + 1 < restarts)
             if bool(again.any()):
                 idx, restart_of = idx[again], restart_of[again] + 1
                 for r in range(1, restarts):
@@ -263,6 +269,8 @@ def optimize(
     feasible_i = search_i = feasible
     while True:
         free = window.size() - idx.numel()
+        if per_group > 1:  # whole groups only; an empty window takes one group even if it is wider (stepped in pieces)
+            free = max(free - free % per_group, 0 if idx.numel() else per_group)
         if free > 0 and queue:
             groups: list[tuple[Tensor, int]] = []
             while free > 0 and queue:
@@ -302,13 +310,12 @@ def optimize(
             break
         window.began(idx.numel())
         point = delta if feasible.convex else feasible_i.project(delta, x_i)
-        x_adv = (x_i + point).requires_grad_(True)
-        logits = model(x_adv)
-        loss = objective(logits, y_i, t_i, x_adv, x_i)
-        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-        finite, bad = zero_nonfinite_rows(logits.detach(), grad)
+        limit = window.size()  # only a group wider than the window is stepped in pieces
+        limit = limit if per_group > limit else idx.numel()
+        x_adv, logits, loss, grad = _forward_backward(model, objective, x_i + point, y_i, t_i, x_i, limit)
+        finite, bad = zero_nonfinite_rows(logits, grad)
         if look_for_x:  # the first step of a zero start evaluates x itself: its logits are the clean check's
-            clean.record(idx, x_adv.detach(), logits.detach())
+            clean.record(idx, x_adv, logits)
             look_for_x = False
         if whole:
             backward += 1
@@ -316,14 +323,14 @@ def optimize(
         else:
             backward.index_add_(0, idx, torch.ones_like(idx))
             nonfinite.index_add_(0, idx, bad.long())
-        value = finite_objective(loss.detach(), finite)
-        reached = evaluate(idx, whole, x_adv.detach(), logits.detach(), value, finite)
+        value = finite_objective(loss, finite)
+        reached = evaluate(idx, whole, x_adv, logits, value, finite)
         if history is not None:
             if first_restart_only:
-                history[taken, idx] = loss.detach().to(history.dtype)
+                history[taken, idx] = loss.to(history.dtype)
             else:
                 first = restart_of_row == 0
-                history[taken[first], idx[first]] = loss.detach()[first].to(history.dtype)
+                history[taken[first], idx[first]] = loss[first].to(history.dtype)
         if observe is not None:
             observe(idx, delta.detach(), value)
         delta = update(delta.detach(), grad, x_i, idx, search_i)
@@ -331,7 +338,7 @@ def optimize(
         iteration += 1
         # Rows leave on success (early_stop), out of budget, or after their last step; the last two are evaluated later.
         finished = iteration in finishing
-        leave = reached if early_stop else None
+        leave = _any_in_group(reached, per_group) if early_stop else None  # a group's rows leave together
         unevaluated = None
         if budget is not None:
             out_of_budget = backward[idx] >= budget
@@ -368,6 +375,35 @@ def optimize(
         history=history,
         nonfinite_counts=nonfinite,
     )
+
+
+def _forward_backward(
+    model, objective: Objective, x_adv: Tensor, y: Tensor, target: Tensor | None, x: Tensor, limit: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One step's passes: the points, their logits, the objective per row and its input gradient (all detached).
+    More rows than ``limit`` (a group wider than the window) go through the model in pieces of at most ``limit``."""
+    rows = x_adv.shape[0]
+    if rows <= limit:
+        x_adv = x_adv.detach().requires_grad_(True)
+        logits = model(x_adv)
+        loss = objective(logits, y, target, x_adv, x)
+        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        return x_adv.detach(), logits.detach(), loss.detach(), grad
+    parts = [
+        _forward_backward(
+            model, objective, x_adv[i : i + limit], y[i : i + limit],
+            None if target is None else target[i : i + limit], x[i : i + limit], limit,
+        )
+        for i in range(0, rows, limit)
+    ]  # fmt: skip
+    return tuple(torch.cat(part) for part in zip(*parts))  # type: ignore[return-value]
+
+
+def _any_in_group(flags: Tensor, group: int) -> Tensor:
+    """Per row: does any row of its group have the flag? (Rows are whole groups of ``group`` consecutive rows.)"""
+    if group == 1:
+        return flags
+    return flags.view(-1, group).any(1).repeat_interleave(group)
 
 
 class _Window:

@@ -58,6 +58,10 @@ class Problem:
     #: ``step_began(rows)`` that measures sizes (:class:`advkit.batching.ChunkPlan`). A row that leaves (fooled, out
     #: of budget, done) is replaced by the next waiting sample, so each step's batch stays full.
     window: Any = None
+    #: Rows per group: rows ``[g * k, (g + 1) * k)`` attack the same sample several ways (e.g. one row per target
+    #: class). The engine admits and steps a group's rows together; with early stopping every row of a group leaves
+    #: when one of them succeeds, and a group restarts only if none of its rows succeeded. 1: each row on its own.
+    group_size: int = 1
     #: Where the engine records the model's logits at the inputs when a step evaluates exactly them (a zero start's
     #: first step), so the runner's clean check need not pass those samples again (see :class:`CleanLogits`).
     clean: CleanLogits | None = None

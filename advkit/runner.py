@@ -231,7 +231,10 @@ def run_attack(
     splittable = getattr(attack, "per_sample", True)
     # windowed: one problem, the engine keeps plan.size rows stepping and refills them; else the runner chunks
     mode = "window" if splittable and getattr(attack, "windowed", False) else "chunks"
-    plan = ChunkPlan(model, batch_size, n, splittable=splittable, mode=mode)
+    # a window's size counts the engine's rows: several per sample for an attack that attacks each sample several
+    # ways at once (apgd_targeted's targets at once)
+    rows = attack.rows_per_sample(model) if mode == "window" and hasattr(attack, "rows_per_sample") else 1
+    plan = ChunkPlan(model, batch_size, n * rows, splittable=splittable, mode=mode, group=rows)
     with model.eval_mode():
         job = _Job(model, attack, x, y, targets, constraint, criterion, budget, seed, warm)
         pieces, retries, lost = _attack_in_chunks(job, plan)

@@ -28,11 +28,11 @@ def _dual_norm(grad: Tensor, problem: Problem) -> Tensor:
     return flat.abs().sum(dim=1)
 
 
-def rank_targets(problem: Problem, method: str, candidates: int) -> Tensor:
+def rank_targets(problem: Problem, method: str, candidates: int, chunk: int | None = None) -> Tensor:
     """Wrong classes per sample, most promising first: shape (N, k), k = min(candidates, classes - 1).
 
     ``"logits"`` spends one forward pass per sample; ``"malt"`` one forward and k backward passes, added to
-    ``problem.backward_counts`` (so a budget covers them)."""
+    ``problem.backward_counts`` (so a budget covers them). ``chunk``: at most that many samples per model call."""
     if method not in TARGET_RANKINGS:
         raise ValueError(f"unknown target ranking {method!r}; valid: {', '.join(TARGET_RANKINGS)}")
     x, y = problem.x, problem.y
@@ -41,6 +41,18 @@ def rank_targets(problem: Problem, method: str, candidates: int) -> Tensor:
         problem.backward_counts = torch.zeros(n, dtype=torch.long, device=x.device)
     if not n:
         return torch.zeros(0, 0, dtype=torch.long, device=x.device)
+    size = n if chunk is None else max(1, chunk)
+    ranked = torch.cat(
+        [_rank(problem, x[i : i + size], y[i : i + size], method, candidates) for i in range(0, n, size)]
+    )
+    if method == "malt":
+        problem.backward_counts += ranked.shape[1]
+    return ranked
+
+
+def _rank(problem: Problem, x: Tensor, y: Tensor, method: str, candidates: int) -> Tensor:
+    """:func:`rank_targets` for the samples ``x`` (labels ``y``), in one forward pass (and k backward for MALT)."""
+    n = x.shape[0]
     if method == "logits":
         with torch.no_grad():
             logits = problem.model(x)
@@ -59,6 +71,5 @@ def rank_targets(problem: Problem, method: str, candidates: int) -> Tensor:
         (grad,) = torch.autograd.grad(gap.sum(), x_grad, retain_graph=j + 1 < k)
         norm = _dual_norm(grad, problem).double()
         distance[:, j] = gap.detach().double() / norm.clamp_min(1e-12)
-    problem.backward_counts += k
     order = distance.argsort(dim=1, stable=True)  # ties keep the logit order
     return by_logit.gather(1, order)

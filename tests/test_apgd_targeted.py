@@ -97,3 +97,52 @@ def test_targeted_dlr_is_scale_invariant_and_positive_only_past_the_true_class()
     value = targeted_dlr(logits, y, t)
     assert torch.allclose(targeted_dlr(3 * logits, y, t), value)
     assert value[0] < 0 < value[1]
+
+
+def test_targets_at_once_fool_exactly_what_targets_in_turn_fool_whatever_the_batch_size(
+    tiny_model, tiny_batch, monkeypatch
+):
+    """schedule="parallel" attacks each sample's 3 MALT targets as one group of rows: the same samples are fooled as
+    in turn (the same steps per target), a robust sample spends the same passes (MALT's 9 and 3 x 4 steps), and whole,
+    in windows of 12 and 5 rows, in a window of 2 (narrower than a group: stepped in pieces) and with ``auto``, every
+    per-sample result and pass count is the same and no model call sees more rows than the window."""
+    from advkit import batching
+    from tests.conftest import OneAtATime
+    from tests.test_batching import Widest, adapter
+
+    monkeypatch.setattr(batching, "FIRST_SIZE", 2)  # auto climbs from 2 rows on 36 (not attacked whole)
+    monkeypatch.setattr(batching, "WHOLE_BELOW", 3)
+    x, y = tiny_batch
+    options = dict(constraint=LinfBall(0.02), seed=3, targets="malt", top_k=3, steps=4, loss="dlr")
+    in_turn = run_attack(adapter(OneAtATime(tiny_model.module), tiny_model, "exact"), "apgd_targeted", x, y, **options)
+    assert 0 < int(in_turn.success.sum()) < 12
+    runs, widest = {}, {}
+    for size in (12, 5, 2, "auto"):
+        recorder = Widest(OneAtATime(tiny_model.module))
+        model = adapter(recorder, tiny_model, "exact")
+        runs[size] = run_attack(model, "apgd_targeted", x, y, schedule="parallel", batch_size=size, **options)
+        widest[size] = recorder.widest_step if size == "auto" else recorder.widest
+        assert runs[size].extra["batch_size"]["mode"] == "window"
+    assert widest[12] <= 12 and widest[5] <= 5 and widest[2] <= 2 and widest["auto"] < 36
+    assert len(runs["auto"].extra["batch_size"]["ms_per_sample_step"]) >= 2  # full windows are whole groups of rows
+    first = runs[12]
+    assert torch.equal(first.success, in_turn.success)
+    robust = ~in_turn.success
+    assert torch.equal(first.backward_counts[robust], in_turn.backward_counts[robust])
+    assert int(first.backward_counts[robust].max()) == 9 + 3 * 4
+    for size, other in runs.items():
+        for field in ("x_adv", "success", "pred", "backward_counts"):
+            assert torch.equal(getattr(other, field), getattr(first, field)), (size, field)
+        assert (other.forward_passes, other.backward_passes) == (first.forward_passes, first.backward_passes), size
+
+
+def test_targets_at_once_share_a_budget_equally(tiny_model, tiny_batch):
+    """Under a per-sample budget each of a sample's targets gets an equal share of what MALT left: 16 - 9 = 7
+    passes give each of 3 targets 2 steps."""
+    x, y = tiny_batch
+    result = run_attack(
+        tiny_model, "apgd_targeted", x, y, eps=0.005, targets="malt", top_k=3, steps=10, budget=16, schedule="parallel"
+    )
+    assert 0 < int(result.success.sum()) < 12
+    assert torch.equal(result.backward_counts[~result.success], torch.full((int((~result.success).sum()),), 9 + 3 * 2))
+    assert int(result.backward_counts.max()) <= 16

@@ -299,3 +299,47 @@ def test_a_window_refills_as_rows_leave_and_changes_no_result(tiny_model, tiny_b
     # of each of the 3 restarts' tails), not a shrinking chunk per 4 samples
     short = sum(r < 4 for r in rows[4])
     assert short <= 3 * 6 and len(rows[4]) - short >= 5
+
+
+@pytest.mark.parametrize("window", [None, 6, 2])
+def test_a_group_steps_together_and_stops_at_its_first_success(tiny_model, tiny_batch, window):
+    """Rows in groups of 3 (Problem.group_size) take the steps each would take alone until one of the group succeeds:
+    then every row of the group leaves at that step (no evaluation of the others); a group stops only on its own
+    rows. A window of 6 admits whole groups; a window of 2, narrower than a group, steps each group in pieces of 2
+    rows. None of this changes a row's points."""
+    from advkit.models import ModelAdapter
+
+    x, y = tiny_batch
+    alone = optimize(
+        make_problem(tiny_model, x, y, eps=0.05), update=GradientStep(sign_step, 0.01), objective=cross_entropy,
+        steps=8, early_stop=True,
+    )  # fmt: skip
+    recorder = RowsPerCall(tiny_model.module)
+    model = ModelAdapter(
+        recorder, name="rows", bounds=(-1.0, 1.0), input_shape=(1, 8, 8), class_names=tiny_model.class_names
+    )
+    problem = make_problem(model, x, y, eps=0.05)
+    problem.group_size, problem.window = 3, window
+    grouped = optimize(problem, update=GradientStep(sign_step, 0.01), objective=cross_entropy, steps=8, early_stop=True)
+    solo_steps = alone.backward_counts.view(4, 3)
+    solo_success = alone.success.view(4, 3)
+    assert solo_success.any(1).sum() >= 2 and not solo_success.all()  # groups that stop early and ones that do not
+    stop = torch.where(solo_success, solo_steps, torch.full_like(solo_steps, 8)).min(1).values
+    assert torch.equal(grouped.backward_counts.view(4, 3), stop.view(4, 1).expand(4, 3))  # in step, stopped together
+    reached = solo_success & (solo_steps == stop.view(4, 1))  # the rows that succeeded at their group's stop
+    assert torch.equal(grouped.success.view(4, 3), reached)
+    assert torch.equal(grouped.x_adv[reached.flatten()], alone.x_adv[reached.flatten()])
+    # the rows of a group that stopped on another row's success are not evaluated again; the others once at the end
+    evaluated = grouped.forward_counts - grouped.backward_counts
+    assert torch.equal(evaluated.view(4, 3), (~solo_success.any(1)).long().view(4, 1).expand(4, 3))
+    assert max(recorder.step_rows) == {None: 12, 6: 6, 2: 2}[window]
+    if window == 6:
+        assert all(rows % 3 == 0 for rows in recorder.step_rows)  # whole groups only
+
+
+def test_group_size_must_divide_the_rows(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    problem = make_problem(tiny_model, x, y)
+    problem.group_size = 5
+    with pytest.raises(ValueError, match="group_size"):
+        optimize(problem, update=GradientStep(sign_step, 0.01), objective=cross_entropy, steps=2)

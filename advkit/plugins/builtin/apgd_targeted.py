@@ -41,6 +41,9 @@ def targeted_dlr(logits: Tensor, y: Tensor, target: Tensor | None = None, x_adv=
     return -(z_y - z_t) / (ordered[:, 0] - (ordered[:, 2] + ordered[:, 3]) / 2 + 1e-12)
 
 
+#: How ranked targets are scheduled (see APGDTargeted's ``schedule``).
+SCHEDULES = ("sequential", "parallel")
+
 LOSSES = {
     "ce+margin": target_ce_plus_margin,
     "dlr": targeted_dlr,
@@ -73,6 +76,12 @@ class APGDTargeted(Attack):
         targets (str, "given"): "given" (the run's target classes), or pick them per sample: "malt" or "logits".
         top_k (int, 3): with targets "malt"/"logits", how many of each sample's ranked classes are attacked.
         candidates (int, 9): with targets "malt", how many top-logit wrong classes MALT ranks (1 backward each).
+        schedule (str, "sequential"): with targets "malt"/"logits", "sequential" attacks the ranked targets in turn,
+            each only on the samples the earlier ones left (AutoAttack's order: no pass on a sample already fooled);
+            "parallel" attacks a sample's top_k targets at once, as one group of rows that stops together when one
+            of them reaches its target (the same steps per target; top_k times the rows per model call, so fewer,
+            fuller calls; more passes on samples an early target would have fooled). Under a per-sample budget each
+            target gets an equal share of what MALT left.
     """
 
     name = "apgd_targeted"
@@ -89,14 +98,29 @@ class APGDTargeted(Attack):
     targets: str = param("given", choices=("given", *TARGET_RANKINGS), doc="target classes: given, malt or logits")
     top_k: int = param(3, ge=1, le=1000, doc="ranked targets attacked per sample (targets malt/logits)")
     candidates: int = param(9, ge=1, le=1000, doc="top-logit wrong classes MALT ranks (targets malt)")
+    schedule: str = param(
+        "sequential", choices=SCHEDULES, doc="ranked targets in turn (sequential) or a sample's targets at once"
+    )
 
     @property
     def requires_target(self) -> bool:
         return self.targets == "given"
 
     @property
-    def windowed(self) -> bool:  # type: ignore[override]  # ranking targets is model work outside optimize()
-        return self.targets == "given"
+    def windowed(self) -> bool:  # type: ignore[override]
+        # ranking targets is model work outside optimize(): in turn, the runner chunks the samples; at once, the
+        # ranking runs in pieces of the window and one optimize() call attacks every (sample, target) row
+        return self.targets == "given" or self.schedule == "parallel"
+
+    def rows_per_sample(self, model) -> int:
+        if self.targets == "given" or self.schedule != "parallel":
+            return 1
+        return self._ranks(model.num_classes)
+
+    def _ranks(self, classes: int) -> int:
+        """How many ranked targets each sample gets."""
+        ranked = self.candidates if self.targets == "malt" else self.top_k
+        return max(1, min(self.top_k, ranked, classes - 1))
 
     def check_model(self, model) -> None:
         if self.loss == "dlr" and model.num_classes < 4:
@@ -113,6 +137,8 @@ class APGDTargeted(Attack):
                 f"apgd_targeted with targets={self.targets!r} picks its own target classes; give no target "
                 "(or targets='given' to attack the given ones)"
             )
+        if self.schedule == "parallel":
+            return self._attack_targets_at_once(problem)
         return self._attack_ranked_targets(problem)
 
     def _attack(self, problem: Problem) -> EngineResult:
@@ -164,6 +190,48 @@ class APGDTargeted(Attack):
             x_adv[idx] = torch.where(success.view(-1, *([1] * (x_adv.dim() - 1))), result.x_adv, x_adv[idx])
             fooled[idx] = success
         return x_adv
+
+    def _attack_targets_at_once(self, problem: Problem) -> Tensor:
+        """Untargeted: one optimize() call over (sample, target) rows, each sample's top_k targets a group that
+        stops when one of its rows reaches its target; a fooled sample returns its lowest-ranked successful row."""
+        window = problem.window
+        size = None if window is None else (window.window_size() if hasattr(window, "window_size") else int(window))
+        ranking = self.candidates if self.targets == "malt" else self.top_k
+        ranked = rank_targets(problem, self.targets, ranking, chunk=size)
+        n, k = problem.n, min(self.top_k, ranked.shape[1])
+        if not n or not k:
+            return problem.x.clone()
+        rows = torch.arange(n, device=problem.x.device).repeat_interleave(k)
+        spent = problem.backward_counts[rows]
+        budget = problem.budget
+        if budget is not None:  # each target's row gets an equal share of what the sample has left
+            spent = budget - ((budget - spent).clamp_min(0) // k)
+        base = stream_seed(problem.generator)
+        sub = Problem(
+            model=problem.model,
+            x=problem.x[rows],
+            y=problem.y[rows],
+            constraint=select(problem.constraint, rows),
+            criterion=problem.criterion,
+            target=ranked[:, :k].reshape(-1),
+            budget=budget,
+            generator=None if base is None else torch.Generator(device=problem.x.device).manual_seed(base),
+            backward_counts=spent.clone(),
+            start=None if problem.start is None else problem.start[rows],
+            window=window,
+            group_size=k,
+        )
+        result = self._attack(sub)
+        problem.backward_counts += (sub.backward_counts - spent).view(n, k).sum(1)
+        if sub.nonfinite_counts is not None:
+            if problem.nonfinite_counts is None:
+                problem.nonfinite_counts = torch.zeros_like(problem.backward_counts)
+            problem.nonfinite_counts += sub.nonfinite_counts.view(n, k).sum(1)
+        success = result.success.view(n, k)  # the engine's claim on its own evaluated points; the runner re-checks
+        first = success.to(torch.uint8).argmax(1)  # the lowest rank that succeeded (0 where none did)
+        chosen = result.x_adv.view(n, k, *problem.x.shape[1:])[torch.arange(n, device=first.device), first]
+        fooled = success.any(1).view(-1, *([1] * (problem.x.dim() - 1)))
+        return torch.where(fooled, chosen, problem.x)
 
 
 @advkit.hookimpl
