@@ -8,7 +8,10 @@ keeps, per sample, the best point seen (successful first, then highest objective
 The batch is a window (``problem.window`` rows; all of them by default) over a queue of (sample, restart) pairs:
 each row carries its own step counter, and a row that leaves (fooled, out of budget, done with its steps) is
 replaced by the next waiting pair at once, so every step runs on a full batch; a sample's next restart joins the
-queue once its last point has been evaluated. Which rows share a step changes no sample's result.
+queue once its last point has been evaluated. Which rows share a step changes no sample's result. Rows may come in
+groups (``problem.group_size`` consecutive rows attacking one sample several ways, e.g. one per target class): a
+group is admitted whole, steps in lockstep and, with early stopping, leaves at the step one of its rows succeeds; a
+group wider than the window is stepped in pieces of the window's size.
 
 Non-convex sets (binary perturbations) are handled by lazy projection: the engine optimizes a
 latent perturbation in the set's convex relaxation and evaluates the model at its projection
