@@ -168,18 +168,7 @@ class APGDTargeted(Attack):
             generator = None
             if base is not None:
                 generator = torch.Generator(device=problem.x.device).manual_seed((base + rank) % 2**62)
-            sub = Problem(
-                model=problem.model,
-                x=problem.x[idx],
-                y=problem.y[idx],
-                constraint=select(problem.constraint, idx),
-                criterion=problem.criterion,
-                target=ranked[idx, rank],
-                budget=problem.budget,
-                generator=generator,
-                backward_counts=problem.backward_counts[idx].clone(),
-                start=None if problem.start is None else problem.start[idx],
-            )
+            sub = _rows_of(problem, idx, ranked[idx, rank], generator, problem.backward_counts[idx].clone())
             result = self._attack(sub)
             problem.backward_counts[idx] = sub.backward_counts
             if sub.nonfinite_counts is not None:
@@ -207,20 +196,8 @@ class APGDTargeted(Attack):
         if budget is not None:  # each target's row gets an equal share of what the sample has left
             spent = budget - ((budget - spent).clamp_min(0) // k)
         base = stream_seed(problem.generator)
-        sub = Problem(
-            model=problem.model,
-            x=problem.x[rows],
-            y=problem.y[rows],
-            constraint=select(problem.constraint, rows),
-            criterion=problem.criterion,
-            target=ranked[:, :k].reshape(-1),
-            budget=budget,
-            generator=None if base is None else torch.Generator(device=problem.x.device).manual_seed(base),
-            backward_counts=spent.clone(),
-            start=None if problem.start is None else problem.start[rows],
-            window=window,
-            group_size=k,
-        )
+        generator = None if base is None else torch.Generator(device=problem.x.device).manual_seed(base)
+        sub = _rows_of(problem, rows, ranked[:, :k].reshape(-1), generator, spent.clone(), window=window, group_size=k)
         result = self._attack(sub)
         problem.backward_counts += (sub.backward_counts - spent).view(n, k).sum(1)
         if sub.nonfinite_counts is not None:
@@ -232,6 +209,24 @@ class APGDTargeted(Attack):
         chosen = result.x_adv.view(n, k, *problem.x.shape[1:])[torch.arange(n, device=first.device), first]
         fooled = success.any(1).view(-1, *([1] * (problem.x.dim() - 1)))
         return torch.where(fooled, chosen, problem.x)
+
+
+def _rows_of(problem: Problem, rows: Tensor, target: Tensor, generator, backward_counts: Tensor, **extra) -> Problem:
+    """The sub-problem of ``problem``'s samples ``rows`` (repeats allowed) aimed at ``target``, with its own
+    generator and starting backward counts (``extra``: further Problem fields)."""
+    return Problem(
+        model=problem.model,
+        x=problem.x[rows],
+        y=problem.y[rows],
+        constraint=select(problem.constraint, rows),
+        criterion=problem.criterion,
+        target=target,
+        budget=problem.budget,
+        generator=generator,
+        backward_counts=backward_counts,
+        start=None if problem.start is None else problem.start[rows],
+        **extra,
+    )
 
 
 @advkit.hookimpl
