@@ -343,3 +343,37 @@ def test_group_size_must_divide_the_rows(tiny_model, tiny_batch):
     problem.group_size = 5
     with pytest.raises(ValueError, match="group_size"):
         optimize(problem, update=GradientStep(sign_step, 0.01), objective=cross_entropy, steps=2)
+
+
+class WidestCall(torch.nn.Module):
+    """Records the most rows of any call (steps and evaluations), one sample at a time inside."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.widest = inner, 0
+
+    def forward(self, x):
+        self.widest = max(self.widest, x.shape[0])
+        return torch.cat([self.inner(row) for row in x.split(1)])
+
+
+@pytest.mark.parametrize("eps", [0.02, 0.05])
+def test_no_evaluation_is_wider_than_the_window(tiny_model, eps):
+    """Rows that leave unevaluated over several steps (done with a restart, not fooled) are evaluated together once
+    they fill a window: in pieces of the window's size, never in one call of up to twice as many rows."""
+    from advkit.models import ModelAdapter
+
+    recorder = WidestCall(tiny_model.module)
+    model = ModelAdapter(
+        recorder, name="widest", bounds=(-1.0, 1.0), input_shape=(1, 8, 8), class_names=tiny_model.class_names
+    )
+    x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8
+    y = model.predict(x).argmax(1)
+    recorder.widest = 0
+    problem = make_problem(model, x, y, eps=eps)
+    problem.window = 4
+    out = optimize(
+        problem, update=GradientStep(sign_step, 0.01), objective=cross_entropy, steps=6, init="random", restarts=3
+    )
+    assert 0 < int(out.success.sum()) < 40
+    assert recorder.widest == 4
