@@ -70,12 +70,13 @@ class Stage:
 #: 200 digits it broke every digit that 3 x 100 broke, plus one whose breaking class MALT ranks 4th); Square with 200
 #: queries as the black-box check. The 4 targets run at once (``schedule="parallel"``: a sample's targets are one
 #: group of rows that stops together), so where few samples are left the model still gets full batches (madry_adv at
-#: 0.35, 13 digits left: the stage took 2.4 s instead of 3.3 s, fooling the same 3). On 100 digits of s6_adv and madry_adv at 3 eps each, FAB-T (3 targets) after the
-#: APGD stages broke no digit, nor did Square at AutoAttack's 5,000 queries, while the two cost half of the cascade's
-#: time. "fast": APGD-CE, then APGD-T on MALT's best target (100 steps). "plus": AutoAttack's four families at its
-#: Square budget: standard's gradient stages, FAB-T on the 3 top-logit classes (each sample stopping once fooled
-#: within eps), Square with 5,000 queries. "rand": AutoAttack's rand version (APGD-CE and untargeted APGD-DLR, one
-#: restart each), meant to run with EOT gradients and a worst-of-k verdict (see the module docstring).
+#: 0.35, 13 digits left: the stage took 2.4 s instead of 3.3 s, fooling the same 3). On 100 digits of s6_adv and
+#: madry_adv at 3 eps each, FAB-T (3 targets) after the APGD stages broke no digit, nor did Square at AutoAttack's
+#: 5,000 queries, while the two cost half of the cascade's time. "fast": APGD-CE, then APGD-T on MALT's best target
+#: (100 steps). "plus": AutoAttack's four families at its Square budget: standard's gradient stages, FAB-T on the 3
+#: top-logit classes (each sample stopping once fooled within eps), Square with 5,000 queries. "rand": AutoAttack's
+#: rand version (APGD-CE and untargeted APGD-DLR, one restart each), meant to run with EOT gradients and a worst-of-k
+#: verdict (see the module docstring).
 CASCADES: dict[str, list[Stage]] = {
     "standard": [
         Stage("apgd", {"loss": "ce", "steps": 100}),

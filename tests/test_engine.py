@@ -377,3 +377,27 @@ def test_no_evaluation_is_wider_than_the_window(tiny_model, eps):
     )
     assert 0 < int(out.success.sum()) < 40
     assert recorder.widest == 4
+
+
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_a_group_restarts_only_if_none_of_its_rows_succeeded(tiny_model, tiny_batch, early_stop):
+    """With 2 restarts, a group that one row broke in the first restart stops there (all rows at that step, or after
+    its steps without early stopping), and every other group runs its second restart whole: a group's rows always
+    spend the same passes."""
+    x, y = tiny_batch
+
+    def run(restarts: int):
+        problem = make_problem(tiny_model, x, y, eps=0.02)
+        problem.group_size = 3
+        return optimize(
+            problem, update=GradientStep(sign_step, 0.01), objective=cross_entropy, steps=4, init="random",
+            restarts=restarts, early_stop=early_stop,
+        )  # fmt: skip
+
+    once, twice = run(1), run(2)
+    counts = twice.backward_counts.view(4, 3)
+    assert torch.equal(counts, counts[:, :1].expand(4, 3))  # in lockstep through both restarts
+    broken_first = once.success.view(4, 3).any(1)
+    assert 0 < int(broken_first.sum()) < 4
+    assert torch.equal(counts[broken_first], once.backward_counts.view(4, 3)[broken_first])  # no second restart
+    assert bool((counts[~broken_first] > 4).all())  # the others restarted

@@ -37,10 +37,10 @@ from advkit.cli.options import (
     type=click.Choice(["standard", "fast", "plus", "rand"]),
     default="standard",
     show_default=True,
-    help="standard: APGD-CE, APGD-T on MALT's top 4 targets (75 steps each, the 4 at once), Square (200 queries); fast: APGD-CE, APGD-T on "
-    "MALT's top target; plus: standard's gradient stages, FAB-T on 3 targets, Square at 5,000 queries; rand (for "
-    "randomized models): APGD-CE and APGD-DLR with EOT gradients, a sample robust only if it survives k "
-    "re-evaluations.",
+    help="standard: APGD-CE, APGD-T on MALT's top 4 targets (75 steps each, the 4 at once), Square (200 queries); "
+    "fast: APGD-CE, APGD-T on MALT's top target; plus: standard's gradient stages, FAB-T on 3 targets, Square at "
+    "5,000 queries; rand (for randomized models): APGD-CE and APGD-DLR with EOT gradients, a sample robust only if "
+    "it survives k re-evaluations.",
 )
 @click.option(
     "--eot-samples", type=click.IntRange(min=1, max=1024), default=None,

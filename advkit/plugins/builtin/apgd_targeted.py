@@ -113,14 +113,11 @@ class APGDTargeted(Attack):
         return self.targets == "given" or self.schedule == "parallel"
 
     def rows_per_sample(self, model) -> int:
+        """Targets at once: a sample's top_k ranked classes (of the ``candidates``, or of the classes, there are)."""
         if self.targets == "given" or self.schedule != "parallel":
             return 1
-        return self._ranks(model.num_classes)
-
-    def _ranks(self, classes: int) -> int:
-        """How many ranked targets each sample gets."""
         ranked = self.candidates if self.targets == "malt" else self.top_k
-        return max(1, min(self.top_k, ranked, classes - 1))
+        return max(1, min(self.top_k, ranked, model.num_classes - 1))
 
     def check_model(self, model) -> None:
         if self.loss == "dlr" and model.num_classes < 4:
