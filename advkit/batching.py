@@ -5,7 +5,7 @@ attack) get the whole batch, and the engine keeps a *window* of that many rows s
 out of budget, done) is replaced by the next waiting sample, so every step's batch stays full. Other per-sample
 attacks run in consecutive chunks; attacks that couple a batch's samples (``per_sample = False``, such as
 ``universal``) keep their own batching. ``batch_size="auto"``, the default everywhere, chooses the size on the
-run's own work, so no pass is spent on measuring: the window (or the first chunks) grows (32, 48, 72, ... on a CPU;
+run's own work, so no pass is spent on measuring: the window (or the first chunks) grows (64, 96, 144, ... on a CPU;
 32, 64, 128, ... on a GPU), the time per sample step at each size is measured (window: the median time per row
 between :data:`STEPS_PER_SIZE` full steps; chunks: :func:`step_rate` on a CPU, the chunk's synchronized time per
 step elsewhere), and the climb stops at the first size no faster than the best so far; the rest of the run uses the
@@ -43,8 +43,12 @@ from advkit.params import check_batch_size
 BatchSize = int | Literal["auto"]
 
 AUTO = "auto"
-#: The first size ``auto`` tries.
-FIRST_SIZE = 32
+#: The first size ``auto`` tries, on a CPU and on other devices. On a CPU a step's bookkeeping costs about the same
+#: whatever its rows, so small windows pay it on few rows (``apgd`` on ``cnn``: 12% of its time at 48 rows, 6% at
+#: 192), and a climb from 32 often stopped at 32 or 48 on a noisy measurement. From 64, ``auto`` runs of ``pgd``,
+#: ``apgd`` and ``untargeted`` were the faster ones in 5 of 8 interleaved rounds each (docs/benchmarks.md,
+#: ``benchmarks/bench_step_breakdown.py --auto-first 32,64``).
+FIRST_SIZE = {"cpu": 64, "other": 32}
 #: Runs of at most this many samples are attacked whole (too few to measure sizes on).
 WHOLE_BELOW = 128
 #: How much larger each size ``auto`` tries is than the one before, on a CPU and on other devices.
@@ -164,7 +168,8 @@ class ChunkPlan:
             self.size, self.how = n, f"whole batch (runs of at most {WHOLE_BELOW} samples are not measured)"
         else:
             first = "steps" if self.mode == "window" else "chunks"
-            self.size, self.how, self.measuring = FIRST_SIZE, f"measured on this run's first {first}", True
+            size = FIRST_SIZE["cpu" if self.model.device.type == "cpu" else "other"]
+            self.size, self.how, self.measuring = size, f"measured on this run's first {first}", True
 
     def next_size(self, remaining: int) -> int:
         """Rows of the next chunk. A chosen size (not a given one) takes a short tail along: a chunk of fewer than

@@ -13,6 +13,10 @@ four parts of the attack:
   success, the runner's re-check of every returned point, its output probe);
 - *bookkeeping*: everything else (the engine's per-sample state, the attack's update, the runner's checks).
 
+``--auto-first 32,64`` also runs each attack with ``--batch-size auto`` (the cache cleared before every run) climbing
+from each of those first sizes, in the same rounds, and prints the median time per sample step against the best
+plain chunk, the windows ``auto`` kept, and how many rounds each first size was the faster one.
+
 It prints, per size, the median over ``--repeats`` rounds of the time per sample step (seconds over backward passes)
 and of each part's share, the full steps' time per row against the plain loop's time per sample step, and how many
 distinct row counts the attack's steps had (the kernels for each new row count are set up once per process, at a
@@ -30,7 +34,7 @@ from bench_pgd_overhead import plain_pgd
 from bench_scaling import digits, sync
 from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
 
-from advkit import engine
+from advkit import batching, engine
 from advkit.models import load_model
 from advkit.runner import run_attack
 
@@ -73,8 +77,8 @@ class PartTimer:
             self.seconds["no-gradient passes"] += time.perf_counter() - self._started
             self._started = None
 
-    def run(self, attack: str, x, y, eps: float, steps: int) -> tuple[float, int]:
-        """Seconds and backward passes of one run, its parts in :attr:`seconds`."""
+    def run(self, attack: str, x, y, eps: float, steps: int) -> tuple[float, int, int]:
+        """Seconds, backward passes and window of one run, its parts in :attr:`seconds`."""
         for part in PARTS:
             self.seconds[part] = 0.0
         self.full_rows = 0
@@ -95,7 +99,25 @@ class PartTimer:
             for hook in hooks:
                 hook.remove()
         self.seconds["bookkeeping"] = seconds - sum(self.seconds[p] for p in PARTS[:3])
-        return seconds, result.backward_passes
+        return seconds, result.backward_passes, result.extra["batch_size"]["chosen"]
+
+
+def auto_run(model, attack: str, x, y, eps: float, steps: int, first: int, device: str) -> tuple[float, int]:
+    """Milliseconds per sample step and the window kept by one ``auto`` run climbing from ``first`` rows."""
+    kind = "cpu" if model.device.type == "cpu" else "other"
+    default = batching.FIRST_SIZE[kind]
+    batching.clear_cache()  # every run measures its own window, as a fresh `advkit` command does
+    batching.FIRST_SIZE[kind] = first
+    params = {"steps": steps} | ({"random_start": False} if attack in ("pgd", "apgd") else {})
+    try:
+        start = time.perf_counter()
+        result = run_attack(model, attack, x, y, eps=eps, batch_size="auto", **params)
+        sync(device)
+        seconds = time.perf_counter() - start
+    finally:
+        batching.FIRST_SIZE[kind] = default
+        batching.clear_cache()
+    return 1000 * seconds / result.backward_passes, result.extra["batch_size"]["chosen"]
 
 
 def main() -> None:
@@ -106,6 +128,9 @@ def main() -> None:
     parser.add_argument(
         "--batch-size", default="64", help="comma-separated sizes: the engine's window and the plain loop's chunk"
     )
+    parser.add_argument(
+        "--auto-first", default="", help="comma-separated first sizes for auto runs beside the fixed ones (e.g. 32,64)"
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--eps", type=float, default=0.2)
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the median")
@@ -114,10 +139,11 @@ def main() -> None:
     args = parser.parse_args()
     try:
         sizes = [int(v) for v in args.batch_size.split(",")]
+        firsts = [int(v) for v in args.auto_first.split(",")] if args.auto_first else []
     except ValueError:
-        parser.error(f"--batch-size takes comma-separated numbers, got {args.batch_size!r}")
-    if min(sizes) < 1 or args.repeats < 1:
-        parser.error("--batch-size and --repeats must be at least 1")
+        parser.error(f"--batch-size and --auto-first take comma-separated numbers, got {args.batch_size!r}")
+    if min(sizes + firsts) < 1 or args.repeats < 1:
+        parser.error("--batch-size, --auto-first and --repeats must be at least 1")
     print(machine_line(args.threads))
     model = load_model(args.model, device=args.device)
     x, y = (t.to(args.device) for t in digits(args.n))
@@ -130,7 +156,9 @@ def main() -> None:
     shares: dict[tuple, dict[str, list[float]]] = {c: {p: [] for p in PARTS} for c in configs}
     full_row_ms: dict[tuple, list[float]] = {c: [] for c in configs}
     row_counts: dict[tuple, list[int]] = {c: [] for c in configs}
-    for _ in range(args.repeats):
+    auto_ms: dict[tuple, list[float]] = {(a, f): [] for a in attacks for f in firsts}
+    auto_kept: dict[tuple, list[int]] = {(a, f): [] for a in attacks for f in firsts}
+    for round_ in range(args.repeats):
         for size in sizes:
             start = time.perf_counter()
             for i in range(0, len(y), size):
@@ -140,12 +168,17 @@ def main() -> None:
             plain_ms[size].append(1000 * (time.perf_counter() - start) / (len(y) * args.steps))
             for attack in attacks:
                 timer = timers[size, attack]
-                seconds, backward = timer.run(attack, x, y, args.eps, args.steps)
+                seconds, backward, _ = timer.run(attack, x, y, args.eps, args.steps)
                 ms[size, attack].append(1000 * seconds / backward)
                 for part in PARTS:
                     shares[size, attack][part].append(timer.seconds[part] / seconds)
                 full_row_ms[size, attack].append(1000 * timer.seconds["full steps"] / max(timer.full_rows, 1))
                 row_counts[size, attack].append(len(timer.row_counts))
+        for attack in attacks:
+            for first in firsts if round_ % 2 == 0 else firsts[::-1]:  # alternate which climb runs first
+                ms_step, kept = auto_run(model, attack, x, y, args.eps, args.steps, first, args.device)
+                auto_ms[attack, first].append(ms_step)
+                auto_kept[attack, first].append(kept)
     print(
         f"model {args.model}, {args.n} digits, eps {args.eps}, {args.steps} steps, device {args.device}, median of "
         f"{args.repeats} rounds; x plain: against the plain loop in chunks of the same size"
@@ -164,6 +197,23 @@ def main() -> None:
             f"| {size} | {plain:.4f} | {attack} | {total:.4f} | {total / plain:.2f}x | {' | '.join(cells)} | "
             f"{per_row:.4f} ms, {per_row / plain:.2f}x | {statistics.median(row_counts[size, attack]):g} |"
         )
+    if firsts:
+        best = min(sizes, key=lambda size: statistics.median(plain_ms[size]))
+        reference = statistics.median(plain_ms[best])
+        print(f"\nauto, against the best plain chunk ({best}: {reference:.4f} ms per sample step)")
+        print("| attack | first size | ms per sample step | x best plain | rounds faster | windows kept |")
+        print("|---|---|---|---|---|---|")
+        for attack in attacks:
+            for first in firsts:
+                mine = auto_ms[attack, first]
+                faster = sum(
+                    all(v < auto_ms[attack, other][i] for other in firsts if other != first) for i, v in enumerate(mine)
+                )
+                total = statistics.median(mine)
+                print(
+                    f"| {attack} | {first} | {total:.4f} | {total / reference:.2f}x | {faster} of {len(mine)} | "
+                    f"{', '.join(map(str, auto_kept[attack, first]))} |"
+                )
 
 
 if __name__ == "__main__":

@@ -110,7 +110,8 @@ def test_targets_at_once_fool_exactly_what_targets_in_turn_fool_whatever_the_bat
     from tests.conftest import OneAtATime
     from tests.test_batching import Widest, adapter
 
-    monkeypatch.setattr(batching, "FIRST_SIZE", 2)  # auto climbs from 2 rows on 36 (not attacked whole)
+    # auto climbs from 2 rows on 36 (not attacked whole)
+    monkeypatch.setattr(batching, "FIRST_SIZE", {"cpu": 2, "other": 2})
     monkeypatch.setattr(batching, "WHOLE_BELOW", 3)
     x, y = tiny_batch
     options = dict(constraint=LinfBall(0.02), seed=3, targets="malt", top_k=3, steps=4, loss="dlr")

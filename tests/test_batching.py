@@ -44,7 +44,7 @@ def adapter(module: nn.Module, like: ModelAdapter, name: str) -> ModelAdapter:
 @pytest.fixture
 def small_sizes(monkeypatch):
     """``auto`` climbing from 2 samples on (12-sample batches are then measured, not attacked whole)."""
-    monkeypatch.setattr(batching, "FIRST_SIZE", 2)
+    monkeypatch.setattr(batching, "FIRST_SIZE", {"cpu": 2, "other": 2})
     monkeypatch.setattr(batching, "WHOLE_BELOW", 3)
 
 
