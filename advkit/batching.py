@@ -168,8 +168,12 @@ class ChunkPlan:
             self.size, self.how = n, f"whole batch (runs of at most {WHOLE_BELOW} samples are not measured)"
         else:
             first = "steps" if self.mode == "window" else "chunks"
-            size = FIRST_SIZE["cpu" if self.model.device.type == "cpu" else "other"]
+            size = FIRST_SIZE[self._device_kind()]
             self.size, self.how, self.measuring = size, f"measured on this run's first {first}", True
+
+    def _device_kind(self) -> str:
+        """The key of :data:`FIRST_SIZE` and :data:`GROWTH` for the model's device: "cpu" or "other"."""
+        return "cpu" if self.model.device.type == "cpu" else "other"
 
     def next_size(self, remaining: int) -> int:
         """Rows of the next chunk. A chosen size (not a given one) takes a short tail along: a chunk of fewer than
@@ -192,7 +196,7 @@ class ChunkPlan:
             return
         best_before = min(self.measured.values(), default=None)
         self.measured[rows] = rate
-        growth = GROWTH["cpu" if self.model.device.type == "cpu" else "other"]
+        growth = GROWTH[self._device_kind()]
         larger = max(rows + 1, int(rows * growth))
         if (best_before is None or rate < best_before) and larger <= self.limit:
             self.size = larger

@@ -162,6 +162,18 @@ def test_step_rate_is_the_median_time_per_row_between_calls():
     assert step_rate(calls[:2]) is None
 
 
+def test_auto_climbs_from_64_rows_by_half_on_a_cpu_and_from_32_by_doubling_elsewhere(tiny_model, monkeypatch):
+    plan = ChunkPlan(tiny_model, "auto", 1000, mode="window")
+    assert plan.measuring and plan.window_size() == 64
+    plan.observe(64, 1.0)
+    assert plan.window_size() == 96
+    monkeypatch.setattr(type(tiny_model), "device", property(lambda self: torch.device("meta")))
+    other = ChunkPlan(tiny_model, "auto", 1000, mode="window")
+    assert other.window_size() == 32
+    other.observe(32, 1.0)
+    assert other.window_size() == 64
+
+
 def test_chunk_plan_climbs_settles_and_halves(tiny_model, small_sizes):
     plan = ChunkPlan(tiny_model, "auto", 100)
     assert plan.measuring and plan.next_size(100) == 2
