@@ -38,6 +38,7 @@ from machine import add_threads_argument, machine_line  # benchmarks/machine.py:
 
 from advkit import batching
 from advkit.data import load_mnist
+from advkit.layout import CHANNELS_LAST, CONTIGUOUS, LayoutSwitch
 from advkit.models import load_model
 from advkit.runner import run_attack
 
@@ -129,21 +130,26 @@ class LiveHeap:
         return None if self._mallinfo is None else self.peak - self.before
 
 
-def run_config(config: dict, model, x, y, job: dict) -> tuple[float, int, int | None, int]:
+def run_config(config: dict, model, x, y, job: dict) -> tuple[float, int, int | None, int, str | None]:
     """Seconds, backward passes, advkit's chunk size and the bytes of the run's result (the plain loop's output;
     advkit's copy of x and its x_adv) of one run of one configuration."""
     eps, steps = job["eps"], job["steps"]
     if config["kind"] == "plain":
         chunk = config["chunk"] or len(y)
         low, high = model.bounds
-        start = time.perf_counter()
-        outputs = [
-            plain_pgd(model.module, x[i : i + chunk], y[i : i + chunk], eps, 2.5 * eps / steps, steps, low, high)
-            for i in range(0, len(y), chunk)
-        ]
-        sync(job["device"])
-        seconds = time.perf_counter() - start
-        return seconds, len(y) * steps, None, sum(o.numel() * o.element_size() for o in outputs)
+        switch = LayoutSwitch(model.module)
+        switch.use(config.get("layout", CONTIGUOUS))
+        try:
+            start = time.perf_counter()
+            outputs = [
+                plain_pgd(model.module, x[i : i + chunk], y[i : i + chunk], eps, 2.5 * eps / steps, steps, low, high)
+                for i in range(0, len(y), chunk)
+            ]
+            sync(job["device"])
+            seconds = time.perf_counter() - start
+        finally:
+            switch.restore()
+        return seconds, len(y) * steps, None, sum(o.numel() * o.element_size() for o in outputs), None
     batching.clear_cache()  # every run measures its own chunk size, as a fresh `advkit` command does
     params = {"steps": steps} | ({"random_start": False} if config["attack"] in ("pgd", "apgd") else {})
     start = time.perf_counter()
@@ -151,7 +157,8 @@ def run_config(config: dict, model, x, y, job: dict) -> tuple[float, int, int | 
     sync(job["device"])
     seconds = time.perf_counter() - start
     held = sum(t.numel() * t.element_size() for t in (result.x, result.x_adv))
-    return seconds, result.backward_passes, result.extra["batch_size"]["chosen"], held
+    chosen = result.extra["batch_size"]
+    return seconds, result.backward_passes, chosen["chosen"], held, chosen["layout"]["chosen"]
 
 
 def sync(device: str) -> None:
@@ -175,15 +182,18 @@ def worker(job: dict) -> list[dict]:
         peak = (peak_bytes(device) - before) / 2**20
         live = peak if device.startswith("cuda") or heap.growth is None else heap.growth / 2**20
         return [{"peak_mb": peak, "live_mb": live, "beyond_result_mb": live - held / 2**20}]
-    runs: list[list[tuple[float, int, int | None]]] = [[] for _ in job["configs"]]
+    runs: list[list[tuple]] = [[] for _ in job["configs"]]
     for _ in range(job["repeats"]):
         for config, record in zip(job["configs"], runs):
-            record.append(run_config(config, model, x, y, job)[:3])
+            record.append(run_config(config, model, x, y, job))
     summary = []
     for record in runs:
-        ms = [1000 * seconds / backward for seconds, backward, _ in record]
-        chosen = sorted({c for *_, c in record if c is not None})
-        summary.append({"ms_per_sample_step": statistics.median(ms), "ms_rounds": ms, "chosen": chosen or None})
+        ms = [1000 * seconds / backward for seconds, backward, *_ in record]
+        chosen = [c for _, _, c, _, _ in record if c is not None]
+        layouts = [layout for *_, layout in record if layout is not None]
+        summary.append(
+            {"ms_per_sample_step": statistics.median(ms), "ms_rounds": ms, "chosen": chosen or None, "layouts": layouts}
+        )
     return summary
 
 
@@ -207,6 +217,11 @@ def main() -> None:
     parser.add_argument("--batch-size", default="auto", help="advkit's batch size: auto or a number")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the median")
     parser.add_argument("--whole-up-to", type=int, default=1000, help="run the plain loop whole up to this n")
+    parser.add_argument(
+        "--no-channels-last-plain",
+        action="store_true",
+        help="skip the second reference: the plain loop with the model's weights channels-last (timing only)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -231,43 +246,66 @@ def main() -> None:
         if n <= args.whole_up_to:
             chunks.append(n)
         configs = [{"kind": "plain", "chunk": c} for c in chunks] + [{"kind": "advkit", "attack": a} for a in attacks]
+        if not args.no_channels_last_plain:
+            configs += [{"kind": "plain", "chunk": c, "layout": CHANNELS_LAST} for c in chunks if c < n]
         timed = run_job({**common, "mode": "timing", "n": n, "configs": configs})
         for config, record in zip(configs, timed):  # peak memory: one fresh process per configuration
             config |= record
-            config |= run_job({**common, "mode": "memory", "n": n, "configs": [config]})[0]
-        plain = {c["chunk"]: c for c in configs if c["kind"] == "plain"}
+            if "layout" not in config:
+                config |= run_job({**common, "mode": "memory", "n": n, "configs": [config]})[0]
+        plain = {c["chunk"]: c for c in configs if c["kind"] == "plain" and "layout" not in c}
         best_chunk = min(plain, key=lambda c: plain[c]["ms_per_sample_step"])
         reference = plain[best_chunk]["ms_per_sample_step"]
         curve = ", ".join(f"{c}: {r['ms_per_sample_step']:.4f} ms, {_mb(r)}" for c, r in plain.items())
         print(f"n {n}: plain loop by chunk size {{{curve}}}")
         row = {"n": n, "plain_best_chunk": best_chunk, "plain_ms": reference, "plain": plain}
         row["plain_best_peak_mb"] = plain[best_chunk]["peak_mb"]
-        for config in configs[len(plain) :]:
+        last = {c["chunk"]: c for c in configs if c.get("layout") == CHANNELS_LAST}
+        if last:
+            row["plain_cl_best_chunk"] = min(last, key=lambda c: last[c]["ms_per_sample_step"])
+            row["plain_cl_ms"] = last[row["plain_cl_best_chunk"]]["ms_per_sample_step"]
+            curve = ", ".join(f"{c}: {r['ms_per_sample_step']:.4f} ms" for c, r in last.items())
+            print(f"n {n}: plain loop, weights channels-last, by chunk size {{{curve}}}")
+        for config in configs:
+            if config["kind"] != "advkit":
+                continue
             row[config["attack"]] = config
             ratio = config["ms_per_sample_step"] / reference
             print(
                 f"  advkit {config['attack']:<11} {config['ms_per_sample_step']:.4f} ms ({ratio:.2f}x the plain loop at "
-                f"chunk {best_chunk}), chunk {config['chosen']}, peak {_mb(config)}",
+                f"chunk {best_chunk}), chunk {config['chosen']}, layout {config['layouts']}, peak {_mb(config)}",
                 flush=True,
             )
         rows.append(row)
     print()
+    channels_last = not args.no_channels_last_plain
     print(
         "| n | plain loop, best chunk | plain loop, whole batch | "
+        + ("plain loop channels-last, best chunk | " if channels_last else "")
         + " | ".join(f"advkit `{a}`" for a in attacks)
         + " |"
     )
-    print("|---|---|---|" + "---|" * len(attacks))
+    print("|---|---|---|" + "---|" * (len(attacks) + channels_last))
     for row in rows:
-        cells = [
-            f"{row[a]['ms_per_sample_step']:.3f} ms ({row[a]['ms_per_sample_step'] / row['plain_ms']:.2f}x), {_mb(row[a])}"
-            for a in attacks
-        ]
+        cells = []
+        for a in attacks:
+            ms = row[a]["ms_per_sample_step"]
+            versus = f"{ms / row['plain_ms']:.2f}x" + (
+                f"; {ms / row['plain_cl_ms']:.2f}x" if "plain_cl_ms" in row else ""
+            )
+            cells.append(f"{ms:.3f} ms ({versus}), {_mb(row[a])}")
         whole = row["plain"].get(row["n"])
         whole_cell = f"{whole['ms_per_sample_step']:.3f} ms, {_mb(whole)}" if whole else "not run"
+        last_cell = ""
+        if channels_last:
+            last_cell = (
+                f"{row['plain_cl_ms']:.3f} ms (chunk {row['plain_cl_best_chunk']}) | "
+                if "plain_cl_ms" in row
+                else "not run | "
+            )
         print(
             f"| {row['n']:,} | {row['plain_ms']:.3f} ms (chunk {row['plain_best_chunk']}), "
-            f"{_mb(row['plain'][row['plain_best_chunk']])} | {whole_cell} | " + " | ".join(cells) + " |"
+            f"{_mb(row['plain'][row['plain_best_chunk']])} | {whole_cell} | {last_cell}" + " | ".join(cells) + " |"
         )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
