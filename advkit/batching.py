@@ -18,16 +18,9 @@ whole. On a CPU the best size is small (a chunk's working set should stay in cac
 grows until memory or the samples run out; an out-of-memory error halves it (the runner retries,
 see :mod:`advkit.runner`).
 
-On a CPU, ``auto`` also measures the layout of a conv net's weights (:mod:`advkit.layout`): after the first size's
-steps in the module's own layout, it checks on a few of the run's inputs that the model gives the same logits
-channels-last (a model whose code assumes the default layout is refused), runs as many steps channels-last at the same
-size, and keeps the faster layout for the rest of the run (cached with the size). The module gets its own tensors back
-when the run ends. A given size keeps the module's layout.
-
 Results do not depend on the size: the engine draws random starts per sample
 (:mod:`advkit.rng`) and keeps per-sample step counters and budgets, so a sample gets the same result in any window or chunk
-(up to the last-bit differences that batched kernels may show between batch sizes, and that channels-last kernels
-show against the default ones: fix the size where reruns must match bit for bit).
+(up to the last-bit differences that batched kernels may show between batch sizes).
 
 Passes without gradients (clean predictions, the runner's re-check, the sweep's checks of
 carried points, the selection of correctly classified samples) use the same size: the model's
@@ -36,16 +29,14 @@ cached choice, else :data:`DEFAULT_BATCH_SIZE`.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from advkit.layout import CHANNELS_LAST, CONTIGUOUS, LayoutSwitch, channels_last_refusal, has_4d_weights
 from advkit.params import check_batch_size
 
 #: ``int`` fixes the chunk size; ``"auto"`` measures it (see the module docstring).
@@ -72,14 +63,7 @@ STEPS_PER_SIZE = 6
 #: Chunk size of passes without gradients for a model whose attack size is not known yet.
 DEFAULT_BATCH_SIZE = 256
 
-#: Device types on which ``auto`` measures channels-last against the module's own layout (:mod:`advkit.layout`;
-#: measured faster for most conv nets on a CPU, not measured on a GPU).
-LAYOUTS_TRIED_ON = ("cpu",)
-#: Inputs the layout check runs on (see :func:`advkit.layout.channels_last_refusal`).
-LAYOUT_CHECK_ROWS = 4
-
 _CHOSEN: dict[tuple, int] = {}
-_LAYOUTS: dict[tuple, str] = {}
 
 
 def cache_key(model) -> tuple:
@@ -111,15 +95,9 @@ def remember_batch_size(model, size: int) -> None:
     _CHOSEN[cache_key(model)] = int(size)
 
 
-def cached_layout(model) -> str | None:
-    """The layout ``auto`` chose for this model, device, dtype and thread count in this process, if any."""
-    return _LAYOUTS.get(cache_key(model))
-
-
 def clear_cache() -> None:
-    """Forget every chunk size and layout chosen so far (benchmarks measure the first run; tests start clean)."""
+    """Forget every chunk size chosen so far (benchmarks measure the first run; tests start clean)."""
     _CHOSEN.clear()
-    _LAYOUTS.clear()
 
 
 def inference_batch_size(model, batch_size: BatchSize = AUTO) -> int:
@@ -174,15 +152,6 @@ class ChunkPlan:
     #: Window mode: the engine admits rows in groups of this many (one sample attacked several ways at once,
     #: :attr:`advkit.kernel.Problem.group_size`), so a full window holds the size rounded down to whole groups.
     group: int = 1
-    #: A few of the run's inputs: ``auto`` on a CPU checks on them that the model may run channels-last
-    #: (:mod:`advkit.layout`) before it measures that layout against the module's own on the first size.
-    inputs: Tensor | None = None
-    #: The layout the module runs in during the run (:data:`~advkit.layout.CONTIGUOUS`: the module's own tensors).
-    layout: str = CONTIGUOUS
-    layout_how: str = "the module's own"
-    layout_measured: dict[str, float] = field(default_factory=dict)  # layout -> seconds per sample step
-    _switch: LayoutSwitch | None = None
-    _layout_trial: str = ""  # "pending": measuring the module's own layout; "trying": channels-last now
     _intervals: list[float] = field(default_factory=list)
     _last: tuple[float, int] | None = None
 
@@ -201,38 +170,6 @@ class ChunkPlan:
             first = "steps" if self.mode == "window" else "chunks"
             size = FIRST_SIZE[self._device_kind()]
             self.size, self.how, self.measuring = size, f"measured on this run's first {first}", True
-        self._plan_layout()
-
-    def _plan_layout(self) -> None:
-        """Which layout the run starts in, and whether it measures channels-last against the module's own."""
-        module = getattr(self.model, "module", None)
-        if not isinstance(module, torch.nn.Module) or not has_4d_weights(module):
-            return
-        self._switch = LayoutSwitch(module)
-        if self.requested != AUTO or not self.splittable:
-            return
-        if (cached := cached_layout(self.model)) is not None:
-            self.layout, self.layout_how = cached, "cached (chosen by an earlier run in this process)"
-        elif not self.measuring:
-            return
-        elif self.model.device.type not in LAYOUTS_TRIED_ON:
-            self.layout_how = "the module's own (channels-last is measured on a CPU only)"
-        elif self.model.metadata.get("stochastic"):
-            self.layout_how = "the module's own (a stochastic model's logits cannot be compared between layouts)"
-        elif self.inputs is not None and len(self.inputs):
-            self._layout_trial, self.layout_how = "pending", "measured against channels-last on the first size"
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[ChunkPlan]:
-        """The run: in the cached layout if there is one; the module gets its own tensors back at the end, also on
-        errors."""
-        try:
-            if self._switch is not None and self.layout == CHANNELS_LAST:
-                self._switch.use(CHANNELS_LAST)
-            yield self
-        finally:
-            if self._switch is not None:
-                self._switch.restore()
 
     def _device_kind(self) -> str:
         """The key of :data:`FIRST_SIZE` and :data:`GROWTH` for the model's device: "cpu" or "other"."""
@@ -257,10 +194,6 @@ class ChunkPlan:
             self.chunks += 1
         if not self.measuring or rows != self.size or rate is None or rate <= 0:
             return
-        if self._layout_trial:
-            rate = self._layout_measured(rate)
-            if rate is None:  # channels-last now: the same size again
-                return
         best_before = min(self.measured.values(), default=None)
         self.measured[rows] = rate
         growth = GROWTH[self._device_kind()]
@@ -269,30 +202,6 @@ class ChunkPlan:
             self.size = larger
             return
         self._settle(self._best())
-
-    def _layout_measured(self, rate: float) -> float | None:
-        """The first size ran at ``rate`` in the layout on trial: after the module's own, switch to channels-last (if
-        the model passes the check) and return None; after channels-last, keep the faster and return its rate."""
-        assert self._switch is not None
-        if self._layout_trial == "pending":
-            self.layout_measured[CONTIGUOUS] = rate
-            refusal = channels_last_refusal(self.model, self._switch, self.inputs)
-            if refusal is None:
-                self.measured[self.size] = rate  # what a run cut short before channels-last is measured keeps
-                self._switch.use(CHANNELS_LAST)
-                self.layout, self._layout_trial = CHANNELS_LAST, "trying"
-                return None
-            self._layout_trial, self.layout_how = "", f"the module's own: {refusal}"
-            _LAYOUTS[cache_key(self.model)] = CONTIGUOUS
-            return rate
-        self.layout_measured[CHANNELS_LAST] = rate
-        self._layout_trial = ""
-        del self.measured[self.size]  # the climb records the size's rate in the layout kept
-        faster = min(self.layout_measured, key=self.layout_measured.__getitem__)
-        self._switch.use(faster)
-        self.layout = faster
-        _LAYOUTS[cache_key(self.model)] = faster
-        return self.layout_measured[faster]
 
     def window_size(self) -> int:
         """Rows the engine steps at once now (window mode)."""
@@ -343,11 +252,6 @@ class ChunkPlan:
     def _settle(self, size: int) -> None:
         self.size, self.measuring = size, False
         remember_batch_size(self.model, size)
-        if self._layout_trial:  # the run ended (or ran out of memory) before channels-last was measured
-            assert self._switch is not None
-            self._switch.restore()
-            self.layout, self._layout_trial = CONTIGUOUS, ""
-            self.layout_how = "the module's own (the run ended before channels-last was measured)"
 
     def to_dict(self) -> dict:
         """What the run's summary says about its chunks."""
@@ -359,11 +263,6 @@ class ChunkPlan:
             "chunks": self.chunks,
             **({"steps": self.steps} if self.mode == "window" else {}),
             "ms_per_sample_step": {str(k): round(1000 * v, 4) for k, v in sorted(self.measured.items())},
-            "layout": {
-                "chosen": self.layout,
-                "how": self.layout_how,
-                "ms_per_sample_step": {k: round(1000 * v, 4) for k, v in self.layout_measured.items()},
-            },
         }
 
 
@@ -374,7 +273,6 @@ __all__ = [
     "ChunkPlan",
     "cache_key",
     "cached_batch_size",
-    "cached_layout",
     "check_batch_size",
     "chunked",
     "clear_cache",

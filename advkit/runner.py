@@ -43,21 +43,13 @@ import torch
 from torch import Tensor
 
 from advkit.attack import Attack
-from advkit.batching import (
-    AUTO,
-    LAYOUT_CHECK_ROWS,
-    BatchSize,
-    ChunkPlan,
-    check_batch_size,
-    chunked,
-    inference_batch_size,
-    step_rate,
-)
+from advkit.batching import AUTO, BatchSize, ChunkPlan, check_batch_size, chunked, inference_batch_size, step_rate
 from advkit.constraints import Box, Constraint, LinfBall
 from advkit.criteria import Criterion, criterion_for
 from advkit.devices import free_device_memory, is_out_of_memory
 from advkit.engine import CleanLogits, Problem, finite_rows, select
 from advkit.errors import AdvkitError, ParameterError, ThreatModelError
+from advkit.layout import layout_for_run
 from advkit.models import ModelAdapter, load_model
 from advkit.params import check_count, check_number, check_seed
 from advkit.registry import get_attack
@@ -243,10 +235,8 @@ def run_attack(
     # a window's size counts the engine's rows: several per sample for an attack that attacks each sample several
     # ways at once (apgd_targeted's targets at once)
     rows = attack.rows_per_sample(model) if mode == "window" and hasattr(attack, "rows_per_sample") else 1
-    plan = ChunkPlan(
-        model, batch_size, n * rows, splittable=splittable, mode=mode, group=rows, inputs=x[:LAYOUT_CHECK_ROWS]
-    )
-    with model.eval_mode(), plan.running():  # the module's own layout comes back after the run, also on errors
+    plan = ChunkPlan(model, batch_size, n * rows, splittable=splittable, mode=mode, group=rows)
+    with model.eval_mode(), layout_for_run(model, x) as layout:  # channels-last on a CPU (see advkit.layout)
         job = _Job(model, attack, x, y, targets, constraint, criterion, budget, seed, warm)
         pieces, retries, lost = _attack_in_chunks(job, plan)
     plan.finish()
@@ -297,6 +287,7 @@ def run_attack(
             "nonfinite_gradients": None if nonfinite_steps is None else int((nonfinite_steps > 0).sum()),
             "oom_retries": retries,
             "batch_size": plan.to_dict(),
+            "layout": layout,
             **({"gradient": model.estimator.describe()} if hasattr(model, "estimator") else {}),
         },
     )

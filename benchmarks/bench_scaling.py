@@ -5,7 +5,9 @@ Run:  python benchmarks/bench_scaling.py [--model cnn] [--n 100,1000,5000] [--st
 
 For each n (digits of the offline MNIST set: the 4,000 training digits, then the 1,000 test digits), a plain
 PyTorch PGD loop (zero start, sign steps, L-inf and box projection, no bookkeeping; it keeps its output) runs in
-chunks of each size of ``--chunks`` and whole; its best chunk size is the reference. advkit's ``pgd`` and ``apgd``
+chunks of each size of ``--chunks`` and whole; its best chunk size is the reference. The same loop with the model's
+weights channels-last (the layout advkit runs a conv net in on a CPU, :mod:`advkit.layout`) is a second reference
+(timing only; ``--no-channels-last-plain`` skips it): against it, what is left is advkit's own cost. advkit's ``pgd`` and ``apgd``
 (``steps`` steps, zero start) and ``untargeted`` (at most ``steps`` steps, early stopping) run through ``run_attack``
 with ``--batch-size`` (default ``auto``: the chunk-size cache is cleared before every run, so each run pays its own
 probe). Time per sample step (seconds over backward passes) is the median of ``--repeats`` rounds in one process per
@@ -157,8 +159,7 @@ def run_config(config: dict, model, x, y, job: dict) -> tuple[float, int, int | 
     sync(job["device"])
     seconds = time.perf_counter() - start
     held = sum(t.numel() * t.element_size() for t in (result.x, result.x_adv))
-    chosen = result.extra["batch_size"]
-    return seconds, result.backward_passes, chosen["chosen"], held, chosen["layout"]["chosen"]
+    return seconds, result.backward_passes, result.extra["batch_size"]["chosen"], held, result.extra["layout"]["chosen"]
 
 
 def sync(device: str) -> None:

@@ -54,12 +54,10 @@ def fast(name: str) -> dict:
 
 
 @pytest.mark.parametrize("name", PER_SAMPLE)
-def test_results_do_not_depend_on_the_batch_size(tiny_model, tiny_batch, small_sizes, name, monkeypatch):
+def test_results_do_not_depend_on_the_batch_size(tiny_model, tiny_batch, small_sizes, name):
     """Every per-sample attack gives the same per-sample results and pass counts whole, in chunks of 5 and in the
     chunks ``auto`` chooses (the model runs one sample at a time, so kernels give the same bits at any size), and the
-    same clean verdicts (three labels are wrong: a zero start's first step is the clean check of its window's rows).
-    ``auto`` keeps the module's layout here: channels-last kernels differ in the last bits (tests/test_layout.py)."""
-    monkeypatch.setattr(batching, "LAYOUTS_TRIED_ON", ())
+    same clean verdicts (three labels are wrong: a zero start's first step is the clean check of its window's rows)."""
     x, y = tiny_batch
     y = y.clone()
     y[[0, 6, 11]] = (y[[0, 6, 11]] + 1) % 10
@@ -100,8 +98,7 @@ def test_a_given_size_bounds_every_forward_pass_of_the_run(tiny_model, tiny_batc
     result = run_attack(model, "pgd", x, y, eps=0.1, steps=3, batch_size=4)
     assert widest.widest <= 4  # the clean check, the steps and the re-check
     assert result.extra["batch_size"] == {
-        "requested": 4, "chosen": 4, "how": "given", "mode": "window", "chunks": 1, "steps": 9, "ms_per_sample_step": {},
-        "layout": {"chosen": "contiguous", "how": "the module's own", "ms_per_sample_step": {}},
+        "requested": 4, "chosen": 4, "how": "given", "mode": "window", "chunks": 1, "steps": 9, "ms_per_sample_step": {}
     }  # fmt: skip
 
 

@@ -1,5 +1,5 @@
-"""Channels-last: measured against the module's own layout by ``auto`` on a CPU, refused for models that assume the
-default layout, and the module's own tensors given back after every run."""
+"""Channels-last: used for conv nets on a CPU during a run, refused for models that assume the default layout, and the
+module's own tensors given back after every run."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from advkit import batching
-from advkit.batching import ChunkPlan
-from advkit.layout import CHANNELS_LAST, CONTIGUOUS, LayoutSwitch, channels_last_refusal
+from advkit import layout
+from advkit.layout import CHANNELS_LAST, CONTIGUOUS, LayoutSwitch, channels_last_refusal, layout_for_run
 from advkit.models import ModelAdapter
 from advkit.runner import run_attack
 
@@ -82,78 +81,52 @@ def test_models_that_assume_the_default_layout_are_refused_and_left_as_they_were
         assert model.counter.snapshot() == (0, 0)  # outside the pass counter
 
 
-def test_the_plan_measures_channels_last_on_the_first_size_and_keeps_the_faster():
+def test_a_run_on_a_cpu_uses_channels_last_checks_once_and_gives_the_module_back(monkeypatch):
     model = convs()
-    faster = ChunkPlan(model, "auto", 1000, mode="window", inputs=inputs(4))
-    with faster.running():
-        assert faster.window_size() == 64 and faster.layout == CONTIGUOUS
-        faster.observe(64, 1.0)  # the module's own layout
-        assert faster.window_size() == 64 and faster.layout == CHANNELS_LAST  # the same size again, channels-last
-        assert model.module.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-        faster.observe(64, 0.8)
-        assert faster.layout == CHANNELS_LAST and faster.window_size() == 96  # kept; the climb goes on
-        assert faster.measured == {64: 0.8}
-        assert model.module.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert model.module.conv1.weight.is_contiguous()  # the module's own tensors after the run
-    assert batching.cached_layout(model) == CHANNELS_LAST
-    info = faster.to_dict()["layout"]
-    assert info["chosen"] == CHANNELS_LAST and info["ms_per_sample_step"] == {CONTIGUOUS: 1000.0, CHANNELS_LAST: 800.0}
-    cached = ChunkPlan(model, "auto", 1000, mode="window", inputs=inputs(4))
-    assert cached.layout == CHANNELS_LAST and cached.layout_how.startswith("cached")
-    with cached.running():  # the next run starts channels-last and measures only sizes
-        assert model.module.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-        cached.observe(64, 1.0)
-        assert cached.window_size() == 96 and cached.layout_measured == {}
-    assert model.module.conv1.weight.is_contiguous()
-
-    batching.clear_cache()
-    slower = ChunkPlan(model, "auto", 1000, inputs=inputs(4))  # chunk mode: the same rule
-    with slower.running():
-        slower.observe(64, 1.0)
-        assert slower.next_size(1000) == 64 and slower.layout == CHANNELS_LAST
-        slower.observe(64, 1.2)
-        assert slower.layout == CONTIGUOUS and model.module.conv1.weight.is_contiguous()
-        assert slower.measured == {64: 1.0} and slower.next_size(1000) == 96
-    assert batching.cached_layout(model) == CONTIGUOUS
+    checks = []
+    real_check = layout.channels_last_refusal
+    monkeypatch.setattr(layout, "channels_last_refusal", lambda *a: checks.append(1) or real_check(*a))
+    before = {name: (p.data.data_ptr(), p.stride()) for name, p in model.module.named_parameters()}
+    with layout_for_run(model, inputs(8)) as info:
+        assert info["chosen"] == CHANNELS_LAST and model.module.conv2.weight.stride()[1] == 1
+    with pytest.raises(KeyError), layout_for_run(model, inputs(8)):
+        assert model.module.conv2.weight.stride()[1] == 1
+        raise KeyError("an error inside the run")
+    assert checks == [1]  # the module's verdict is kept for the process
+    assert {name: (p.data.data_ptr(), p.stride()) for name, p in model.module.named_parameters()} == before
 
 
-def test_the_plan_keeps_the_module_layout_where_it_does_not_measure(monkeypatch):
+def test_a_run_keeps_the_module_layout_where_the_rule_says_so(monkeypatch):
+    with layout_for_run(convs("view"), inputs(8)) as info:
+        assert info["chosen"] == CONTIGUOUS and "failed in channels-last (RuntimeError" in info["how"]
+    with layout_for_run(convs("pointer"), inputs(8)) as info:
+        assert info["chosen"] == CONTIGUOUS and "logits differ" in info["how"]
+    stochastic = convs()
+    stochastic.metadata["stochastic"] = True
+    with layout_for_run(stochastic, inputs(8)) as info:
+        assert info["chosen"] == CONTIGUOUS and "stochastic" in info["how"]
+    mlp = ModelAdapter(
+        nn.Sequential(nn.Flatten(), nn.Linear(108, 10)), name="mlp", bounds=(0.0, 1.0), input_shape=(3, 6, 6),
+        class_names=[str(i) for i in range(10)],
+    )  # fmt: skip
+    with layout_for_run(mlp, inputs(8)) as info:
+        assert info["chosen"] == CONTIGUOUS and "no 4-D weights" in info["how"]
+    monkeypatch.setattr(layout, "CHANNELS_LAST_ON", ())
     model = convs()
-    given = ChunkPlan(model, 64, 1000, mode="window", inputs=inputs(4))
-    given.observe(64, 1.0)
-    assert given.layout == CONTIGUOUS and given.layout_how == "the module's own"
-    refused = convs("view")
-    plan = ChunkPlan(refused, "auto", 1000, mode="window", inputs=inputs(4))
-    plan.observe(64, 1.0)
-    assert plan.layout == CONTIGUOUS and "failed in channels-last" in plan.layout_how and plan.window_size() == 96
-    cut_short = ChunkPlan(convs(), "auto", 1000, mode="window", inputs=inputs(4))
-    with cut_short.running():
-        cut_short.observe(64, 1.0)
-        assert cut_short.layout == CHANNELS_LAST
-        cut_short.finish()  # the run ended before channels-last was measured: back to the module's own
-        assert cut_short.layout == CONTIGUOUS and cut_short.model.module.conv1.weight.is_contiguous()
-    assert batching.cached_layout(refused) == CONTIGUOUS and batching.cached_layout(cut_short.model) is None
-    batching.clear_cache()
-    monkeypatch.setattr(batching, "LAYOUTS_TRIED_ON", ())
-    elsewhere = ChunkPlan(convs(), "auto", 1000, mode="window", inputs=inputs(4))
-    elsewhere.observe(64, 1.0)
-    assert elsewhere.layout == CONTIGUOUS and "measured on a CPU only" in elsewhere.layout_how
+    with layout_for_run(model, inputs(8)) as info:
+        assert info["chosen"] == CONTIGUOUS and model.module.conv2.weight.is_contiguous()
 
 
 @pytest.mark.parametrize("flatten", ["flatten", "view"])
-def test_an_auto_run_measures_both_layouts_and_gives_the_module_back(flatten, monkeypatch):
-    monkeypatch.setattr(batching, "FIRST_SIZE", {"cpu": 8, "other": 8})
-    monkeypatch.setattr(batching, "WHOLE_BELOW", 8)
+def test_run_attack_reports_the_layout_and_gives_the_module_back(flatten):
     model = convs(flatten)
-    x = inputs(200)
+    x = inputs(40)
     y = model.predict(x).argmax(1)
     strides = {name: p.stride() for name, p in model.module.named_parameters()}
-    result = run_attack(model, "pgd", x, y, eps=0.05, steps=20, early_stop=False)
-    layout = result.extra["batch_size"]["layout"]
-    if flatten == "flatten":
-        assert set(layout["ms_per_sample_step"]) == {CONTIGUOUS, CHANNELS_LAST}
-        assert layout["chosen"] == min(layout["ms_per_sample_step"], key=layout["ms_per_sample_step"].get)
-    else:
-        assert layout["chosen"] == CONTIGUOUS and "failed in channels-last" in layout["how"]
+    results = [run_attack(model, "pgd", x, y, eps=0.05, steps=10, batch_size=size) for size in (40, 7)]
+    chosen = results[0].extra["layout"]["chosen"]
+    assert chosen == (CHANNELS_LAST if flatten == "flatten" else CONTIGUOUS)
+    first, second = (r.extra["layout"] for r in results)
+    assert first.pop("check_forward_passes") == 2 * layout.CHECK_ROWS and second == first  # checked once; a rule
     assert {name: p.stride() for name, p in model.module.named_parameters()} == strides
-    assert result.backward_passes == 200 * 20  # the measurement's steps are the attack's own
+    assert results[0].success_rate == results[1].success_rate

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from torch import nn
 
 import advkit.evaluation as evaluation
+from advkit import layout
 from advkit.cli import cli
 from advkit.errors import ParameterError
 from advkit.evaluation import EvaluationStoreError, Stage, cascade, evaluate
@@ -109,11 +110,13 @@ def test_rand_passes_are_k_eot_draws_per_step_plus_the_reevaluations(monkeypatch
         assert summary["forward_passes"] == sum(s["forward_passes"] for s in result.stages)
         assert f"EOT over {K} draws" in summary["evaluated"] and "all 4 re-evaluations" in summary["evaluated"]
     # what the module saw: each stage's records plus the runner's uncounted passes (its output probe of 2 x 2 rows,
-    # clean check and re-check of every row); backward exactly the records'; the re-evaluation exactly its record
+    # clean check and re-check of every row; on the module's first run, the layout check: advkit.layout); backward
+    # exactly the records'; the re-evaluation exactly its record
     records = [s for K in (1, 3) for s in runs[K].stages]
     assert len(deltas) == len(records)
-    for (forward, backward), record in zip(deltas, records):
+    for i, ((forward, backward), record) in enumerate(zip(deltas, records)):
         overhead = 0 if record["attack"] == "reevaluate" else 2 * 2 + 2 * record["attacked"]
+        overhead += 2 * layout.CHECK_ROWS if i == 0 else 0
         assert (forward, backward) == (record["forward_passes"] + overhead, record["backward_passes"])
 
 

@@ -144,9 +144,11 @@ def test_pass_counts_come_from_the_model(tiny_model, tiny_batch):
     assert result.backward_passes == 5 * len(x)
     # 5 steps, plus the last update of each sample not fooled before it; the module also saw the runner's
     # output probe (2 x 2 rows), its clean check and its re-check (one pass per sample each), which are not the
-    # attack's passes.
+    # attack's passes, and the layout check (one pass per input and layout, on the module's first run: advkit.layout),
+    # which the result reports.
     assert 5 * len(x) + int((~result.success).sum()) <= result.forward_passes <= 6 * len(x)
-    assert sum(seen) == result.forward_passes + 2 * 2 + 2 * len(x)
+    assert result.extra["layout"]["check_forward_passes"] == 8
+    assert sum(seen) == result.forward_passes + 2 * 2 + 2 * len(x) + 8
 
 
 def test_global_rng_untouched_and_seed_reproducible(tiny_model, tiny_batch):
@@ -267,7 +269,8 @@ def test_a_zero_start_takes_its_clean_check_from_its_own_first_step(tiny_model, 
         finally:
             hook.remove()
         assert torch.equal(result.clean_correct, torch.arange(len(y)) >= 3)
-        extra[random_start] = sum(seen) - result.forward_passes  # the runner's own passes: probe, clean, re-check
+        # the runner's own passes: probe, clean check, re-check (and the layout check on the module's first run)
+        extra[random_start] = sum(seen) - result.forward_passes - result.extra["layout"].get("check_forward_passes", 0)
     assert extra[True] - extra[False] == len(y)
 
 
@@ -318,7 +321,8 @@ def test_a_model_whose_calls_are_not_its_logits_gets_its_own_clean_check(tiny_mo
     finally:
         hook.remove()
     assert bool(result.clean_correct.all())  # the model's own logits, not the negated calls'
-    assert sum(seen) - result.forward_passes == 2 * 2 + 2 * len(y)  # probe, clean check and re-check
+    checked = result.extra["layout"]["check_forward_passes"]  # the layout check's (advkit.layout)
+    assert sum(seen) - result.forward_passes - checked == 2 * 2 + 2 * len(y)  # probe, clean check and re-check
 
 
 def test_a_randomized_model_gets_its_clean_check_before_the_attack(tiny_model, tiny_batch):
