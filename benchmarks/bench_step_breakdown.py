@@ -4,7 +4,8 @@ Run:  python benchmarks/bench_step_breakdown.py [--model cnn] [--n 1000] [--atta
           [--batch-size 64[,96,...]] [--steps 20] [--eps 0.2] [--repeats 3] [--device cpu]
 
 Each round runs, in one process, for each size of ``--batch-size``, the plain PyTorch PGD loop of ``bench_scaling.py``
-in chunks of that size and then each attack through ``run_attack`` with that batch size (the engine's window), timing
+in chunks of that size (in the layout advkit's runs use, :mod:`advkit.layout`, so that what differs is advkit's own
+cost) and then each attack through ``run_attack`` with that batch size (the engine's window), timing
 four parts of the attack:
 
 - *full steps*: the engine's forward and backward passes in steps on a full window;
@@ -35,6 +36,7 @@ from bench_scaling import digits, sync
 from machine import add_threads_argument, machine_line  # benchmarks/machine.py: threads and load next to every figure
 
 from advkit import batching, engine
+from advkit.layout import layout_for_run
 from advkit.models import load_model
 from advkit.runner import run_attack
 
@@ -160,12 +162,13 @@ def main() -> None:
     auto_kept: dict[tuple, list[int]] = {(a, f): [] for a in attacks for f in firsts}
     for round_ in range(args.repeats):
         for size in sizes:
-            start = time.perf_counter()
-            for i in range(0, len(y), size):
-                plain_pgd(model.module, x[i : i + size], y[i : i + size], args.eps, 2.5 * args.eps / args.steps,
-                          args.steps, low, high)  # fmt: skip
-            sync(args.device)
-            plain_ms[size].append(1000 * (time.perf_counter() - start) / (len(y) * args.steps))
+            with layout_for_run(model, x):  # the layout advkit's runs use (channels-last for a conv net on a CPU)
+                start = time.perf_counter()
+                for i in range(0, len(y), size):
+                    plain_pgd(model.module, x[i : i + size], y[i : i + size], args.eps, 2.5 * args.eps / args.steps,
+                              args.steps, low, high)  # fmt: skip
+                sync(args.device)
+                plain_ms[size].append(1000 * (time.perf_counter() - start) / (len(y) * args.steps))
             for attack in attacks:
                 timer = timers[size, attack]
                 seconds, backward, _ = timer.run(attack, x, y, args.eps, args.steps)
