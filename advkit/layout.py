@@ -1,10 +1,10 @@
 """The memory layout a model's 4-D weights run in during an attack: PyTorch's default (NCHW) or channels-last (NHWC).
 
-On a CPU, oneDNN's convolutions ran faster on channels-last weights for most conv nets measured here (an input
-gradient of `cnn` in 0.67-0.92x of the time, `s6_adv` 0.70-0.84x, `bnn` 0.85-1.01x, EfficientNet-Lite0 0.79-0.85x,
-MobileNetV2 0.75-0.79x, ResNet-18 0.90-0.95x; `madry_adv` 0.88-1.09x, depending on the batch size). So every run
-(:func:`advkit.runner.run_attack`) on a CPU runs a conv net channels-last, and gives the module back its very own
-tensors when it ends (:func:`layout_for_run`). The choice is a rule, not a measurement, so the same command gives the
+On a CPU, oneDNN's convolutions ran faster on channels-last weights for every conv net measured here (a forward pass
+and input gradient, ``benchmarks/bench_layout.py``: the zoo's `cnn` in 0.68-0.88x of the time, `bnn` 0.84-0.93x,
+`s6_adv` 0.59-0.82x, `madry_adv` 0.88-0.94x at 4 to 144 rows; EfficientNet-Lite0 0.77x, MobileNetV2 0.76x, ResNet-18
+0.91x at 8 rows). So every run (:func:`advkit.runner.run_attack`) on a CPU runs a conv net channels-last, and gives
+the module back its very own tensors when it ends (:func:`layout_for_run`). The choice is a rule, not a measurement, so the same command gives the
 same numbers run after run, whatever the machine's timing.
 
 A model's code may assume the default layout: a ``.view`` of a convolution's output raises on channels-last
