@@ -4,8 +4,8 @@ On a CPU, oneDNN's convolutions ran faster on channels-last weights for every co
 and input gradient, ``benchmarks/bench_layout.py``: the zoo's `cnn` in 0.68-0.88x of the time, `bnn` 0.84-0.93x,
 `s6_adv` 0.59-0.82x, `madry_adv` 0.88-0.94x at 4 to 144 rows; EfficientNet-Lite0 0.77x, MobileNetV2 0.76x, ResNet-18
 0.91x at 8 rows). So every run (:func:`advkit.runner.run_attack`) on a CPU runs a conv net channels-last, and gives
-the module back its very own tensors when it ends (:func:`layout_for_run`). The choice is a rule, not a measurement, so the same command gives the
-same numbers run after run, whatever the machine's timing.
+the module back its very own tensors when it ends (:func:`layout_for_run`). The choice is a rule, not a measurement,
+so the same command gives the same numbers run after run, whatever the machine's timing.
 
 A model's code may assume the default layout: a ``.view`` of a convolution's output raises on channels-last
 activations, and code that reads memory through its pointer would compute something else. So before a model first
@@ -20,9 +20,13 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from advkit.models import ModelAdapter
 
 __all__ = [
     "CHANNELS_LAST",
@@ -87,7 +91,7 @@ class LayoutSwitch:
             self._originals = None
 
 
-def channels_last_refusal(model, switch: LayoutSwitch, x: Tensor) -> str | None:
+def channels_last_refusal(model: ModelAdapter, switch: LayoutSwitch, x: Tensor) -> str | None:
     """Why ``model`` must not run channels-last, or None: its logits on ``x`` (a few inputs, one per call, no
     gradients, outside the pass counter) in both layouts must agree. Leaves the module in its own layout either way."""
     switch.restore()
@@ -116,7 +120,7 @@ _VERDICTS: weakref.WeakKeyDictionary[nn.Module, str | None] = weakref.WeakKeyDic
 
 
 @contextlib.contextmanager
-def layout_for_run(model, x: Tensor) -> Iterator[dict]:
+def layout_for_run(model: ModelAdapter, x: Tensor) -> Iterator[dict]:
     """Run ``model`` channels-last inside the block where the rule says so (a CPU, 4-D weights, a deterministic model
     whose logits on the first :data:`CHECK_ROWS` inputs of ``x`` agree in both layouts: checked once per module and
     process); the module gets its own tensors back at the end, also on errors. Yields what the run's

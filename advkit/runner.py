@@ -188,6 +188,8 @@ def run_attack(
     halved (see the module docstring). ``gradient``: a gradient estimator for adaptive attacks (``"eot:flip,crop,samples=8"``,
     ``"bpda"``, ``"transfer:MODEL"``, see :mod:`advkit.gradients`): the attack differentiates the model through it,
     while the clean check and the re-check use the model itself; ``budget`` counts the estimator's real backward passes.
+    On a CPU a conv net runs with its weights channels-last and gets its own tensors back afterwards (see
+    :mod:`advkit.layout`; ``result.extra["layout"]`` says which layout ran and why).
     """
     model = load_model(model) if isinstance(model, str) else model
     if not isinstance(model, ModelAdapter):

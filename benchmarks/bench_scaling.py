@@ -7,7 +7,8 @@ For each n (digits of the offline MNIST set: the 4,000 training digits, then the
 PyTorch PGD loop (zero start, sign steps, L-inf and box projection, no bookkeeping; it keeps its output) runs in
 chunks of each size of ``--chunks`` and whole; its best chunk size is the reference. The same loop with the model's
 weights channels-last (the layout advkit runs a conv net in on a CPU, :mod:`advkit.layout`) is a second reference
-(timing only; ``--no-channels-last-plain`` skips it): against it, what is left is advkit's own cost. advkit's ``pgd`` and ``apgd``
+(timing only, on the devices advkit uses that layout on; ``--no-channels-last-plain`` skips it): against it, what is
+left is advkit's own cost. advkit's ``pgd`` and ``apgd``
 (``steps`` steps, zero start) and ``untargeted`` (at most ``steps`` steps, early stopping) run through ``run_attack``
 with ``--batch-size`` (default ``auto``: the chunk-size cache is cleared before every run, so each run pays its own
 probe). Time per sample step (seconds over backward passes) is the median of ``--repeats`` rounds in one process per
@@ -40,7 +41,7 @@ from machine import add_threads_argument, machine_line  # benchmarks/machine.py:
 
 from advkit import batching
 from advkit.data import load_mnist
-from advkit.layout import CHANNELS_LAST, CONTIGUOUS, LayoutSwitch
+from advkit.layout import CHANNELS_LAST, CHANNELS_LAST_ON, CONTIGUOUS, LayoutSwitch
 from advkit.models import load_model
 from advkit.runner import run_attack
 
@@ -242,12 +243,14 @@ def main() -> None:
     )
     rows = []
     attacks = args.attacks.split(",")
+    # the second reference only where advkit's runs use channels-last (advkit.layout.CHANNELS_LAST_ON)
+    channels_last = not args.no_channels_last_plain and torch.device(args.device).type in CHANNELS_LAST_ON
     for n in [int(v) for v in args.n.split(",")]:
         chunks = sorted({int(c) for c in args.chunks.split(",") if int(c) < n})
         if n <= args.whole_up_to:
             chunks.append(n)
         configs = [{"kind": "plain", "chunk": c} for c in chunks] + [{"kind": "advkit", "attack": a} for a in attacks]
-        if not args.no_channels_last_plain:
+        if channels_last:
             configs += [{"kind": "plain", "chunk": c, "layout": CHANNELS_LAST} for c in chunks if c < n]
         timed = run_job({**common, "mode": "timing", "n": n, "configs": configs})
         for config, record in zip(configs, timed):  # peak memory: one fresh process per configuration
@@ -279,7 +282,6 @@ def main() -> None:
             )
         rows.append(row)
     print()
-    channels_last = not args.no_channels_last_plain
     print(
         "| n | plain loop, best chunk | plain loop, whole batch | "
         + ("plain loop channels-last, best chunk | " if channels_last else "")

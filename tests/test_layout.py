@@ -61,6 +61,9 @@ def test_a_switch_moves_the_4d_tensors_and_gives_back_the_very_same_ones():
         assert torch.equal(p, before[name][1])  # values never change
     assert not model.module.conv2.weight.is_contiguous()
     switch.restore()
+    one_channel = nn.Conv2d(1, 4, 3)  # its weight counts as channels-last already: only .to(memory_format) restrides it
+    LayoutSwitch(one_channel).use(CHANNELS_LAST)
+    assert one_channel.weight.stride() == (9, 1, 3, 1)  # else oneDNN runs the layer in the default layout
     for name, p in model.module.named_parameters():
         assert p.data.data_ptr() == before[name][1].data_ptr() and p.stride() == before[name][2]
     assert switch.current == CONTIGUOUS
